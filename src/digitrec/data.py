@@ -1,0 +1,211 @@
+"""MNIST on disk -> verified arrays -> in-memory tensors and batches.
+
+Owns where the four files are looked for (flag, DIGITREC_DATA, the bundled copy, the user cache),
+downloading them when they are missing everywhere, checking them (IDX structure, shapes, SHA-256 of
+the uncompressed bytes), the tutorial's train/validation/test split, and the shuffling batch iterator.
+It does not know about models.
+"""
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from digitrec import idx
+from digitrec.errors import DataError
+
+# file name -> (SHA-256 of the uncompressed bytes, shape)
+FILES = {
+    "train-images-idx3-ubyte.gz": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", (60000, 28, 28)),
+    "train-labels-idx1-ubyte.gz": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+    "t10k-images-idx3-ubyte.gz": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte.gz": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
+}
+# The two mirrors torchvision downloads MNIST from, in its order.
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"  # present in a source checkout
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digitrec" / "mnist"
+VALIDATION_SIZE = 5000  # the tutorial's validation split: the first 5,000 training images
+DOWNLOAD_TIMEOUT_SECONDS = 30
+
+
+def missing_files(directory: Path) -> list[str]:
+    return [name for name in FILES if not (directory / name).is_file()]
+
+
+def locate(data_dir: str | Path | None = None, mirrors: tuple[str, ...] = MIRRORS) -> Path:
+    """The directory to read MNIST from, downloading the files into it when none holds them.
+
+    Order: `data_dir`, then $DIGITREC_DATA, then the bundled copy, then the user cache. A directory
+    that is named explicitly is used as it is: missing files are downloaded into it.
+    """
+    explicit = data_dir or os.environ.get("DIGITREC_DATA")
+    if explicit:
+        directory = Path(explicit).expanduser()
+        if not directory.is_dir():
+            raise DataError(f"{directory}: data directory does not exist")
+    else:
+        directory = next((d for d in (BUNDLED_DIR, CACHE_DIR) if not missing_files(d)), CACHE_DIR)
+    if missing_files(directory):
+        download(directory, mirrors)
+    return directory
+
+
+def download(directory: Path, mirrors: tuple[str, ...] = MIRRORS) -> None:
+    """Fetch each missing file from the first mirror that serves it intact; never leave a partial file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in missing_files(directory):
+        failures = []
+        for mirror in mirrors:
+            try:
+                fetch_verified(mirror + name, directory / name)
+                break
+            except (OSError, DataError, http.client.HTTPException) as error:  # URLError is an OSError
+                failures.append(f"{mirror}: {getattr(error, 'reason', error)}")
+        else:
+            raise DataError(
+                f"could not download {name} ({'; '.join(failures)}). "
+                f"Put the four MNIST files ({', '.join(FILES)}) in {directory}, "
+                "or point --data-dir / DIGITREC_DATA at a directory that holds them"
+            )
+
+
+def fetch_verified(url: str, destination: Path) -> None:
+    """Download `url` to `destination` through a temporary file, renamed only once its checksum matches."""
+    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", delete=False) as part:
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+                while chunk := response.read(1 << 20):
+                    part.write(chunk)
+            part.close()
+            check_file(Path(part.name), name=destination.name)
+            os.replace(part.name, destination)
+        finally:
+            Path(part.name).unlink(missing_ok=True)
+
+
+def check_file(path: Path, name: str | None = None) -> np.ndarray:
+    """Read one MNIST file and check its structure, shape and checksum; returns its array."""
+    name = name or path.name
+    expected_sha256, expected_shape = FILES[name]
+    raw = idx.read_bytes(path)
+    array = idx.decode(raw, name)
+    if array.ndim != len(expected_shape):
+        kinds = {1: "a labels file", 3: "an images file"}
+        found = kinds.get(array.ndim, f"a {array.ndim}-dimensional file")
+        raise DataError(f"{name}: expected {kinds[len(expected_shape)]}, found {found} (shape {array.shape})")
+    if array.shape != expected_shape:
+        raise DataError(f"{name}: expected shape {expected_shape}, found {array.shape}")
+    if hashlib.sha256(raw).hexdigest() != expected_sha256:
+        raise DataError(f"{name}: SHA-256 mismatch: the file is not the original MNIST (corrupted or altered)")
+    return array
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 1, 28, 28) float32 in [0, 1]
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class MNIST:
+    train: Split
+    validation: Split
+    test: Split
+    directory: Path
+
+    def to(self, device: torch.device | str) -> "MNIST":
+        return MNIST(self.train.to(device), self.validation.to(device), self.test.to(device), self.directory)
+
+
+def load(data_dir: str | Path | None = None) -> MNIST:
+    """The three splits as tensors: train = training images 5,000 onwards, validation = the first 5,000."""
+    directory = locate(data_dir)
+    arrays = {name: check_file(directory / name) for name in FILES}
+    train_images, train_labels = arrays["train-images-idx3-ubyte.gz"], arrays["train-labels-idx1-ubyte.gz"]
+    test = to_split(arrays["t10k-images-idx3-ubyte.gz"], arrays["t10k-labels-idx1-ubyte.gz"])
+    return MNIST(
+        train=to_split(train_images[VALIDATION_SIZE:], train_labels[VALIDATION_SIZE:]),
+        validation=to_split(train_images[:VALIDATION_SIZE], train_labels[:VALIDATION_SIZE]),
+        test=test,
+        directory=directory,
+    )
+
+
+def to_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    if labels.max(initial=0) > 9:
+        raise DataError(f"labels must be digits 0-9, found {labels.max()}")
+    pixels = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+    return Split(pixels, torch.from_numpy(labels.astype(np.int64)))
+
+
+def batches(
+    split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches, epoch after epoch, like the tutorial's `next_batch`.
+
+    Each epoch is one seeded permutation; with `world_size` > 1 every rank draws the same permutation
+    and takes its own interleaved shard of it, so the ranks together see each image once per epoch.
+    The last partial batch of an epoch is dropped.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if batch_size * world_size > len(split):
+        raise ValueError(f"batch size {batch_size} x {world_size} ranks exceeds the {len(split)} images")
+    while True:
+        order = torch.randperm(len(split), generator=generator)[rank::world_size].to(split.labels.device)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            chosen = order[start : start + batch_size]
+            yield split.images[chosen], split.labels[chosen]
+
+
+def describe(data_dir: str | Path | None = None) -> dict:
+    """What `digitrec data` prints: location, split sizes, per-class counts and checksum status."""
+    mnist = load(data_dir)  # raises on any bad file, so every checksum below is verified
+    return {
+        "directory": str(mnist.directory),
+        "checksums": {name: "ok" for name in FILES},
+        "splits": {
+            split_name: {
+                "size": len(split),
+                "per_class": torch.bincount(split.labels, minlength=10).tolist(),
+            }
+            for split_name, split in (("train", mnist.train), ("validation", mnist.validation), ("test", mnist.test))
+        },
+    }
+
+
+def random_affine(
+    images: torch.Tensor, generator: torch.Generator, degrees: float, shift: float, scale: float
+) -> torch.Tensor:
+    """Each image rotated by up to ±`degrees`, shifted by up to ±`shift` of its size, scaled by 1 ± `scale`.
+
+    One batched `grid_sample`, no per-image Python. The random numbers come from `generator` (on the CPU),
+    so a seeded run is reproducible.
+    """
+    count = len(images)
+
+    def uniform(half_width: float) -> torch.Tensor:
+        return ((torch.rand(count, generator=generator) * 2 - 1) * half_width).to(images.device)
+
+    angle = torch.deg2rad(uniform(degrees))
+    zoom = 1 + uniform(scale)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates: a shift of 2 * shift is shift * size
+    theta = torch.stack(
+        [torch.stack([cos, -sin, 2 * uniform(shift)], 1), torch.stack([sin, cos, 2 * uniform(shift)], 1)], 1
+    )  # (B, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

@@ -1,0 +1,24 @@
+"""The errors digitrec raises on bad input; each carries a message a person can act on.
+
+The CLI turns any of them into one line and a non-zero exit, the web API into a 4xx response.
+"""
+
+
+class DigitrecError(Exception):
+    """Base of every error that is the input's fault, not a bug."""
+
+
+class DataError(DigitrecError):
+    """A data file or directory is missing, truncated, corrupt or fails its checksum."""
+
+
+class ModelError(DigitrecError):
+    """A weights file or run directory is missing, corrupt or of another architecture."""
+
+
+class ImageError(DigitrecError):
+    """An image cannot be decoded or holds no digit."""
+
+
+class ConfigError(DigitrecError):
+    """An unknown model, recipe, device or an out-of-range setting."""

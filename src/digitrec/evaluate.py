@@ -1,0 +1,58 @@
+"""Pure metrics over logits and labels: accuracy, confusion matrix, per-class figures, ranked mistakes.
+
+Owns no I/O and no plotting; `report.py` draws what this computes, the CLI prints it.
+"""
+
+import numpy as np
+import torch
+
+from digitrec import models
+from digitrec.data import Split
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int = models.CLASSES) -> np.ndarray:
+    """counts[true, predicted]."""
+    return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+
+
+def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
+    """Per-class accuracy (= recall), precision and F1 from a confusion matrix."""
+    true_positives = np.diag(confusion).astype(float)
+    recall = true_positives / np.maximum(confusion.sum(1), 1)
+    precision = true_positives / np.maximum(confusion.sum(0), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return {"accuracy": recall.tolist(), "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+
+
+def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Everything `digitrec evaluate` reports about a set of predictions."""
+    predicted = logits.argmax(1).cpu().numpy()
+    truth = labels.cpu().numpy()
+    confusion = confusion_matrix(predicted, truth)
+    return {
+        "images": int(len(truth)),
+        "test_accuracy": float((predicted == truth).mean()),
+        "errors": int((predicted != truth).sum()),
+        "per_class": per_class(confusion),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def ranked_answers(probabilities: torch.Tensor, labels: torch.Tensor, count: int, correct: bool) -> list[dict]:
+    """The wrong answers given with the most confidence (`correct=False`), most confident first, or the
+    right answers given with the least (`correct=True`), least confident first."""
+    confidence, predicted = probabilities.max(1)
+    chosen = torch.nonzero((predicted == labels) == correct).flatten()
+    ranked = chosen[torch.argsort(confidence[chosen], descending=not correct)][:count]
+    return [
+        {"index": int(i), "label": int(labels[i]), "predicted": int(predicted[i]), "confidence": float(confidence[i])}
+        for i in ranked
+    ]
+
+
+def model_logits(model: torch.nn.Module, split: Split) -> torch.Tensor:
+    return models.logits_in_batches(model, split.images)

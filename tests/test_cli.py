@@ -1,0 +1,93 @@
+"""The CLI driven in-process: outputs a user reads, and one clear line for every kind of bad input."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from digitrec.cli import main
+
+from conftest import BUNDLED_MNIST
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_data_command_prints_location_sizes_and_checksums():
+    result = run("data", "--data-dir", BUNDLED_MNIST)
+    assert result.exit_code == 0
+    assert str(BUNDLED_MNIST) in result.output and "sha256 ok" in result.output
+    assert any(line.split()[:2] == ["test", "10000"] for line in result.output.splitlines())
+
+
+def test_train_then_evaluate_json_agree(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--model", "softmax", "--steps", 300, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and (out / "weights.safetensors").is_file()
+    evaluated = run("evaluate", out, "--json")
+    summary = json.loads(evaluated.output)
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert summary["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6)
+    assert sum(map(sum, summary["confusion_matrix"])) == 10000
+
+
+def test_evaluate_prints_confusion_matrix_and_per_class_accuracy(softmax_run):
+    result = run("evaluate", softmax_run.run_dir)
+    assert result.exit_code == 0
+    assert "confusion matrix" in result.output and "accuracy" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip().endswith("%")]) == 10  # one row per digit
+
+
+def test_unknown_model_is_one_line(tmp_path):
+    assert_one_line_error(run("train", "--model", "lenet", "--out", tmp_path), "unknown model 'lenet'")
+
+
+def test_missing_weights_are_one_line(tmp_path):
+    assert_one_line_error(run("evaluate", tmp_path / "nothing"), "no such weights file")
+
+
+def test_corrupt_weights_are_one_line(tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"\x00" * 64)
+    assert_one_line_error(run("evaluate", tmp_path), "not a readable safetensors file")
+
+
+def test_weights_of_another_architecture_are_one_line(tmp_path, softmax_run):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"linear.weight": torch.zeros(10, 784), "linear.bias": torch.zeros(10)}, tmp_path / "w.safetensors",
+              metadata={"config": '{"model": "fast"}'})
+    assert_one_line_error(run("evaluate", tmp_path / "w.safetensors"), "do not fit model 'fast'")
+
+
+def test_bad_data_directory_is_one_line(tmp_path, softmax_run):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes((BUNDLED_MNIST / name).read_bytes())
+    assert_one_line_error(run("evaluate", softmax_run.run_dir, "--data-dir", tmp_path), "t10k-images-idx3-ubyte.gz")
+
+
+def test_non_numeric_flag_is_a_usage_error():
+    result = run("train", "--steps", "many")
+    assert result.exit_code == 2
+    assert "Invalid value for '--steps'" in result.output and "Traceback" not in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "digitrec", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "digitrec" in result.stdout

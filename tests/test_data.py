@@ -1,0 +1,193 @@
+import gzip
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from digitrec import data, idx
+from digitrec.errors import DataError
+
+from conftest import BUNDLED_MNIST
+
+
+def test_splits_follow_the_tutorial(mnist):
+    assert (len(mnist.train), len(mnist.validation), len(mnist.test)) == (55000, 5000, 10000)
+    raw_train = idx.decode(idx.read_bytes(BUNDLED_MNIST / "train-images-idx3-ubyte.gz"), "train")
+    # validation is the first 5,000 training images, train the 55,000 after them, in file order
+    assert torch.equal(mnist.validation.images[:, 0], torch.from_numpy(raw_train[:5000] / np.float32(255)))
+    assert torch.equal(mnist.train.images[-1, 0], torch.from_numpy(raw_train[-1] / np.float32(255)))
+    assert mnist.train.images.dtype == torch.float32 and mnist.train.labels.dtype == torch.int64
+    assert mnist.train.images.min() == 0 and mnist.train.images.max() == 1
+    assert mnist.test.labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_describe_reports_per_class_counts(mnist):
+    info = data.describe(BUNDLED_MNIST)
+    assert info["splits"]["test"]["per_class"] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert sum(info["splits"]["train"]["per_class"]) == 55000
+    assert set(info["checksums"].values()) == {"ok"}
+
+
+def test_batches_are_seeded_and_cover_each_epoch_once(mnist):
+    split = data.Split(torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100))
+    first = data.batches(split, 10, seed=3)
+    epoch = torch.cat([next(first)[1] for _ in range(10)])
+    assert sorted(epoch.tolist()) == list(range(100))
+    assert not torch.equal(epoch, torch.arange(100))
+    again = data.batches(split, 10, seed=3)
+    assert torch.equal(torch.cat([next(again)[1] for _ in range(10)]), epoch)
+
+
+def test_ranks_take_disjoint_shards_of_each_epoch():
+    split = data.Split(torch.zeros(40, 1, 1, 1), torch.arange(40))
+    shards = [torch.cat([next(data.batches(split, 20, seed=1, rank=r, world_size=2))[1]]) for r in range(2)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(40))
+
+
+def copy_mnist(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in data.FILES:
+        shutil.copy(BUNDLED_MNIST / name, directory / name)
+    return directory
+
+
+def test_checksum_mismatch_is_rejected_with_the_file_name(tmp_path):
+    directory = copy_mnist(tmp_path / "mnist")
+    raw = bytearray(gzip.decompress((directory / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    raw[5000] ^= 0xFF  # one pixel, structure intact
+    (directory / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: SHA-256 mismatch"):
+        data.load(directory)
+
+
+def test_images_file_given_as_labels_is_rejected(tmp_path):
+    directory = copy_mnist(tmp_path / "mnist")
+    shutil.copy(directory / "t10k-images-idx3-ubyte.gz", directory / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: expected a labels file, found an images file"):
+        data.load(directory)
+
+
+def test_truncated_data_file_is_rejected_with_its_name(tmp_path):
+    directory = copy_mnist(tmp_path / "mnist")
+    raw = gzip.decompress((directory / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (directory / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:512]))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: truncated: shape 10000 needs 10008 bytes, got 512"):
+        data.load(directory)
+
+
+def test_missing_explicit_directory_is_rejected(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.load(tmp_path / "nowhere")
+
+
+class Mirror(http.server.ThreadingHTTPServer):
+    """A local stand-in for a public MNIST mirror: serves the bundled files, intact or damaged."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), MirrorHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/mnist/"
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        self.server.requests.append(name)
+        if name not in data.FILES:
+            self.send_error(404)
+            return
+        body = (BUNDLED_MNIST / name).read_bytes()
+        if self.server.mode == "corrupt":
+            raw = bytearray(gzip.decompress(body))
+            raw[-1] ^= 0x01
+            body = gzip.compress(bytes(raw))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.mode == "drop":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the connection dies midway
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(request):
+    server = Mirror(request.param)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("mirror", ["good"], indirect=True)
+def test_missing_files_are_downloaded_verified_and_loaded(tmp_path, mirror):
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    assert data.locate(directory, mirrors=(mirror.url,)) == directory
+    assert sorted(mirror.requests) == sorted(data.FILES)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(data.FILES)  # no temporary files left
+    assert len(data.load(directory).test) == 10000
+
+
+@pytest.mark.parametrize("mirror", ["corrupt", "drop"], indirect=True)
+def test_bad_download_is_rejected_and_leaves_nothing_behind(tmp_path, mirror):
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    with pytest.raises(DataError, match=r"could not download train-images-idx3-ubyte\.gz") as error:
+        data.locate(directory, mirrors=(mirror.url,))
+    assert all(name in str(error.value) for name in data.FILES)  # says which files to put where
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("mirror", ["good"], indirect=True)
+def test_first_failing_mirror_falls_back_to_the_next(tmp_path, mirror):
+    dead = Mirror("drop")
+    try:
+        directory = tmp_path / "empty"
+        directory.mkdir()
+        data.locate(directory, mirrors=(dead.url, mirror.url))
+        assert len(data.load(directory).train) == 55000
+    finally:
+        dead.shutdown()
+        dead.server_close()
+
+
+def test_offline_with_no_files_anywhere_names_the_files_and_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "BUNDLED_DIR", tmp_path / "no-bundle")
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("DIGITREC_DATA", raising=False)
+    closed_port = "http://127.0.0.1:9/"  # the discard port: nothing listens there
+    with pytest.raises(DataError) as error:
+        data.locate(None, mirrors=(closed_port,))
+    message = str(error.value)
+    assert str(tmp_path / "cache") in message and all(name in message for name in data.FILES)
+
+
+def test_lookup_prefers_the_environment_variable_over_the_bundled_copy(tmp_path, monkeypatch):
+    directory = copy_mnist(tmp_path / "elsewhere")
+    monkeypatch.setenv("DIGITREC_DATA", str(directory))
+    assert data.locate() == directory
+    assert data.locate(BUNDLED_MNIST) == BUNDLED_MNIST  # the flag wins over the variable
+
+
+def test_random_affine_keeps_shape_and_is_reproducible(mnist):
+    images = mnist.test.images[:64]
+    first = data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1)
+    second = data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1)
+    assert first.shape == images.shape and torch.equal(first, second)
+    assert not torch.equal(first, images)
+    # a small affine keeps most of the ink
+    assert torch.allclose(first.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.35)
