@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from digitrec import checkpoint, models
+from digitrec import checkpoint, files, models
 from digitrec.errors import ModelError
 
 
@@ -48,8 +48,8 @@ def test_file_without_digitrec_metadata_is_reported(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "metrics.json"
-    checkpoint.write_atomic(target, "old")
+    files.write_atomic(target, "old")
     with pytest.raises(TypeError):
-        checkpoint.write_atomic(target, 12345)  # not bytes or str: fails before anything is replaced
+        files.write_atomic(target, 12345)  # not bytes or str: fails before anything is replaced
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -7,8 +7,6 @@ Never unpickles anything.
 """
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,25 +16,11 @@ from safetensors.torch import save
 
 from digitrec import models
 from digitrec.errors import ConfigError, ModelError
+from digitrec.files import write_atomic
 
 WEIGHTS_FILE = "weights.safetensors"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_MODEL = BUNDLED_DIR / "default"
-
-
-def write_atomic(path: Path, content: bytes | str) -> None:
-    """Write `content` to `path` via a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = content.encode() if isinstance(content, str) else content
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
-        try:
-            part.write(data)
-            part.flush()
-            os.fsync(part.fileno())
-            part.close()
-            os.replace(part.name, path)
-        finally:
-            Path(part.name).unlink(missing_ok=True)
 
 
 def to_json(value: dict) -> str:
@@ -111,8 +95,13 @@ def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], name: str
         raise ModelError(f"{path}: these weights do not fit model {name!r}: {shown}")
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot read ({error})") from None
+def load_record(run_dir: str | Path) -> tuple[dict, dict]:
+    """A run directory's config and metrics, without loading its weights."""
+    run_dir = Path(run_dir)
+    records = []
+    for name in ("config.json", "metrics.json"):
+        try:
+            records.append(json.loads((run_dir / name).read_text()))
+        except (OSError, ValueError) as error:
+            raise ModelError(f"{run_dir / name}: cannot read a run record ({error})") from None
+    return records[0], records[1]

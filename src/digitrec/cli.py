@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from digitrec import __version__
-from digitrec.errors import DigitrecError
+from digitrec.errors import DigitrecError, ImageError
+from digitrec.files import write_atomic
 
 DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -70,7 +71,8 @@ def data_command(data_dir, as_json):
               help="Run directory (default: runs/MODEL-RECIPE-TIMESTAMP).")
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
-def train_command(model, recipe, steps, batch_size, lr, seed, device, out, data_dir, quiet):
+@click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
+def train_command(model, recipe, steps, batch_size, lr, seed, device, out, data_dir, quiet, tensorboard):
     """Train a model, print the tutorial's log and the final test accuracy, and save the run."""
     from digitrec import data, train
 
@@ -78,7 +80,13 @@ def train_command(model, recipe, steps, batch_size, lr, seed, device, out, data_
     target = train.pick_device(device)
     run_dir = out or train.default_run_dir(config)
     click.echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}")
-    result = train.train(config, data.load(data_dir), target, run_dir, print_line=click.echo, show_progress=not quiet)
+    if tensorboard:
+        train.tensorboard_writer(run_dir).close()  # fail before training if tensorboard is missing
+    result = train.train(config, data.load(data_dir), target, run_dir, print_line=click.echo,
+                         show_progress=not quiet, tensorboard=tensorboard)
+    from digitrec import report
+
+    write_atomic(run_dir / "curves.png", report.curves_png(result.log))
     metrics = result.metrics
     click.echo(
         f"test accuracy {100 * metrics['test_accuracy']:.2f}% on 10,000 images "
@@ -91,14 +99,27 @@ def train_command(model, recipe, steps, batch_size, lr, seed, device, out, data_
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @DATA_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate_command(path, data_dir, as_json):
+@click.option("--report", "with_report", is_flag=True,
+              help="Also write figures and report.html (into the run directory, or --out).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where --report writes.")
+def evaluate_command(path, data_dir, as_json, with_report, out):
     """Test accuracy, per-class accuracy and confusion matrix of a run (default: the bundled model)."""
     from digitrec import checkpoint, data, evaluate
 
     loaded = checkpoint.load(path)
     mnist = data.load(data_dir)
-    summary = evaluate.summary(evaluate.model_logits(loaded.model, mnist.test), mnist.test.labels)
+    logits = evaluate.model_logits(loaded.model, mnist.test)
+    summary = evaluate.summary(logits, mnist.test.labels)
     summary = {"weights": str(loaded.weights_path), "model": loaded.config["model"], **summary}
+    if with_report:
+        from digitrec import report
+
+        run_dir = loaded.weights_path.parent
+        log_path = run_dir / "log.jsonl"
+        log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+        html_path = report.write_report(out or run_dir, loaded.config, loaded.metrics, log, logits,
+                                        mnist.test.images, mnist.test.labels)
+        click.echo(f"report written to {html_path}", err=as_json)
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -109,6 +130,120 @@ def evaluate_command(path, data_dir, as_json):
     for digit, row in enumerate(summary["confusion_matrix"]):
         accuracy = summary["per_class"]["accuracy"][digit]
         click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row) + f"  {100 * accuracy:>7.2f}%")
+
+
+COMPARE_COLUMNS = ("run", "model", "recipe", "steps", "train s", "validation", "test")
+
+
+@main.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as Markdown to this file.")
+def compare_command(runs, markdown):
+    """A table of runs: model, recipe, steps, training seconds, validation and test accuracy."""
+    from digitrec.checkpoint import load_record
+
+    rows = []
+    for run_dir in runs:
+        config, metrics = load_record(run_dir)
+        rows.append([str(run_dir), config.get("model", "?"), config.get("recipe", "?"), metrics.get("steps", "?"),
+                     f"{metrics.get('train_seconds', float('nan')):.1f}",
+                     f"{100 * metrics.get('validation_accuracy', float('nan')):.2f}%",
+                     f"{100 * metrics.get('test_accuracy', float('nan')):.2f}%"])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(COMPARE_COLUMNS, *rows)]
+    for row in (COMPARE_COLUMNS, *rows):
+        click.echo("  ".join(f"{cell!s:<{w}}" if i < 3 else f"{cell!s:>{w}}" for i, (cell, w) in enumerate(zip(row, widths))))
+    if markdown is not None:
+        lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
+        lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+        write_atomic(markdown, "\n".join(lines) + "\n")
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def expand_inputs(paths: tuple[str, ...]) -> list[tuple[str, object]]:
+    """(name, source) pairs: files as given, folders searched recursively for images, "-" for stdin."""
+    inputs: list[tuple[str, object]] = []
+    for given in paths:
+        if given == "-":
+            inputs.append(("-", sys.stdin.buffer.read()))
+        elif Path(given).is_dir():
+            found = sorted(p for p in Path(given).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inputs.extend((str(p), p) for p in found)
+        else:
+            inputs.append((given, Path(given)))
+    return inputs
+
+
+def preview_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "stdin"
+
+
+@main.command("predict")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results to this CSV file.")
+@click.option("--show-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save the 28x28 image the model saw for each input into this folder.")
+@click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True, help="Show the K likeliest digits.")
+def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top):
+    """Recognize the digit in each image (files, folders searched recursively, - for stdin)."""
+    import csv
+    import io
+
+    from PIL import Image
+
+    from digitrec.recognizer import Recognizer
+
+    recognizer = Recognizer.load(model_path)
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no images found in the given folders")
+    results = recognizer.predict_many(inputs)
+    rows = []
+    for (name, _), result in zip(inputs, results):
+        failed = isinstance(result, ImageError)
+        rows.append({
+            "path": name,
+            "digit": None if failed else result.digit,
+            "confidence": None if failed else round(result.confidence, 6),
+            "unsure": None if failed else result.unsure,
+            "probabilities": None if failed else [round(p, 6) for p in result.probabilities],
+            "error": str(result) if failed else None,
+        })
+        if show_preprocessed is not None and not failed:
+            show_preprocessed.mkdir(parents=True, exist_ok=True)
+            pixels = (result.preprocessed * 255).round().astype("uint8")
+            Image.fromarray(pixels).save(show_preprocessed / f"{preview_name(name)}.png")
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        width = max(len(row["path"]) for row in rows)
+        click.echo(f"{'image':<{width}}  digit  confidence  " + ("others" if top > 1 else ""))
+        for row, result in zip(rows, results):
+            if row["error"]:
+                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                continue
+            others = "  ".join(f"{d}:{100 * p:.1f}%" for d, p in result.top(top)[1:])
+            flag = " unsure" if row["unsure"] else ""
+            click.echo(f"{row['path']:<{width}}  {row['digit']:>5}  {100 * row['confidence']:>9.1f}%{flag}  {others}".rstrip())
+    if csv_path is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"])
+        for row in rows:
+            writer.writerow([row["path"], row["digit"], row["confidence"], row["unsure"],
+                             *(row["probabilities"] or [""] * 10), row["error"] or ""])
+        write_atomic(csv_path, buffer.getvalue())
+    failures = sum(1 for row in rows if row["error"])
+    if failures:
+        click.echo(f"{failures} of {len(rows)} images failed", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

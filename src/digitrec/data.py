@@ -9,7 +9,6 @@ It does not know about models.
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 
 from digitrec import idx
 from digitrec.errors import DataError
+from digitrec.files import write_atomic
 
 # file name -> (SHA-256 of the uncompressed bytes, shape)
 FILES = {
@@ -78,24 +78,21 @@ def download(directory: Path, mirrors: tuple[str, ...] = MIRRORS) -> None:
 
 
 def fetch_verified(url: str, destination: Path) -> None:
-    """Download `url` to `destination` through a temporary file, renamed only once its checksum matches."""
-    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", delete=False) as part:
-        try:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
-                while chunk := response.read(1 << 20):
-                    part.write(chunk)
-            part.close()
-            check_file(Path(part.name), name=destination.name)
-            os.replace(part.name, destination)
-        finally:
-            Path(part.name).unlink(missing_ok=True)
+    """Download `url` and write it to `destination` only once its checksum matches."""
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
+        body = response.read()  # at most about 10 MB
+    check_bytes(body, destination.name)
+    write_atomic(destination, body)
 
 
-def check_file(path: Path, name: str | None = None) -> np.ndarray:
-    """Read one MNIST file and check its structure, shape and checksum; returns its array."""
-    name = name or path.name
+def check_file(path: Path) -> np.ndarray:
+    return check_bytes(idx.read_bytes(path), path.name)
+
+
+def check_bytes(raw: bytes, name: str) -> np.ndarray:
+    """Check one MNIST file's structure, shape and checksum; returns its array."""
     expected_sha256, expected_shape = FILES[name]
-    raw = idx.read_bytes(path)
+    raw = idx.gunzip(raw, name)
     array = idx.decode(raw, name)
     if array.ndim != len(expected_shape):
         kinds = {1: "a labels file", 3: "an images file"}

@@ -53,11 +53,19 @@ def encode(array: np.ndarray) -> bytes:
 
 
 def read_bytes(path: Path) -> bytes:
-    """The uncompressed bytes of an IDX file, gunzipping it when it starts with the gzip magic number."""
+    """The uncompressed bytes of an IDX file on disk (see `gunzip`)."""
     try:
         raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{path.name}: corrupt or truncated gzip stream ({error})") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    return gunzip(raw, path.name)
+
+
+def gunzip(raw: bytes, name: str) -> bytes:
+    """`raw` decompressed when it starts with the gzip magic number, else as it is."""
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataError(f"{name}: corrupt or truncated gzip stream ({error})") from None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from digitrec import checkpoint, data, evaluate, models
 from digitrec.errors import ConfigError
+from digitrec.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,14 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def tensorboard_writer(run_dir: Path | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str((run_dir or Path("runs")) / "tensorboard"))
+
+
 def train(
     config: TrainConfig,
     mnist: data.MNIST,
@@ -206,16 +215,21 @@ def train(
     run_dir: Path | None = None,
     print_line: Callable[[str], None] = print,
     show_progress: bool = True,
+    tensorboard: bool = False,
 ) -> TrainResult:
-    """Train `config` on `mnist`, logging as the tutorial does, and write the run directory if given."""
+    """Train `config` on `mnist`, logging as the tutorial does, and write the run directory if given.
+
+    With `tensorboard`, the log records also go to TensorBoard event files in `run_dir/tensorboard`.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    board = tensorboard_writer(run_dir) if tensorboard else None
     training = Training(config, mnist, device)
     log: list[dict] = []
     train_seconds = 0.0
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_atomic(run_dir / "config.json", checkpoint.to_json(asdict(config)))
+        write_atomic(run_dir / "config.json", checkpoint.to_json(asdict(config)))
         log_file = (run_dir / "log.jsonl").open("w")
     print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
     progress = Progress(
@@ -234,10 +248,16 @@ def train(
             if run_dir is not None:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+            if board is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        board.add_scalar(key, value, record["step"])
             progress.console.print(format_row(record)) if show_progress else print_line(format_row(record))
             progress.update(task, completed=training.step)
     if run_dir is not None:
         log_file.close()
+    if board is not None:
+        board.close()
     metrics = {
         "model": config.model,
         "recipe": config.recipe,

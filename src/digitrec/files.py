@@ -1,0 +1,20 @@
+"""Writing files so that a reader never sees half of one: a temporary file in the same directory, then a rename."""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, content: bytes | str) -> None:
+    """Write `content` to `path` via a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
+        try:
+            part.write(data)
+            part.flush()
+            os.fsync(part.fileno())
+            part.close()
+            os.replace(part.name, path)
+        finally:
+            Path(part.name).unlink(missing_ok=True)

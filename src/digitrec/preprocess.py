@@ -1,0 +1,162 @@
+"""A person's image -> the 28x28 MNIST-style array the models expect; shared by CLI, Python API and web.
+
+MNIST digits are white ink on black, their bounding box scaled (keeping the aspect ratio, with
+anti-aliasing) so its longest side is 20 px, then pasted into 28x28 with the centre of mass at the
+centre. `preprocess` does the same to any image: decode (any common format and mode, EXIF orientation,
+transparency composited away), decide the polarity from the image itself, suppress paper texture and
+noise, thicken hairline strokes, crop, scale and centre. On an MNIST digit it is nearly the identity.
+Only numpy and Pillow: no torch here.
+"""
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from digitrec.errors import ImageError
+
+MAX_PIXELS = 25_000_000  # larger images are refused as possible decompression bombs
+MAX_SIDE = 20_000  # absurd dimensions (e.g. 1 x 1,000,000) are refused too
+WORKING_SIDE = 400  # larger images are first shrunk to this: plenty for a 20 px digit, and fast
+BOX_SIDE = 20  # MNIST's digit box
+FIELD_SIDE = 28
+CENTRE = 14.0  # where MNIST's centres of mass sit (row and column means over the test set: 13.99, 14.01)
+MIN_CONTRAST = 0.1  # ink that differs from the paper by less than this (on 0..1) is no digit
+MIN_STROKE = 1.7  # px at the 20 px scale; MNIST strokes are about 2-3 px wide, hairlines are thickened
+NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..1) is median-filtered
+NOISE_SIGMAS = 3.0  # paper texture up to this many robust standard deviations above the paper is removed
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+Source = str | Path | bytes | Image.Image | np.ndarray
+
+
+def load_image(source: Source, name: str = "image") -> Image.Image:
+    """Decode `source` (path, bytes, PIL image or array) into an upright PIL image, refusing bombs."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return array_image(source, name)
+    if isinstance(source, (str, Path)):
+        name = str(source)
+        try:
+            source = Path(source).read_bytes()
+        except OSError as error:
+            raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+    if not source:
+        raise ImageError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source))
+            if max(image.size) > MAX_SIDE or min(image.size) < 1:
+                raise ImageError(f"{name}: absurd dimensions {image.width}x{image.height}")
+            image.seek(0)  # the first frame of an animation
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: refused: more than {MAX_PIXELS:,} pixels (a decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+
+
+def array_image(array: np.ndarray, name: str) -> Image.Image:
+    """An (H, W), (H, W, 3) or (H, W, 4) array as an image; floats are taken as 0..1."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
+        raise ImageError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype != np.uint8:
+        array = np.clip(np.nan_to_num(array.astype(np.float64)) * (255 if array.dtype.kind == "f" else 1), 0, 255)
+    return Image.fromarray(array.astype(np.uint8))
+
+
+def grey_levels(image: Image.Image) -> np.ndarray:
+    """Luminance in 0..1 as float32; transparent parts are composited onto a background that contrasts
+    with what is drawn (a canvas export is often dark or coloured strokes on nothing at all)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image.convert("F") if image.mode != "F" else image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        return (values - low) / (high - low) if high > low else np.zeros_like(values)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if not has_alpha:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
+    alpha = rgba[:, :, 3]
+    luminance = rgba[:, :, :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    drawn = alpha > 0.5
+    ink_is_dark = not drawn.any() or luminance[drawn].mean() < 0.5
+    background = 1.0 if ink_is_dark else 0.0
+    return (alpha * luminance + (1 - alpha) * background).astype(np.float32)
+
+
+def ink_map(grey: np.ndarray) -> np.ndarray:
+    """White ink on black, 0..1, with the paper at exactly 0 and its texture and faint noise removed."""
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    paper = float(np.median(border))
+    if paper > 0.5:  # dark ink on light paper: invert
+        grey, paper = 1 - grey, 1 - paper
+        border = 1 - border
+    noise = 1.4826 * float(np.median(np.abs(border - paper)))  # robust standard deviation of the paper
+    if noise > NOISY_PAPER:  # speckled paper: a median filter (never on clean images, which it would erode)
+        smooth = np.asarray(Image.fromarray(grey, mode="F").filter(ImageFilter.MedianFilter(3)), dtype=np.float32)
+    else:
+        smooth = grey
+    peak = float(smooth.max())
+    floor = paper + max(NOISE_SIGMAS * noise, 0.02 * (peak - paper))
+    if peak - paper < MIN_CONTRAST or peak <= floor:
+        raise ImageError("no digit found (the image is blank or nearly blank)")
+    return np.clip((smooth - floor) / (peak - floor), 0, 1)
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the inked area over its outline length."""
+    solid = ink > 0.5
+    interior = solid.copy()
+    interior[1:-1, 1:-1] &= solid[:-2, 1:-1] & solid[2:, 1:-1] & solid[1:-1, :-2] & solid[1:-1, 2:]
+    outline = max(int((solid & ~interior).sum()), 1)
+    return 2 * int(solid.sum()) / outline
+
+
+def preprocess(source: Source, name: str = "image") -> np.ndarray:
+    """`source` as a (28, 28) float32 array in 0..1, white digit on black, framed as MNIST frames digits."""
+    image = load_image(source, name)
+    if max(image.size) > WORKING_SIDE:
+        image = image.copy()
+        image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+    try:
+        ink = ink_map(grey_levels(image))
+    except ImageError as error:
+        raise ImageError(f"{name}: {error}") from None
+    rows, cols = np.nonzero(ink.any(1))[0], np.nonzero(ink.any(0))[0]
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = BOX_SIDE / max(ink.shape)
+    width_after = stroke_width(ink) * scale
+    if width_after < MIN_STROKE and scale < 1:  # a hairline would fade away when shrunk: thicken it first
+        grow = int(np.ceil((MIN_STROKE - width_after) / scale))
+        ink = np.pad(ink, grow)
+        ink = np.asarray(Image.fromarray(ink, mode="F").filter(ImageFilter.MaxFilter(2 * grow + 1)), dtype=np.float32)
+        scale = BOX_SIDE / max(ink.shape)
+    height, width = (max(1, round(side * scale)) for side in ink.shape)
+    if (height, width) != ink.shape:
+        resized = Image.fromarray(ink, mode="F").resize((width, height), Image.Resampling.LANCZOS)
+        ink = np.clip(np.asarray(resized, dtype=np.float32), 0, None)
+        ink /= max(float(ink.max()), 1e-6)
+    return centre_by_mass(ink)
+
+
+def centre_by_mass(ink: np.ndarray) -> np.ndarray:
+    """Paste `ink` (at most 20x20) into 28x28 so that its centre of mass lands on MNIST's centre."""
+    total = float(ink.sum())
+    rows, cols = np.indices(ink.shape)
+    top = int(round(CENTRE - (rows * ink).sum() / total))
+    left = int(round(CENTRE - (cols * ink).sum() / total))
+    top = min(max(top, 0), FIELD_SIDE - ink.shape[0])
+    left = min(max(left, 0), FIELD_SIDE - ink.shape[1])
+    field = np.zeros((FIELD_SIDE, FIELD_SIDE), dtype=np.float32)
+    field[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    return field

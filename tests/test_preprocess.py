@@ -1,0 +1,150 @@
+import io
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from digitrec import preprocess
+from digitrec.errors import ImageError
+from digitrec.preprocess import preprocess as prep
+
+from person_style import encode
+
+
+@pytest.fixture(scope="module")
+def digits(mnist) -> np.ndarray:
+    return (mnist.test.images[:300, 0].numpy() * 255).round().astype(np.uint8)
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_mnist_digits_pass_through_nearly_unchanged(digits):
+    originals = digits.astype(np.float32) / 255
+    processed = np.stack([prep(d) for d in digits])
+    per_image = np.abs(processed - originals).reshape(len(digits), -1).mean(1)
+    assert np.median(per_image) < 0.002 and per_image.mean() < 0.01
+
+
+common = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@common
+@given(index=st.integers(0, 299), pad_top=st.integers(0, 60), pad_left=st.integers(0, 60),
+       pad_bottom=st.integers(0, 60), pad_right=st.integers(0, 60))
+def test_translation_and_padding_do_not_change_the_result(digits, index, pad_top, pad_left, pad_bottom, pad_right):
+    shifted = np.pad(digits[index], ((pad_top, pad_bottom), (pad_left, pad_right)))
+    assert mean_difference(prep(shifted), prep(digits[index])) < 0.01
+
+
+@common
+@given(index=st.integers(0, 299), factor=st.sampled_from([2, 3, 5, 8, 12]))
+def test_scaling_up_does_not_change_the_result_beyond_a_small_tolerance(digits, index, factor):
+    big = Image.fromarray(digits[index]).resize((28 * factor, 28 * factor), Image.Resampling.BICUBIC)
+    # resampling softens MNIST's edges, and may move the rounded centre of mass by a pixel
+    assert mean_difference(prep(big), prep(digits[index])) < 0.09
+
+
+@common
+@given(index=st.integers(0, 299), paper=st.integers(180, 255), ink=st.integers(0, 80),
+       colour=st.sampled_from([(1, 1, 1), (0.2, 0.3, 1.0), (1.0, 0.2, 0.1)]))
+def test_inversion_and_colours_do_not_change_the_result(digits, index, paper, ink, colour):
+    level = digits[index].astype(np.float32) / 255
+    grey = paper + (ink - paper) * level  # dark ink on light paper
+    rgb = np.clip(np.stack([grey * c + paper * (1 - c) * (1 - level) for c in colour], -1), 0, 255)
+    assert mean_difference(prep(rgb.astype(np.uint8)), prep(digits[index])) < 0.06
+
+
+def test_transparent_canvas_export_is_composited(digits):
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = digits[0]  # black strokes, alpha = ink
+    assert mean_difference(prep(Image.fromarray(rgba, "RGBA")), prep(digits[0])) < 0.01
+    rgba[..., :3] = 255  # white strokes on nothing
+    assert mean_difference(prep(Image.fromarray(rgba, "RGBA")), prep(digits[0])) < 0.01
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "I;16", "CMYK", "LA", "F"])
+def test_every_pillow_mode_is_accepted(digits, mode):
+    image = Image.fromarray(digits[3]).convert("RGB") if mode in ("P", "CMYK") else Image.fromarray(digits[3])
+    converted = image.convert(mode)
+    assert mean_difference(prep(converted), prep(digits[3])) < (0.08 if mode == "1" else 0.02)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_every_common_format_decodes(digits, fmt):
+    encoded = encode(Image.fromarray(255 - digits[5]).resize((112, 112)), fmt)
+    assert prep(encoded).shape == (28, 28)
+    assert mean_difference(prep(encoded), prep(digits[5])) < 0.06
+
+
+def test_exif_orientation_is_applied(digits):
+    upright = Image.fromarray(255 - digits[7]).resize((84, 84))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view": the stored pixels are turned the other way
+    stored = upright.rotate(90, expand=True)
+    encoded = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
+    assert mean_difference(prep(encoded), prep(upright)) < 0.03
+
+
+def test_gif_first_frame_is_used(digits):
+    frames = [Image.fromarray(255 - digits[i]).resize((56, 56)).convert("P") for i in (0, 1)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert mean_difference(prep(buffer.getvalue()), prep(digits[0])) < 0.03
+
+
+@pytest.mark.parametrize("image", [np.full((200, 200), 255, np.uint8), np.zeros((50, 80), np.uint8),
+                                   np.random.default_rng(0).normal(200, 3, (100, 100)).clip(0, 255).astype(np.uint8)])
+def test_blank_or_nearly_blank_images_are_no_digit(image):
+    with pytest.raises(ImageError, match="no digit found"):
+        prep(image)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_non_images_are_refused(payload, message):
+    with pytest.raises(ImageError, match=message):
+        prep(payload, "upload")
+
+
+def test_truncated_file_is_refused(digits):
+    encoded = encode(Image.fromarray(digits[0]).resize((200, 200)), "PNG")
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        prep(encoded[: len(encoded) // 2])
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = encode(Image.new("1", (6000, 6000)), "PNG")  # 36 M pixels in a few kilobytes
+    assert len(bomb) < 100_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match="decompression bomb"):
+            prep(bomb)
+
+
+def test_absurd_dimensions_are_refused():
+    with pytest.raises(ImageError, match="absurd dimensions"):
+        prep(encode(Image.new("L", (30_000, 1)), "PNG"))
+
+
+def test_unreadable_path_is_refused(tmp_path):
+    with pytest.raises(ImageError, match="cannot read"):
+        prep(tmp_path / "missing.png")
+
+
+def test_bad_array_shapes_are_refused():
+    with pytest.raises(ImageError, match="expected an"):
+        prep(np.zeros((2, 3, 5, 7)))
+
+
+def test_hairline_strokes_are_thickened(digits):
+    big = Image.fromarray(digits[0]).resize((400, 400), Image.Resampling.BICUBIC)
+    hairline = np.asarray(big) > 250  # a pen line only a few pixels wide at 400 px
+    result = prep((hairline * 255).astype(np.uint8))
+    assert preprocess.stroke_width(result) > 1.5 and (result > 0.5).sum() > 40
