@@ -246,5 +246,22 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         sys.exit(1)
 
 
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+def serve_command(host, port, model_path):
+    """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
+    import uvicorn
+
+    from digitrec.recognizer import Recognizer
+    from digitrec.web import create_app
+
+    app = create_app(Recognizer.load(model_path))
+    click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     sys.exit(main())

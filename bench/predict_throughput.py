@@ -1,0 +1,58 @@
+"""Throughput of `digitrec predict` over a folder of 1,000 PNG files: decode + preprocess + batched inference.
+
+Writes 1,000 MNIST test digits as 280x280 dark-on-light PNGs into a temporary folder, then times the
+same path the CLI takes (folder expansion, Recognizer.predict_many) in-process: a warm-up, then the
+median of 5 runs. Also times the whole CLI command once, start-up included.
+
+    python bench/predict_throughput.py [--model PATH] [--count 1000]
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from digitrec import data
+from digitrec.cli import expand_inputs
+from digitrec.recognizer import Recognizer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--count", type=int, default=1000)
+    args = parser.parse_args()
+    mnist = data.load()
+    digits = (mnist.test.images[: args.count, 0].numpy() * 255).astype(np.uint8)
+    labels = mnist.test.labels[: args.count].numpy()
+    recognizer = Recognizer.load(args.model)
+    with tempfile.TemporaryDirectory() as folder:
+        for index, digit in enumerate(digits):
+            Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BILINEAR).save(f"{folder}/{index:05d}.png")
+        recognizer.predict_many(expand_inputs((folder,))[:50])  # warm-up
+        seconds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            results = recognizer.predict_many(expand_inputs((folder,)))
+            seconds.append(time.perf_counter() - started)
+        accuracy = np.mean([r.digit == label for r, label in zip(results, labels)])
+        median = statistics.median(seconds)
+        started = time.perf_counter()
+        model_flag = ["--model", args.model] if args.model else []
+        subprocess.run([sys.executable, "-m", "digitrec", "predict", folder, "--json", *model_flag], check=True,
+                       capture_output=True)
+        whole = time.perf_counter() - started
+    print(f"{args.count} PNGs of 280x280: {args.count / median:.0f} images/s in-process "
+          f"(median of 5: {median:.2f} s), accuracy {100 * accuracy:.2f}%")
+    print(f"whole `digitrec predict FOLDER --json` command, start-up included: {whole:.2f} s "
+          f"({args.count / whole:.0f} images/s)")
+
+
+if __name__ == "__main__":
+    main()

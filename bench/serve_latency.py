@@ -1,0 +1,100 @@
+"""Latency of `digitrec serve` under load: 5,000 POSTs of 280x280 canvas PNGs from 8 concurrent clients.
+
+Starts the real server (`python -m digitrec serve`) on a free loopback port, waits for /api/health, then
+8 client threads (keep-alive connections, http.client) send the requests. Prints errors, p50/p90/p99
+latency and throughput. The clients share the server's 2 cores, so the figures include their cost.
+
+    python bench/serve_latency.py [--requests 5000] [--clients 8] [--model PATH]
+"""
+
+import argparse
+import http.client
+import io
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from digitrec import data
+
+
+def canvas_pngs(count: int) -> list[bytes]:
+    """MNIST test digits drawn as the page sends them: black strokes on a white 280x280 canvas."""
+    digits = (data.load().test.images[:count, 0].numpy() * 255).astype(np.uint8)
+    pngs = []
+    for digit in digits:
+        buffer = io.BytesIO()
+        Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BILINEAR).convert("RGBA").save(buffer, "PNG")
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    pngs = canvas_pngs(200)
+    port = free_port()
+    command = [sys.executable, "-m", "digitrec", "serve", "--port", str(port)]
+    server = subprocess.Popen(command + (["--model", args.model] if args.model else []), stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/api/health")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("server did not start")
+                time.sleep(0.2)
+        latencies, errors = [], []
+        lock = threading.Lock()
+        per_client = args.requests // args.clients
+
+        def client(number: int):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for index in range(per_client):
+                body = pngs[(number * per_client + index) % len(pngs)]
+                started = time.perf_counter()
+                connection.request("POST", "/api/predict", body=body, headers={"Content-Type": "image/png"})
+                response = connection.getresponse()
+                response.read()
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    if response.status != 200:
+                        errors.append(response.status)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(10)
+    milliseconds = np.array(latencies) * 1000
+    print(f"{len(latencies)} requests from {args.clients} clients in {wall:.1f} s: {len(latencies) / wall:.0f} requests/s, "
+          f"{len(errors)} errors")
+    print(f"latency ms: p50 {np.percentile(milliseconds, 50):.1f}  p90 {np.percentile(milliseconds, 90):.1f}  "
+          f"p99 {np.percentile(milliseconds, 99):.1f}  max {milliseconds.max():.1f}")
+
+
+if __name__ == "__main__":
+    main()

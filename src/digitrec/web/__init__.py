@@ -1,0 +1,8 @@
+"""The web app: `create_app(recognizer)` builds the JSON API and serves the drawing page.
+
+The API and the page use the same `Recognizer` (and so the same preprocessing) as the CLI.
+"""
+
+from digitrec.web.app import create_app
+
+__all__ = ["create_app"]

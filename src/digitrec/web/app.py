@@ -1,0 +1,179 @@
+"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, and the static drawing page.
+
+Request bodies are capped at 2 MB by counting the bytes actually received (not only Content-Length);
+every bad request gets a 4xx with a JSON `detail`, never a 500.
+"""
+
+import base64
+import binascii
+import io
+import json
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from digitrec.errors import ImageError
+from digitrec.recognizer import UNSURE_BELOW, Recognizer
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+STATIC_DIR = Path(__file__).parent / "static"
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+class PredictionOut(BaseModel):
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    unsure: bool
+    preprocessed: str | None = None  # the 28x28 view as a PNG data URL, when asked for
+
+
+class BodyLimit:
+    """ASGI middleware: reads the whole request body, refusing it with 413 once it passes the limit."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self.refuse(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await self.refuse(send)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, send):
+        response = JSONResponse({"detail": f"request body over {self.limit // (1024 * 1024)} MB"}, status_code=413)
+        await response({"type": "http"}, None, send)
+
+
+def error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def png_data_url(pixels) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray((pixels * 255).round().astype("uint8")).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_data_url(value: object) -> bytes:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('expected {"image": "data:image/...;base64,..."}')
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the image is not valid base64") from None
+
+
+async def image_bytes(request: Request) -> bytes | JSONResponse:
+    """The uploaded image from a multipart form, a raw image body or a JSON data URL."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception:  # python-multipart raises several types for malformed forms
+            return error(422, "malformed multipart form")
+        upload = form.get("image") or form.get("file")
+        if upload is None or isinstance(upload, str):
+            return error(422, "the form needs a file field named 'image' (or 'file')")
+        return await upload.read()
+    if content_type == "application/json":
+        try:
+            return decode_data_url(json.loads(await request.body()).get("image"))
+        except (ValueError, AttributeError) as problem:
+            message = str(problem) if not isinstance(problem, json.JSONDecodeError) else "the body is not valid JSON"
+            return error(422, message if not isinstance(problem, AttributeError) else "expected a JSON object")
+    if content_type.startswith(RAW_TYPES):
+        return await request.body()
+    return error(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
+
+
+def create_app(recognizer: Recognizer) -> FastAPI:
+    app = FastAPI(
+        title="digitrec",
+        summary="Handwritten-digit recognition",
+        description="POST an image of a handwritten digit to /api/predict; the page at / lets you draw one.",
+    )
+
+    @app.post(
+        "/api/predict",
+        response_model=PredictionOut,
+        responses={413: {"description": "body over 2 MB"}, 415: {"description": "unsupported media type"},
+                   422: {"description": "undecodable, empty or blank image, or a malformed request"}},
+        openapi_extra={"requestBody": {"content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "image": {"type": "string", "format": "binary"}}}},
+            "application/json": {"schema": {"type": "object", "properties": {
+                "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
+        }, "required": True}},
+    )
+    async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
+        """Recognize one digit. `unsure` is true when the top probability is below 0.8."""
+        raw = await image_bytes(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        try:
+            result = await run_in_threadpool(recognizer.predict, raw, "upload")
+        except ImageError as problem:
+            return error(422, str(problem))
+        return PredictionOut(
+            digit=result.digit,
+            confidence=result.confidence,
+            probabilities=result.probabilities,
+            unsure=result.unsure,
+            preprocessed=png_data_url(result.preprocessed) if preprocessed else None,
+        )
+
+    @app.get("/api/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/api/model")
+    def model():
+        info = recognizer.info
+        return {
+            "name": info["name"],
+            "recipe": info.get("recipe"),
+            "parameters": info["parameters"],
+            "test_accuracy": info["metrics"].get("test_accuracy"),
+            "runtime": info["runtime"],
+            "unsure_below": UNSURE_BELOW,
+        }
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(BodyLimit)
+    return app

@@ -1,0 +1,147 @@
+// The drawing page: strokes on a canvas, debounced live prediction through /api/predict.
+"use strict";
+
+const pad = document.getElementById("pad");
+const context = pad.getContext("2d");
+const strokes = [];  // each stroke is a list of [x, y] points in canvas pixels, kept for undo
+let current = null;
+let timer = null;
+let inFlight = null;
+const BRUSH = 20;  // px on the 280 px canvas: about MNIST's stroke width once scaled to 20 px
+const DEBOUNCE_MS = 120;
+
+const bars = document.getElementById("bars");
+for (let digit = 0; digit < 10; digit++) {
+  const item = document.createElement("li");
+  item.innerHTML = `<span>${digit}</span><span class="bar"><span class="fill"></span></span><span class="value">0%</span>`;
+  bars.appendChild(item);
+}
+
+function redraw() {
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, pad.width, pad.height);
+  context.strokeStyle = "#000";
+  context.fillStyle = "#000";
+  context.lineWidth = BRUSH;
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  for (const stroke of strokes) {
+    if (stroke.length === 1) {
+      context.beginPath();
+      context.arc(stroke[0][0], stroke[0][1], BRUSH / 2, 0, 2 * Math.PI);
+      context.fill();
+      continue;
+    }
+    context.beginPath();
+    context.moveTo(stroke[0][0], stroke[0][1]);
+    for (const [x, y] of stroke.slice(1)) context.lineTo(x, y);
+    context.stroke();
+  }
+}
+
+function point(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  current = [point(event)];
+  strokes.push(current);
+  redraw();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!current) return;
+  for (const sample of event.getCoalescedEvents ? event.getCoalescedEvents() : [event]) current.push(point(sample));
+  redraw();
+  schedule();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, () => { if (current) { current = null; schedule(); } });
+}
+
+function schedule() {
+  clearTimeout(timer);
+  timer = setTimeout(() => { if (strokes.length) pad.toBlob((blob) => send(blob, "image/png"), "image/png"); }, DEBOUNCE_MS);
+}
+
+function undo() { strokes.pop(); redraw(); strokes.length ? schedule() : reset(); }
+function clear() { strokes.length = 0; redraw(); reset(); }
+document.getElementById("undo").addEventListener("click", undo);
+document.getElementById("clear").addEventListener("click", clear);
+document.addEventListener("keydown", (event) => {
+  if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") { event.preventDefault(); undo(); }
+  else if (event.key === "Escape") clear();
+});
+
+function reset() {
+  document.getElementById("digit").textContent = "–";
+  document.getElementById("confidence").textContent = "";
+  document.getElementById("unsure").hidden = true;
+  document.getElementById("message").textContent = "";
+  document.getElementById("seen").removeAttribute("src");
+  show(new Array(10).fill(0), -1);
+}
+
+function show(probabilities, best) {
+  bars.querySelectorAll("li").forEach((item, digit) => {
+    item.classList.toggle("top", digit === best);
+    item.querySelector(".fill").style.width = `${(100 * probabilities[digit]).toFixed(1)}%`;
+    item.querySelector(".value").textContent = `${(100 * probabilities[digit]).toFixed(1)}%`;
+  });
+}
+
+async function send(body, type) {
+  if (inFlight) inFlight.abort();
+  inFlight = new AbortController();
+  try {
+    const response = await fetch("/api/predict?preprocessed=true", {
+      method: "POST", headers: { "Content-Type": type }, body, signal: inFlight.signal,
+    });
+    const result = await response.json();
+    if (!response.ok) {
+      reset();
+      document.getElementById("message").textContent = result.detail || `error ${response.status}`;
+      return;
+    }
+    document.getElementById("digit").textContent = result.digit;
+    document.getElementById("confidence").textContent = `${(100 * result.confidence).toFixed(1)}% sure`;
+    document.getElementById("unsure").hidden = !result.unsure;
+    document.getElementById("message").textContent = "";
+    document.getElementById("seen").src = result.preprocessed;
+    show(result.probabilities, result.digit);
+  } catch (problem) {
+    if (problem.name !== "AbortError") document.getElementById("message").textContent = "The server did not answer.";
+  }
+}
+
+function sendFile(file) {
+  if (!file) return;
+  strokes.length = 0;
+  const picture = new Image();
+  picture.onload = () => {  // show the upload on the pad, fitted, then send the original file
+    redraw();
+    const scale = Math.min(pad.width / picture.width, pad.height / picture.height);
+    const w = picture.width * scale, h = picture.height * scale;
+    context.drawImage(picture, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    URL.revokeObjectURL(picture.src);
+  };
+  picture.src = URL.createObjectURL(file);
+  send(file, file.type || "application/octet-stream");
+}
+document.getElementById("file").addEventListener("change", (event) => sendFile(event.target.files[0]));
+pad.addEventListener("dragover", (event) => { event.preventDefault(); pad.classList.add("dragging"); });
+pad.addEventListener("dragleave", () => pad.classList.remove("dragging"));
+pad.addEventListener("drop", (event) => {
+  event.preventDefault();
+  pad.classList.remove("dragging");
+  sendFile(event.dataTransfer.files[0]);
+});
+
+fetch("/api/model").then((r) => r.json()).then((model) => {
+  const accuracy = model.test_accuracy ? `, ${(100 * model.test_accuracy).toFixed(2)}% on the MNIST test set` : "";
+  document.getElementById("model-info").textContent = `Draw a digit, 0 to 9. Model: ${model.name}${accuracy}.`;
+}).catch(() => {});
+redraw();
+reset();

@@ -1,0 +1,84 @@
+"""End to end: Debian's Chromium, driven by Playwright, draws digits on the page and uploads a file."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_web import live_server  # noqa: F401  (the session's real uvicorn server)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def page(live_server):  # noqa: F811
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1000, "height": 800})
+        page.goto(live_server.url)
+        yield page
+        browser.close()
+
+
+def draw(page, strokes):
+    """Each stroke is a list of (x, y) points in 0..1 of the canvas, drawn with the mouse."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
+        page.mouse.up()
+
+
+def shown_digit(page, expected: str) -> str:
+    page.wait_for_function(f"document.getElementById('digit').textContent === '{expected}'", timeout=10_000)
+    return page.locator("#digit").text_content()
+
+
+ZERO = [[(0.5 + 0.22 * math.sin(t / 20 * 2 * math.pi), 0.5 - 0.32 * math.cos(t / 20 * 2 * math.pi)) for t in range(21)]]
+ONE = [[(0.48, 0.18), (0.5, 0.5), (0.52, 0.82)]]
+SEVEN = [[(0.28, 0.22), (0.72, 0.22), (0.45, 0.82)]]
+
+
+@pytest.mark.parametrize("name, strokes, digit", [("one", ONE, "1"), ("seven", SEVEN, "7"), ("zero", ZERO, "0")])
+def test_drawn_digits_are_recognized_live(page, tmp_path, name, strokes, digit):
+    page.click("#clear")
+    draw(page, strokes)
+    assert shown_digit(page, digit) == digit
+    bars = page.locator("#bars li")
+    assert bars.count() == 10 and "top" in (bars.nth(int(digit)).get_attribute("class") or "")
+    assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
+    page.screenshot(path=str(tmp_path / f"drawn-{name}.png"))
+    assert (tmp_path / f"drawn-{name}.png").stat().st_size > 1000
+
+
+def test_undo_and_clear(page):
+    page.click("#clear")
+    draw(page, ONE)
+    shown_digit(page, "1")
+    page.click("#undo")
+    page.wait_for_function("document.getElementById('digit').textContent === '–'")
+    draw(page, SEVEN)
+    shown_digit(page, "7")
+    page.keyboard.press("Escape")
+    page.wait_for_function("document.getElementById('digit').textContent === '–'")
+
+
+def test_uploaded_file_is_recognized(page, mnist, tmp_path):
+    digit = (mnist.test.images[2, 0].numpy() * 255).astype(np.uint8)  # a 1
+    path = tmp_path / "upload.png"
+    Image.fromarray(255 - digit).resize((200, 200)).save(path)
+    page.set_input_files("#file", str(path))
+    assert shown_digit(page, "1") == "1"
+    page.screenshot(path=str(tmp_path / "uploaded.png"))

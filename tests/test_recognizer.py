@@ -1,0 +1,129 @@
+"""The Python API and `digitrec predict`, with the bundled default model on real MNIST test digits."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitrec.errors import ImageError, ModelError
+from digitrec.recognizer import UNSURE_BELOW, Prediction, Recognizer
+
+from person_style import STYLES, encode, render
+from test_cli import run
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer.load()
+
+
+@pytest.fixture(scope="module")
+def digits(mnist) -> tuple[np.ndarray, np.ndarray]:
+    return (mnist.test.images[:, 0].numpy() * 255).round().astype(np.uint8), mnist.test.labels.numpy()
+
+
+def test_person_style_images_are_read_nearly_as_well_as_mnist(recognizer, digits):
+    images, labels = digits
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(labels), 600, replace=False)
+    renders = [(f"{i}", render(images[i], STYLES[n % len(STYLES)], rng)) for n, i in enumerate(chosen)]
+    results = recognizer.predict_many(renders)
+    on_renders = np.mean([r.digit == labels[i] for r, i in zip(results, chosen)])
+    on_originals = np.mean([p.digit == labels[i] for p, i in zip(recognizer.predict_arrays(images[chosen] / 255), chosen)])
+    assert on_renders >= on_originals - 0.005, (on_renders, on_originals)
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "pil", "array-uint8", "array-float", "array-rgb"])
+def test_every_accepted_input_type_gives_the_same_answer(recognizer, digits, tmp_path, kind):
+    images, labels = digits
+    digit = images[0]
+    path = tmp_path / "seven.png"
+    Image.fromarray(255 - digit).resize((140, 140)).save(path)
+    source = {
+        "path": path, "bytes": path.read_bytes(), "pil": Image.open(path), "array-uint8": digit,
+        "array-float": digit / 255.0, "array-rgb": np.stack([digit] * 3, -1),
+    }[kind]
+    result = recognizer.predict(source)
+    assert isinstance(result, Prediction) and result.digit == labels[0] == 7
+    assert abs(sum(result.probabilities) - 1) < 1e-6 and result.confidence == max(result.probabilities)
+    assert result.unsure == (result.confidence < UNSURE_BELOW)
+    assert result.preprocessed.shape == (28, 28)
+
+
+def test_an_ambiguous_blob_is_flagged_unsure(recognizer):
+    blob = np.zeros((28, 28), np.uint8)
+    blob[8:20, 8:20] = 255  # a filled square is no digit the model knows
+    assert recognizer.predict(blob).unsure
+
+
+def test_batched_prediction_keeps_order_and_reports_bad_images_in_place(recognizer, digits):
+    images, labels = digits
+    inputs = [("a", images[1]), ("bad", b"not an image"), ("b", images[2]), ("blank", np.zeros((40, 40), np.uint8))]
+    results = recognizer.predict_many(inputs)
+    assert results[0].digit == labels[1] and results[2].digit == labels[2]
+    assert isinstance(results[1], ImageError) and "bad: not an image" in str(results[1])
+    assert isinstance(results[3], ImageError) and "no digit found" in str(results[3])
+
+
+def test_loading_a_missing_model_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError):
+        Recognizer.load(tmp_path / "none.safetensors")
+
+
+@pytest.fixture
+def folder(tmp_path, digits) -> Path:
+    images, _ = digits
+    root = tmp_path / "scans"
+    (root / "nested").mkdir(parents=True)
+    for index in range(4):
+        Image.fromarray(255 - images[index]).resize((100, 100)).save(root / ("nested" if index % 2 else "") / f"d{index}.png")
+    return root
+
+
+def test_predict_table_lists_each_image_with_its_digit(folder, digits):
+    result = run("predict", folder)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split()[:3] == ["image", "digit", "confidence"] and len(lines) == 5
+    found = {Path(line.split()[0]).name: int(line.split()[1]) for line in lines[1:]}
+    assert found == {f"d{i}.png": int(digits[1][i]) for i in range(4)}
+
+
+def test_predict_json_and_csv_carry_probabilities_and_errors(folder, digits, tmp_path):
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = run("predict", folder, "--json", "--csv", tmp_path / "out.csv", "--top", 3)
+    assert result.exit_code == 1  # one image failed
+    records = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert len(records) == 5 and {tuple(sorted(r)) for r in records} == {
+        ("confidence", "digit", "error", "path", "probabilities", "unsure")}
+    broken = next(r for r in records if r["path"].endswith("broken.png"))
+    assert broken["digit"] is None and "broken.png" in broken["error"]
+    good = [r for r in records if r["error"] is None]
+    assert all(abs(sum(r["probabilities"]) - 1) < 1e-4 for r in good)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
+    assert len(rows) == 5 and rows[0].keys() >= {"path", "digit", "confidence", "p0", "p9", "error"}
+    assert "1 of 5 images failed" in result.output
+
+
+def test_predict_reads_stdin_and_saves_the_preprocessed_view(digits, tmp_path):
+    png = encode(Image.fromarray(255 - digits[0][0]).resize((90, 90)), "PNG")
+    from click.testing import CliRunner
+
+    from digitrec.cli import main
+
+    result = CliRunner().invoke(main, ["predict", "-", "--show-preprocessed", str(tmp_path / "seen")], input=png)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1].split()[:2] == ["-", "7"]
+    saved = Image.open(tmp_path / "seen" / "stdin.png")
+    assert saved.size == (28, 28)
+
+
+def test_predict_on_bad_files_reports_each_and_exits_non_zero(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    result = run("predict", tmp_path / "empty.png", tmp_path / "missing.png")
+    assert result.exit_code == 1
+    assert "empty file" in result.output and "cannot read" in result.output and "Traceback" not in result.output

@@ -1,0 +1,157 @@
+"""The JSON API against a real uvicorn server on a free port of 127.0.0.1."""
+
+import base64
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from digitrec.recognizer import Recognizer
+from digitrec.web import create_app
+
+from person_style import encode
+
+
+class LiveServer:
+    def __init__(self, app):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    server = LiveServer(create_app(Recognizer.load()))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=30) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def seven_png(mnist) -> bytes:
+    digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)  # a 7
+    return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
+
+
+def assert_healthy(client):
+    assert client.get("/api/health").json() == {"status": "ok"}
+
+
+def test_raw_png_body_is_recognized(client, seven_png):
+    response = client.post("/api/predict", content=seven_png, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["digit"] == 7 and len(body["probabilities"]) == 10 and body["preprocessed"] is None
+    assert isinstance(body["unsure"], bool) and body["confidence"] == max(body["probabilities"])
+
+
+def test_multipart_upload_is_recognized(client, seven_png):
+    response = client.post("/api/predict", files={"image": ("seven.png", seven_png, "image/png")})
+    assert response.status_code == 200 and response.json()["digit"] == 7
+
+
+def test_json_data_url_is_recognized_and_the_preprocessed_view_returned(client, seven_png):
+    url = "data:image/png;base64," + base64.b64encode(seven_png).decode()
+    response = client.post("/api/predict?preprocessed=true", json={"image": url})
+    body = response.json()
+    assert response.status_code == 200 and body["digit"] == 7
+    seen = Image.open(io.BytesIO(base64.b64decode(body["preprocessed"].split(",", 1)[1])))
+    assert seen.size == (28, 28)
+
+
+def test_jpeg_body_is_recognized(client, mnist):
+    digit = (mnist.test.images[1, 0].numpy() * 255).astype(np.uint8)  # a 2
+    jpeg = encode(Image.fromarray(255 - digit).resize((200, 200)), "JPEG", quality=80)
+    response = client.post("/api/predict", content=jpeg, headers={"Content-Type": "image/jpeg"})
+    assert response.json()["digit"] == 2
+
+
+def test_model_endpoint_describes_the_model(client):
+    info = client.get("/api/model").json()
+    assert info["name"] and info["parameters"] > 0 and 0.99 < info["test_accuracy"] <= 1
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_page_and_static_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # no CDN: everything is local
+    assert client.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("headers, content, status, fragment", [
+    ({"Content-Type": "image/png"}, b"", 422, "empty"),
+    ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\ngarbage", 422, "upload: not an image"),
+    ({"Content-Type": "text/plain"}, b"seven", 415, "unsupported media type"),
+    ({}, b"seven", 415, "unsupported media type"),
+    ({"Content-Type": "application/json"}, b"{not json", 422, "not valid JSON"),
+    ({"Content-Type": "application/json"}, b"[1, 2]", 422, "JSON object"),
+    ({"Content-Type": "application/json"}, b'{"image": "data:image/png;base64,@@@"}', 422, "base64"),
+    ({"Content-Type": "application/json"}, b'{"picture": 1}', 422, "expected"),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nbroken", 422, "form"),
+])
+def test_bad_requests_get_a_4xx_with_a_message_and_the_server_stays_healthy(client, headers, content, status, fragment):
+    response = client.post("/api/predict", content=content, headers=headers)
+    assert response.status_code == status
+    assert fragment in response.json()["detail"]
+    assert_healthy(client)
+
+
+def test_truncated_png_is_422(client, seven_png):
+    response = client.post("/api/predict", content=seven_png[: len(seven_png) // 2], headers={"Content-Type": "image/png"})
+    assert response.status_code == 422 and "truncated" in response.json()["detail"]
+
+
+def test_blank_canvas_is_no_digit(client):
+    blank = encode(Image.new("L", (280, 280), 255), "PNG")
+    response = client.post("/api/predict", content=blank, headers={"Content-Type": "image/png"})
+    assert response.status_code == 422 and "no digit found" in response.json()["detail"]
+
+
+def test_decompression_bomb_is_refused(client):
+    bomb = encode(Image.new("1", (6000, 6000)), "PNG")
+    response = client.post("/api/predict", content=bomb, headers={"Content-Type": "image/png"})
+    assert response.status_code == 422 and "decompression bomb" in response.json()["detail"]
+    assert_healthy(client)
+
+
+def test_oversized_body_is_413(client):
+    response = client.post("/api/predict", content=b"\0" * (2 * 1024 * 1024 + 1), headers={"Content-Type": "image/png"})
+    assert response.status_code == 413
+    assert_healthy(client)
+
+
+def test_oversized_streamed_body_without_content_length_is_413(client):
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 65536  # 2.5 MB in all, sent chunked: no Content-Length to trust
+
+    response = client.post("/api/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 413
+    assert_healthy(client)
