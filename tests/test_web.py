@@ -155,3 +155,35 @@ def test_oversized_streamed_body_without_content_length_is_413(client):
     response = client.post("/api/predict", content=chunks(), headers={"Content-Type": "image/png"})
     assert response.status_code == 413
     assert_healthy(client)
+
+
+def test_serve_command_starts_a_server_on_loopback():
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert response.json() == {"status": "ok"}
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=10)[0]
+    assert f"http://127.0.0.1:{port}/" in output and "Traceback" not in output
+
+
+def test_serve_with_missing_model_is_one_line(tmp_path):
+    from test_cli import run
+
+    result = run("serve", "--model", tmp_path / "none")
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output

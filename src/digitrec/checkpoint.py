@@ -70,7 +70,7 @@ def load(path: str | Path | None = None) -> Loaded:
     try:
         config = json.loads(metadata["config"])
         metrics = json.loads(metadata.get("metrics", "{}"))
-        model = models.create(config["model"])
+        model = models.create(config["model"], config.get("width"))
     except (KeyError, ValueError, TypeError):
         raise ModelError(f"{path}: no digitrec model config in the file's metadata") from None
     except ConfigError as error:

@@ -65,6 +65,7 @@ def data_command(data_dir, as_json):
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="(Peak) learning rate.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="fast only: channels of the first block.")
 @click.option("--seed", type=int, default=None, help="Seed for weights, batches and augmentation.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -72,11 +73,11 @@ def data_command(data_dir, as_json):
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
-def train_command(model, recipe, steps, batch_size, lr, seed, device, out, data_dir, quiet, tensorboard):
+def train_command(model, recipe, steps, batch_size, lr, width, seed, device, out, data_dir, quiet, tensorboard):
     """Train a model, print the tutorial's log and the final test accuracy, and save the run."""
     from digitrec import data, train
 
-    config = train.resolve_config(model, recipe, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    config = train.resolve_config(model, recipe, steps=steps, batch_size=batch_size, lr=lr, width=width, seed=seed)
     target = train.pick_device(device)
     run_dir = out or train.default_run_dir(config)
     click.echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}")
@@ -96,28 +97,37 @@ def train_command(model, recipe, steps, batch_size, lr, seed, device, out, data_
 
 
 @main.command("evaluate")
-@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @DATA_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--report", "with_report", is_flag=True,
               help="Also write figures and report.html (into the run directory, or --out).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where --report writes.")
-def evaluate_command(path, data_dir, as_json, with_report, out):
-    """Test accuracy, per-class accuracy and confusion matrix of a run (default: the bundled model)."""
+def evaluate_command(paths, data_dir, as_json, with_report, out):
+    """Test accuracy, per-class accuracy and confusion matrix of a run (default: the bundled model).
+
+    Several PATHS evaluate their ensemble: the average of the models' probabilities.
+    """
+    import torch
+
     from digitrec import checkpoint, data, evaluate
 
-    loaded = checkpoint.load(path)
+    loaded = [checkpoint.load(path) for path in paths or [None]]
     mnist = data.load(data_dir)
-    logits = evaluate.model_logits(loaded.model, mnist.test)
+    if len(loaded) == 1:
+        logits = evaluate.model_logits(loaded[0].model, mnist.test)
+    else:  # log of the mean probability: argmax and softmax then describe the ensemble
+        logits = torch.stack([evaluate.model_logits(run.model, mnist.test).softmax(1) for run in loaded]).mean(0).log()
     summary = evaluate.summary(logits, mnist.test.labels)
-    summary = {"weights": str(loaded.weights_path), "model": loaded.config["model"], **summary}
+    summary = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
+               "model": "+".join(run.config["model"] for run in loaded), **summary}
     if with_report:
         from digitrec import report
 
-        run_dir = loaded.weights_path.parent
+        run_dir = loaded[0].weights_path.parent
         log_path = run_dir / "log.jsonl"
-        log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
-        html_path = report.write_report(out or run_dir, loaded.config, loaded.metrics, log, logits,
+        log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() and len(loaded) == 1 else []
+        html_path = report.write_report(out or run_dir, loaded[0].config, loaded[0].metrics, log, logits,
                                         mnist.test.images, mnist.test.labels)
         click.echo(f"report written to {html_path}", err=as_json)
     if as_json:
@@ -244,6 +254,22 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
     if failures:
         click.echo(f"{failures} of {len(rows)} images failed", err=True)
         sys.exit(1)
+
+
+@main.command("export")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
+@DATA_DIR_OPTION
+def export_command(path, export_format, out, data_dir):
+    """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set."""
+    from digitrec import data
+    from digitrec.deploy import PARITY_TOLERANCE, export_onnx
+
+    test_images = data.load(data_dir).test.images.numpy()
+    parity = export_onnx(path, out, check_images=test_images)
+    click.echo(f"wrote {out}: onnxruntime gives the same digit on {parity['same_digits']}/{parity['images']} test images, "
+               f"largest logit difference {parity['max_logit_difference']:.2e} (limit {PARITY_TOLERANCE:g})")
 
 
 @main.command("serve")

@@ -4,6 +4,9 @@ import os
 import tempfile
 from pathlib import Path
 
+UMASK = os.umask(0)
+os.umask(UMASK)
+
 
 def write_atomic(path: Path, content: bytes | str) -> None:
     """Write `content` to `path` via a temporary file in the same directory and an atomic rename."""
@@ -15,6 +18,7 @@ def write_atomic(path: Path, content: bytes | str) -> None:
             part.flush()
             os.fsync(part.fileno())
             part.close()
+            os.chmod(part.name, 0o666 & ~UMASK)  # temporary files are private; the result should not be
             os.replace(part.name, path)
         finally:
             Path(part.name).unlink(missing_ok=True)

@@ -65,12 +65,13 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
 
 
 class FastCNN(nn.Module):
-    """A small batch-norm CNN sized for a laptop CPU: three conv blocks, two pools, global max pool.
+    """A small batch-norm CNN sized for a laptop CPU: three conv blocks, each followed by a 2x2 max pool,
+    and a linear layer over the remaining 3x3 map (keeping where features are, which a global pool loses).
 
-    Most of the compute sits at 14x14 and 7x7, where channels are wide enough to keep the cores busy.
+    `width` is the first block's channels; the others have 2x and 4x. 16 trains to 99 % in seconds.
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         self.layers = nn.Sequential(
             conv_block(1, width, 5),  # (B, 1, 28, 28) -> (B, w, 28, 28)
@@ -78,9 +79,9 @@ class FastCNN(nn.Module):
             conv_block(width, 2 * width, 3),  # -> (B, 2w, 14, 14)
             nn.MaxPool2d(2),  # -> (B, 2w, 7, 7)
             conv_block(2 * width, 4 * width, 3),  # -> (B, 4w, 7, 7)
-            nn.AdaptiveMaxPool2d(1),  # -> (B, 4w, 1, 1)
-            nn.Flatten(),  # -> (B, 4w)
-            nn.Linear(4 * width, CLASSES),
+            nn.MaxPool2d(2),  # -> (B, 4w, 3, 3), the odd 7th row and column dropped
+            nn.Flatten(),  # -> (B, 36w)
+            nn.Linear(4 * width * 3 * 3, CLASSES),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,10 +91,15 @@ class FastCNN(nn.Module):
 REGISTRY: dict[str, type[nn.Module]] = {"softmax": Softmax, "cnn": TutorialCNN, "fast": FastCNN}
 
 
-def create(name: str) -> nn.Module:
+def create(name: str, width: int | None = None) -> nn.Module:
+    """A fresh model; `width` sets the size of models that have one (fast)."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown model {name!r} (choose from {', '.join(REGISTRY)})")
-    return REGISTRY[name]()
+    if width is None:
+        return REGISTRY[name]()
+    if name != "fast":
+        raise ConfigError(f"model {name!r} has a fixed size: --width applies to fast only")
+    return REGISTRY[name](width)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -24,10 +24,13 @@ BOX_SIDE = 20  # MNIST's digit box
 FIELD_SIDE = 28
 CENTRE = 14.0  # where MNIST's centres of mass sit (row and column means over the test set: 13.99, 14.01)
 MIN_CONTRAST = 0.1  # ink that differs from the paper by less than this (on 0..1) is no digit
-MIN_STROKE = 1.7  # px at the 20 px scale; MNIST strokes are about 2-3 px wide, hairlines are thickened
+# Stroke widths (px at MNIST's scale, twice the inked area over its outline): MNIST's test digits have a
+# median of 2.6, 90 % lie within 2.1-4.1 and 80 % below 3.5; strokes outside MIN..MAX are made TARGET wide.
+MIN_STROKE, TARGET_STROKE, MAX_STROKE = 2.0, 2.6, 3.5
 NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..1) is median-filtered
-NOISE_SIGMAS = 3.0  # paper texture up to this many robust standard deviations above the paper is removed
+NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed
 
+ORIENTATION = 0x0112  # the EXIF tag
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 Source = str | Path | bytes | Image.Image | np.ndarray
@@ -55,7 +58,9 @@ def load_image(source: Source, name: str = "image") -> Image.Image:
                 raise ImageError(f"{name}: absurd dimensions {image.width}x{image.height}")
             image.seek(0)  # the first frame of an animation
             image.load()
-            return ImageOps.exif_transpose(image)
+            if image.getexif().get(ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: refused: more than {MAX_PIXELS:,} pixels (a decompression bomb?)") from None
     except UnidentifiedImageError:
@@ -83,6 +88,8 @@ def grey_levels(image: Image.Image) -> np.ndarray:
         low, high = float(values.min()), float(values.max())
         return (values - low) / (high - low) if high > low else np.zeros_like(values)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha and image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] == 255:
+        has_alpha = False  # an opaque canvas export: its alpha says nothing
     if not has_alpha:
         return np.asarray(image.convert("L"), dtype=np.float32) / 255
     rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
@@ -136,17 +143,28 @@ def preprocess(source: Source, name: str = "image") -> np.ndarray:
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     scale = BOX_SIDE / max(ink.shape)
     width_after = stroke_width(ink) * scale
-    if width_after < MIN_STROKE and scale < 1:  # a hairline would fade away when shrunk: thicken it first
-        grow = int(np.ceil((MIN_STROKE - width_after) / scale))
-        ink = np.pad(ink, grow)
-        ink = np.asarray(Image.fromarray(ink, mode="F").filter(ImageFilter.MaxFilter(2 * grow + 1)), dtype=np.float32)
+    if scale < 1 and width_after < MIN_STROKE:  # a hairline would fade away when shrunk: thicken it
+        radius = int(np.ceil((TARGET_STROKE - width_after) / (2 * scale)))
+        ink = square_filter(np.pad(ink, radius), radius, np.max)
         scale = BOX_SIDE / max(ink.shape)
+    elif scale < 1 and width_after > MAX_STROKE:  # a marker's strokes would fill the loops: thin them
+        radius = int((width_after - TARGET_STROKE) / (2 * scale))
+        ink = square_filter(ink, radius, np.min)
     height, width = (max(1, round(side * scale)) for side in ink.shape)
     if (height, width) != ink.shape:
         resized = Image.fromarray(ink, mode="F").resize((width, height), Image.Resampling.LANCZOS)
         ink = np.clip(np.asarray(resized, dtype=np.float32), 0, None)
         ink /= max(float(ink.max()), 1e-6)
     return centre_by_mass(ink)
+
+
+def square_filter(ink: np.ndarray, radius: int, reduce) -> np.ndarray:
+    """Max (dilation) or min (erosion) over a (2r+1)-square, as two 1-D passes: O(r) per pixel, not O(r^2)."""
+    for axis in (0, 1):
+        padding = [(radius, radius) if a == axis else (0, 0) for a in (0, 1)]
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(ink, padding), 2 * radius + 1, axis=axis)
+        ink = reduce(windows, axis=-1)
+    return np.ascontiguousarray(ink, dtype=np.float32)
 
 
 def centre_by_mass(ink: np.ndarray) -> np.ndarray:

@@ -9,7 +9,10 @@ Owns model loading for inference (torch weights, or an `.onnx` file run by onnxr
 importing torch) and batching; the CLI and the web app both call it.
 """
 
+import itertools
+import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,13 @@ class Prediction:
         return [(int(digit), self.probabilities[digit]) for digit in order]
 
 
+def try_preprocess(name: str, image: Source) -> np.ndarray | ImageError:
+    try:
+        return preprocess(image, name)
+    except ImageError as error:
+        return error
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(1, keepdims=True))
     return shifted / shifted.sum(1, keepdims=True)
@@ -51,7 +61,7 @@ class Recognizer:
     def load(cls, path: str | Path | None = None) -> "Recognizer":
         """The model at `path` (run directory, .safetensors or .onnx file), or the bundled default."""
         if path is not None and Path(path).suffix == ".onnx":
-            from digitrec.onnx_runtime import load_onnx
+            from digitrec.deploy import load_onnx
 
             return cls(*load_onnx(Path(path)))
         return cls(*load_torch(path))
@@ -60,28 +70,18 @@ class Recognizer:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
         return self.predict_arrays(preprocess(image, name)[None])[0]
 
-    def predict_many(self, images: Iterable[tuple[str, Source]]) -> list[Prediction | ImageError]:
-        """Many (name, image) pairs, preprocessed one by one and run in batches; a bad image gives its
+    def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
+        """Many (name, image) pairs, decoded and preprocessed on `workers` threads (default: one per core;
+        Pillow and numpy release the GIL) and run through the model in batches. A bad image gives its
         error in its place instead of stopping the rest."""
-        results: list[Prediction | ImageError | None] = []
-        pending_arrays, pending_slots = [], []
-        for name, image in images:
-            try:
-                pending_arrays.append(preprocess(image, name))
-                pending_slots.append(len(results))
-                results.append(None)
-            except ImageError as error:
-                results.append(error)
-            if len(pending_arrays) == BATCH_SIZE:
-                self.fill(results, pending_slots, pending_arrays)
-                pending_arrays, pending_slots = [], []
-        if pending_arrays:
-            self.fill(results, pending_slots, pending_arrays)
+        results: list[Prediction | ImageError] = []
+        with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+            for chunk in itertools.batched(images, BATCH_SIZE):
+                prepared = list(pool.map(lambda item: try_preprocess(*item), chunk))
+                good = [array for array in prepared if not isinstance(array, ImageError)]
+                predictions = iter(self.predict_arrays(good)) if good else iter(())
+                results.extend(item if isinstance(item, ImageError) else next(predictions) for item in prepared)
         return results
-
-    def fill(self, results: list, slots: list[int], arrays: list[np.ndarray]) -> None:
-        for slot, prediction in zip(slots, self.predict_arrays(np.stack(arrays))):
-            results[slot] = prediction
 
     def predict_arrays(self, arrays: Sequence[np.ndarray] | np.ndarray) -> list[Prediction]:
         """Already-preprocessed (N, 28, 28) arrays in 0..1."""

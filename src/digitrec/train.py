@@ -25,6 +25,7 @@ from digitrec.files import write_atomic
 class TrainConfig:
     model: str = "softmax"
     recipe: str = "default"
+    width: int | None = None  # channels of the first conv block, for models with a size (fast); None = default
     steps: int = 1000
     batch_size: int = 100
     optimizer: str = "sgd"  # "sgd", "nesterov" (SGD with momentum 0.9) or "adam"
@@ -54,15 +55,17 @@ RECIPES: dict[str, dict[str, TrainConfig]] = {
         )
     },
     "fast": {
+        # about 0.93 epochs; chosen on validation accuracy among a dozen schedules (see the README)
         "quick": TrainConfig(
-            model="fast", recipe="quick", steps=400, batch_size=128, optimizer="nesterov", lr=0.1,
+            model="fast", recipe="quick", width=16, steps=400, batch_size=128, optimizer="nesterov", lr=0.2,
             schedule="onecycle", warmup_fraction=0.2, weight_decay=5e-4, label_smoothing=0.1,
             channels_last=True, log_every=50, eval_every=200,
         ),
+        # about 14 epochs of randomly rotated, shifted and scaled digits at twice the width
         "full": TrainConfig(
-            model="fast", recipe="full", steps=12000, batch_size=128, optimizer="nesterov", lr=0.1,
+            model="fast", recipe="full", width=32, steps=6000, batch_size=128, optimizer="nesterov", lr=0.1,
             schedule="onecycle", warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1,
-            augment_degrees=10, augment_shift=0.1, augment_scale=0.1, channels_last=True, eval_every=2000,
+            augment_degrees=10, augment_shift=0.1, augment_scale=0.1, channels_last=True, eval_every=1000,
         ),
     },
 }
@@ -129,7 +132,7 @@ class Training:
         self.config = config
         self.device = device
         torch.manual_seed(config.seed)  # initial weights and dropout masks
-        self.model = models.create(config.model).to(device)
+        self.model = models.create(config.model, config.width).to(device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(config, self.model.parameters())
@@ -252,7 +255,10 @@ def train(
                 for key, value in record.items():
                     if key != "step":
                         board.add_scalar(key, value, record["step"])
-            progress.console.print(format_row(record)) if show_progress else print_line(format_row(record))
+            if show_progress:
+                progress.console.print(format_row(record))  # above the bar
+            else:
+                print_line(format_row(record))
             progress.update(task, completed=training.step)
     if run_dir is not None:
         log_file.close()

@@ -1,0 +1,89 @@
+"""ONNX: export a checkpoint (torch side), and run an exported file with onnxruntime without torch.
+
+`load_onnx` imports only numpy and onnxruntime, so a deployment that serves or predicts from an `.onnx`
+file needs neither torch nor the training code. The export stores the model's config and metrics in the
+file's metadata and is checked against onnxruntime on the whole test set before it is kept.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from digitrec.errors import ModelError
+
+PARITY_TOLERANCE = 1e-4  # the largest logit difference allowed between torch and onnxruntime
+
+
+def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray | None = None) -> dict:
+    """Export the model at `weights` to `out` (dynamic batch size); with `check_images`, compare
+    torch's and onnxruntime's logits on them and refuse the export unless they agree."""
+    import io
+    import warnings
+
+    import torch
+
+    from digitrec import checkpoint
+    from digitrec.files import write_atomic
+
+    loaded = checkpoint.load(weights)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter works offline; the newer one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            loaded.model, (torch.zeros(1, 1, 28, 28),), buffer, input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+    import onnx
+
+    model_proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in (("config", loaded.config), ("metrics", loaded.metrics)):
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    exported = model_proto.SerializeToString()
+    parity = {}
+    if check_images is not None:
+        with torch.inference_mode():
+            expected = torch.cat([loaded.model(torch.from_numpy(check_images[i : i + 1000]))
+                                  for i in range(0, len(check_images), 1000)]).numpy()
+        logits, _ = session_logits(exported, "export")
+        got = np.concatenate([logits(check_images[i : i + 1000]) for i in range(0, len(check_images), 1000)])
+        parity = {
+            "images": len(check_images),
+            "same_digits": int((got.argmax(1) == expected.argmax(1)).sum()),
+            "max_logit_difference": float(np.abs(got - expected).max()),
+        }
+        if parity["same_digits"] != len(check_images) or parity["max_logit_difference"] > PARITY_TOLERANCE:
+            raise ModelError(f"the ONNX export disagrees with torch: {parity}; nothing written")
+    write_atomic(out, exported)
+    return parity
+
+
+def session_logits(source: bytes | str, name: str) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+    metadata = session.get_modelmeta().custom_metadata_map
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"images": batch})[0]
+
+    return logits, metadata
+
+
+def load_onnx(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """A logits function and model info for an exported file, for `Recognizer`."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such ONNX file")
+    logits, metadata = session_logits(str(path), str(path))
+    try:
+        config, metrics = json.loads(metadata["config"]), json.loads(metadata.get("metrics", "{}"))
+    except (KeyError, ValueError):
+        raise ModelError(f"{path}: no digitrec model config in the ONNX metadata") from None
+    info = {"name": config["model"], "recipe": config.get("recipe"), "parameters": metrics.get("parameters"),
+            "metrics": metrics, "weights": str(path), "runtime": "onnxruntime"}
+    return logits, info
