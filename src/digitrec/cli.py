@@ -6,7 +6,6 @@ usage errors are Click's (exit status 2).
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -187,7 +186,10 @@ def expand_inputs(paths: tuple[str, ...]) -> list[tuple[str, object]]:
 
 
 def preview_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "stdin"
+    """A flat file name for the preprocessed view of input `name` ("-" is stdin)."""
+    if name == "-":
+        return "stdin"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
 
 
 @main.command("predict")

@@ -10,9 +10,10 @@ importing torch) and batching; the CLI and the web app both call it.
 """
 
 import itertools
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,13 @@ class Prediction:
     def top(self, k: int) -> list[tuple[int, float]]:
         order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(digit), self.probabilities[digit]) for digit in order]
+
+
+def chunks(items: Iterable, size: int):
+    """Successive lists of up to `size` items (itertools.batched arrives only in Python 3.12)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def try_preprocess(name: str, image: Source) -> np.ndarray | ImageError:
@@ -71,16 +79,25 @@ class Recognizer:
         return self.predict_arrays(preprocess(image, name)[None])[0]
 
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
-        """Many (name, image) pairs, decoded and preprocessed on `workers` threads (default: one per core;
-        Pillow and numpy release the GIL) and run through the model in batches. A bad image gives its
-        error in its place instead of stopping the rest."""
+        """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
+        place instead of stopping the rest. Decoding and preprocessing, the costly part, is spread over
+        `workers` processes (default: one per core) once there are more than a batch of images."""
         results: list[Prediction | ImageError] = []
-        with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-            for chunk in itertools.batched(images, BATCH_SIZE):
-                prepared = list(pool.map(lambda item: try_preprocess(*item), chunk))
+        pool = None
+        try:
+            for chunk in chunks(images, BATCH_SIZE):
+                if pool is None and len(chunk) == BATCH_SIZE and (workers or os.cpu_count() or 1) > 1:
+                    # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
+                    context = multiprocessing.get_context("fork")
+                    pool = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context)
+                prepared = list(pool.map(try_preprocess, *zip(*chunk), chunksize=16) if pool else
+                                (try_preprocess(name, image) for name, image in chunk))
                 good = [array for array in prepared if not isinstance(array, ImageError)]
                 predictions = iter(self.predict_arrays(good)) if good else iter(())
                 results.extend(item if isinstance(item, ImageError) else next(predictions) for item in prepared)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         return results
 
     def predict_arrays(self, arrays: Sequence[np.ndarray] | np.ndarray) -> list[Prediction]:
