@@ -81,15 +81,15 @@ class Recognizer:
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
         place instead of stopping the rest. Decoding and preprocessing, the costly part, is spread over
-        `workers` processes (default: one per core) once there are more than a batch of images."""
+        `workers` processes (default: one per core) once there is at least a full batch of images."""
+        workers = workers or os.cpu_count() or 1
         results: list[Prediction | ImageError] = []
         pool = None
         try:
             for chunk in chunks(images, BATCH_SIZE):
-                if pool is None and len(chunk) == BATCH_SIZE and (workers or os.cpu_count() or 1) > 1:
+                if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
                     # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
-                    context = multiprocessing.get_context("fork")
-                    pool = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context)
+                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
                 prepared = list(pool.map(try_preprocess, *zip(*chunk), chunksize=16) if pool else
                                 (try_preprocess(name, image) for name, image in chunk))
                 good = [array for array in prepared if not isinstance(array, ImageError)]

@@ -108,10 +108,15 @@ async def image_bytes(request: Request) -> bytes | JSONResponse:
         return await upload.read()
     if content_type == "application/json":
         try:
-            return decode_data_url(json.loads(await request.body()).get("image"))
-        except (ValueError, AttributeError) as problem:
-            message = str(problem) if not isinstance(problem, json.JSONDecodeError) else "the body is not valid JSON"
-            return error(422, message if not isinstance(problem, AttributeError) else "expected a JSON object")
+            document = json.loads(await request.body())
+        except ValueError:
+            return error(422, "the body is not valid JSON")
+        if not isinstance(document, dict):
+            return error(422, "expected a JSON object")
+        try:
+            return decode_data_url(document.get("image"))
+        except ValueError as problem:
+            return error(422, str(problem))
     if content_type.startswith(RAW_TYPES):
         return await request.body()
     return error(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
