@@ -80,8 +80,6 @@ def train_command(model, recipe, steps, batch_size, lr, width, seed, device, out
     target = train.pick_device(device)
     run_dir = out or train.default_run_dir(config)
     click.echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}")
-    if tensorboard:
-        train.tensorboard_writer(run_dir).close()  # fail before training if tensorboard is missing
     result = train.train(config, data.load(data_dir), target, run_dir, print_line=click.echo,
                          show_progress=not quiet, tensorboard=tensorboard)
     from digitrec import report
@@ -107,16 +105,14 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
 
     Several PATHS evaluate their ensemble: the average of the models' probabilities.
     """
-    import torch
-
     from digitrec import checkpoint, data, evaluate
 
     loaded = [checkpoint.load(path) for path in paths or [None]]
     mnist = data.load(data_dir)
     if len(loaded) == 1:
         logits = evaluate.model_logits(loaded[0].model, mnist.test)
-    else:  # log of the mean probability: argmax and softmax then describe the ensemble
-        logits = torch.stack([evaluate.model_logits(run.model, mnist.test).softmax(1) for run in loaded]).mean(0).log()
+    else:
+        logits = evaluate.ensemble_logits([run.model for run in loaded], mnist.test)
     summary = evaluate.summary(logits, mnist.test.labels)
     summary = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
                "model": "+".join(run.config["model"] for run in loaded), **summary}

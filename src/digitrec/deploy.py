@@ -24,7 +24,7 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
 
     import torch
 
-    from digitrec import checkpoint
+    from digitrec import checkpoint, models
     from digitrec.files import write_atomic
 
     loaded = checkpoint.load(weights)
@@ -44,9 +44,7 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     exported = model_proto.SerializeToString()
     parity = {}
     if check_images is not None:
-        with torch.inference_mode():
-            expected = torch.cat([loaded.model(torch.from_numpy(check_images[i : i + 1000]))
-                                  for i in range(0, len(check_images), 1000)]).numpy()
+        expected = models.logits_in_batches(loaded.model, torch.from_numpy(check_images)).numpy()
         logits, _ = session_logits(exported, "export")
         got = np.concatenate([logits(check_images[i : i + 1000]) for i in range(0, len(check_images), 1000)])
         parity = {

@@ -56,3 +56,8 @@ def ranked_answers(probabilities: torch.Tensor, labels: torch.Tensor, count: int
 
 def model_logits(model: torch.nn.Module, split: Split) -> torch.Tensor:
     return models.logits_in_batches(model, split.images)
+
+
+def ensemble_logits(ensemble: list[torch.nn.Module], split: Split) -> torch.Tensor:
+    """Log of the models' mean probability: its argmax and softmax describe the ensemble's answers."""
+    return torch.stack([model_logits(model, split).softmax(1) for model in ensemble]).mean(0).log()

@@ -119,7 +119,7 @@ class Recognizer:
 def load_torch(path: str | Path | None) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     import torch
 
-    from digitrec import checkpoint
+    from digitrec import checkpoint, models
 
     loaded = checkpoint.load(path)
     model = loaded.model
@@ -131,7 +131,7 @@ def load_torch(path: str | Path | None) -> tuple[Callable[[np.ndarray], np.ndarr
     info = {
         "name": loaded.config["model"],
         "recipe": loaded.config.get("recipe"),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": models.parameter_count(model),
         "metrics": loaded.metrics,
         "weights": str(loaded.weights_path),
         "runtime": "torch",
