@@ -5,7 +5,9 @@ dark on light or light on dark, paper noise, blur, JPEG, transparent RGBA, thick
 recognized through `Recognizer`; the table compares each style's accuracy with the same model on the
 original 28x28 images, and with the originals passed through the preprocessing.
 
-    python bench/person_style.py [--model PATH] [--count 10000]
+    python bench/person_style.py [--model PATH] [--count 10000] [--split test|validation]
+
+Choose with `--split validation`; report with the test split.
 """
 
 import argparse
@@ -26,10 +28,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--split", choices=("test", "validation"), default="test")
     args = parser.parse_args()
     mnist = data.load()
-    images = mnist.test.images[: args.count, 0].numpy()
-    labels = mnist.test.labels[: args.count].numpy()
+    split = getattr(mnist, args.split)
+    images = split.images[: args.count, 0].numpy()
+    labels = split.labels[: args.count].numpy()
     recognizer = Recognizer.load(args.model)
     original = np.mean([p.digit for p in recognizer.predict_arrays(images)] == labels)
     digits = (images * 255).round().astype(np.uint8)

@@ -191,3 +191,15 @@ def test_random_affine_keeps_shape_and_is_reproducible(mnist):
     assert not torch.equal(first, images)
     # a small affine keeps most of the ink
     assert torch.allclose(first.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.35)
+
+
+def test_random_stroke_thickens_or_thins_within_dilation_and_erosion(mnist):
+    images = mnist.test.images[:256]
+    changed = data.random_stroke(images, torch.Generator().manual_seed(0), 1.0)
+    assert torch.equal(changed, data.random_stroke(images, torch.Generator().manual_seed(0), 1.0))
+    dilated = torch.nn.functional.max_pool2d(images, 3, stride=1, padding=1)
+    eroded = -torch.nn.functional.max_pool2d(-images, 3, stride=1, padding=1)
+    assert torch.all(changed <= dilated + 1e-6) and torch.all(changed >= eroded - 1e-6)
+    ink_ratio = changed.sum((1, 2, 3)) / images.sum((1, 2, 3))
+    assert (ink_ratio > 1.2).sum() > 50 and (ink_ratio < 0.8).sum() > 50  # both ways, often
+    assert torch.equal(data.random_stroke(images, torch.Generator(), 0.0), images)

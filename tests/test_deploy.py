@@ -10,6 +10,7 @@ from PIL import Image
 
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
+from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
 from digitrec.recognizer import Recognizer
 
 from test_cli import run
@@ -31,28 +32,43 @@ def test_export_matches_torch_on_the_whole_test_set(exported):
 def test_onnx_recognizer_gives_the_torch_answers(exported, mnist):
     path, _ = exported
     digits = mnist.test.images[:200, 0].numpy()
-    torch_digits = [p.digit for p in Recognizer.load().predict_arrays(digits)]
+    torch_digits = [p.digit for p in Recognizer.load(DEFAULT_MODEL).predict_arrays(digits)]
     onnx_recognizer = Recognizer.load(path)
     assert [p.digit for p in onnx_recognizer.predict_arrays(digits)] == torch_digits
     assert onnx_recognizer.info["runtime"] == "onnxruntime" and onnx_recognizer.info["name"] == "fast"
 
 
-def test_onnx_path_imports_no_torch(exported, mnist, tmp_path):
+def test_bundled_onnx_copy_is_the_bundled_model(mnist):
+    """The default Recognizer runs the bundled .onnx when onnxruntime is installed: it must not go stale."""
+    images = mnist.test.images.numpy()
+    onnx_logits = Recognizer.load().logits(images)
+    torch_logits = Recognizer.load(DEFAULT_MODEL).logits(images)
+    assert Recognizer.load().info["weights"] == str(DEFAULT_ONNX)
+    assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
+    assert np.abs(onnx_logits - torch_logits).max() <= PARITY_TOLERANCE
+
+
+def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path):
     path, _ = exported
     image = tmp_path / "seven.png"
     Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(image)
-    script = (
+    script = (  # a deployment installed without the `train` extra: importing torch fails
         "import sys, json\n"
+        "sys.modules['torch'] = None\n"
         "from click.testing import CliRunner\n"
         "from digitrec.cli import main\n"
         f"result = CliRunner().invoke(main, ['predict', {str(image)!r}, '--model', {str(path)!r}, '--json'])\n"
         "print(result.output)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules}))\n"
+        "result = CliRunner().invoke(main, ['evaluate'])\n"
+        "print(json.dumps({'exit_code': result.exit_code, 'output': result.output}))\n"
     )
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     lines = output.strip().splitlines()
     assert json.loads(lines[0])["digit"] == 7
-    assert json.loads(lines[-1]) == {"torch": False}
+    without_torch = json.loads(lines[-1])
+    assert without_torch["exit_code"] == 1
+    assert without_torch["output"].strip() == (
+        "error: this needs torch, which is not installed: pip install 'digitrec[train]' (or give an .onnx model)")
 
 
 def test_export_command_reports_parity(tmp_path):

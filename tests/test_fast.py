@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from digitrec import checkpoint, evaluate, train
+from digitrec import checkpoint, evaluate, files, train
 
 from test_cli import run
 
@@ -15,10 +15,10 @@ def test_presets_resolve_to_the_documented_configs():
     assert quick.recipe == "quick"
     assert (quick.width, quick.steps, quick.batch_size, quick.optimizer, quick.lr, quick.schedule) == (
         16, 400, 128, "nesterov", 0.2, "onecycle")
-    assert not quick.augments
+    assert not quick.uses_affine and quick.augment_stroke == 0
     full = train.resolve_config("fast", "full")
     assert (full.width, full.steps, full.batch_size, full.lr, full.label_smoothing) == (32, 6000, 128, 0.1, 0.1)
-    assert (full.augment_degrees, full.augment_shift, full.augment_scale) == (10, 0.1, 0.1)
+    assert (full.augment_degrees, full.augment_shift, full.augment_scale, full.augment_stroke) == (10, 0.1, 0.1, 1.0)
 
 
 def test_quick_recipe_passes_98_8_percent_on_the_real_test_set_in_seconds(mnist):
@@ -38,7 +38,7 @@ def test_bundled_default_reaches_exactly_its_recorded_accuracy(mnist):
 
 
 def test_bundled_tutorial_cnn_reaches_exactly_its_recorded_accuracy(mnist):
-    loaded = checkpoint.load(checkpoint.BUNDLED_DIR / "cnn")
+    loaded = checkpoint.load(files.BUNDLED_DIR / "cnn")
     accuracy = evaluate.accuracy(evaluate.model_logits(loaded.model, mnist.test), mnist.test.labels)
     assert accuracy == loaded.metrics["test_accuracy"] > 0.99
 
@@ -46,7 +46,7 @@ def test_bundled_tutorial_cnn_reaches_exactly_its_recorded_accuracy(mnist):
 def test_evaluate_without_a_path_uses_the_bundled_model():
     result = run("evaluate", "--json")
     summary = json.loads(result.output)
-    recorded = json.loads((checkpoint.DEFAULT_MODEL / "metrics.json").read_text())
+    recorded = json.loads((files.DEFAULT_MODEL / "metrics.json").read_text())
     assert summary["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6)
 
 

@@ -20,12 +20,24 @@ DATA_DIR_OPTION = click.option(
 )
 
 
+OPTIONAL_PACKAGES = {  # package -> the install extra that brings it
+    "torch": "train", "safetensors": "train", "matplotlib": "train", "onnx": "onnx", "onnxruntime": "onnx",
+}
+
+
 class Commands(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except DigitrecError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(getattr(error, "exit_code", 1))
+        except ModuleNotFoundError as error:
+            extra = OPTIONAL_PACKAGES.get((error.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.echo(f"error: this needs {error.name}, which is not installed: pip install 'digitrec[{extra}]'"
+                       + (" (or give an .onnx model)" if extra == "train" else ""), err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -59,38 +71,64 @@ def data_command(data_dir, as_json):
 
 
 @main.command("train")
-@click.option("--model", default="fast", show_default=True, help="softmax, cnn or fast.")
+@click.option("--model", default=None, help="softmax, cnn or fast (default: fast).")
 @click.option("--recipe", default=None, help="Named recipe (fast: quick or full; others: default).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per step.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per step (under torchrun: in all processes together).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="(Peak) learning rate.")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="fast only: channels of the first block.")
 @click.option("--seed", type=int, default=None, help="Seed for weights, batches and augmentation.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Save a resumable checkpoint into the run directory every N steps.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Continue the stopped or killed run in this directory from its newest checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default: runs/MODEL-RECIPE-TIMESTAMP).")
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
-def train_command(model, recipe, steps, batch_size, lr, width, seed, device, out, data_dir, quiet, tensorboard):
-    """Train a model, print the tutorial's log and the final test accuracy, and save the run."""
-    from digitrec import data, train
+def train_command(model, recipe, steps, batch_size, lr, width, seed, checkpoint_every, resume, device, out, data_dir,
+                  quiet, tensorboard):
+    """Train a model, print the tutorial's log and the final test accuracy, and save the run.
 
-    config = train.resolve_config(model, recipe, steps=steps, batch_size=batch_size, lr=lr, width=width, seed=seed)
+    Ctrl-C stops after the current step and saves a checkpoint; `--resume RUN_DIR` continues from it.
+    Under `torchrun --nproc-per-node=N -m digitrec train ...` the processes train one model together.
+    """
+    from digitrec import checkpoint, data, train
+
+    settings = {"model": model, "recipe": recipe, "steps": steps, "batch_size": batch_size, "lr": lr,
+                "width": width, "seed": seed, "checkpoint_every": checkpoint_every, "out": out}
+    leader = train.World.from_env().leader
+    echo = click.echo if leader else (lambda *args, **kwargs: None)
+    state = None
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in settings.items() if value is not None]
+        if given:
+            raise click.UsageError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+        state = checkpoint.load_checkpoint(resume, warn=lambda line: echo(f"warning: {line}", err=True))
+        config = train.config_from_checkpoint(state, resume)
+        run_dir = resume
+    else:
+        config = train.resolve_config(model or "fast", recipe, steps=steps, batch_size=batch_size, lr=lr, width=width,
+                                      seed=seed, checkpoint_every=checkpoint_every)
+        run_dir = out or train.default_run_dir(config)
     target = train.pick_device(device)
-    run_dir = out or train.default_run_dir(config)
-    click.echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}")
+    echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}")
     result = train.train(config, data.load(data_dir), target, run_dir, print_line=click.echo,
-                         show_progress=not quiet, tensorboard=tensorboard)
+                         show_progress=not quiet, tensorboard=tensorboard, resume_from=state)
+    if not leader:
+        return
     from digitrec import report
 
     write_atomic(run_dir / "curves.png", report.curves_png(result.log))
     metrics = result.metrics
-    click.echo(
+    echo(
         f"test accuracy {100 * metrics['test_accuracy']:.2f}% on 10,000 images "
         f"(validation {100 * metrics['validation_accuracy']:.2f}%, {metrics['train_seconds']:.1f} s of training)"
     )
-    click.echo(f"saved to {run_dir}")
+    echo(f"saved to {run_dir}")
 
 
 @main.command("evaluate")

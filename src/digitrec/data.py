@@ -150,22 +150,28 @@ def to_split(images: np.ndarray, labels: np.ndarray) -> Split:
 
 
 def batches(
-    split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches, epoch after epoch, like the tutorial's `next_batch`.
 
     Each epoch is one seeded permutation; with `world_size` > 1 every rank draws the same permutation
     and takes its own interleaved shard of it, so the ranks together see each image once per epoch.
-    The last partial batch of an epoch is dropped.
+    The last partial batch of an epoch is dropped. The stream begins at batch number `start`, exactly
+    where a run that had already taken `start` batches would be, so a resumed run sees the same batches.
     """
     generator = torch.Generator().manual_seed(seed)
     if batch_size * world_size > len(split):
         raise ValueError(f"batch size {batch_size} x {world_size} ranks exceeds the {len(split)} images")
+    per_epoch = len(range(rank, len(split), world_size)) // batch_size
+    epochs_done, skip = divmod(start, per_epoch)
+    for _ in range(epochs_done):
+        torch.randperm(len(split), generator=generator)  # the permutations of the epochs already taken
     while True:
         order = torch.randperm(len(split), generator=generator)[rank::world_size].to(split.labels.device)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            chosen = order[start : start + batch_size]
+        for start_index in range(skip * batch_size, len(order) - batch_size + 1, batch_size):
+            chosen = order[start_index : start_index + batch_size]
             yield split.images[chosen], split.labels[chosen]
+        skip = 0
 
 
 def describe(data_dir: str | Path | None = None) -> dict:
@@ -206,3 +212,15 @@ def random_affine(
     )  # (B, 2, 3)
     grid = torch.nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+
+def random_stroke(images: torch.Tensor, generator: torch.Generator, amount: float) -> torch.Tensor:
+    """Each image's strokes thickened or thinned by a random share, up to `amount`, of a 3x3 dilation or erosion.
+
+    A thick marker or a fine pen changes a digit's stroke width more than anything else a person's image
+    does; mixing an image with its dilation (t > 0) or erosion (t < 0) varies the width continuously.
+    """
+    t = ((torch.rand(len(images), 1, 1, 1, generator=generator) * 2 - 1) * amount).to(images.device)
+    dilated = torch.nn.functional.max_pool2d(images, 3, stride=1, padding=1)
+    eroded = -torch.nn.functional.max_pool2d(-images, 3, stride=1, padding=1)
+    return images + t.clamp(min=0) * (dilated - images) + (-t).clamp(min=0) * (eroded - images)

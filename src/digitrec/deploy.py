@@ -61,8 +61,11 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
 def session_logits(source: bytes | str, name: str) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    # idle worker threads sleep instead of spinning: spinning steals the core that decodes the next image
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
     metadata = session.get_modelmeta().custom_metadata_map

@@ -22,3 +22,9 @@ class ImageError(DigitrecError):
 
 class ConfigError(DigitrecError):
     """An unknown model, recipe, device or an out-of-range setting."""
+
+
+class TrainingStopped(DigitrecError):
+    """Training was asked to stop (Ctrl-C); a checkpoint was saved if the run has a directory."""
+
+    exit_code = 130  # the shell's code for "ended by Ctrl-C"

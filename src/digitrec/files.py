@@ -1,8 +1,13 @@
-"""Writing files so that a reader never sees half of one: a temporary file in the same directory, then a rename."""
+"""Files: writing so that a reader never sees half of one (a temporary file, then a rename), and where
+the package's own bundled models live."""
 
 import os
 import tempfile
 from pathlib import Path
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+DEFAULT_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
+DEFAULT_ONNX = DEFAULT_MODEL / "model.onnx"
 
 UMASK = os.umask(0)
 os.umask(UMASK)

@@ -5,8 +5,12 @@ A recipe is a frozen `TrainConfig`; `RECIPES` holds the documented ones (the tut
 and advances it step by step; `train` drives it with logging and writes the run directory.
 """
 
+import contextlib
 import json
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from digitrec import checkpoint, data, evaluate, models
-from digitrec.errors import ConfigError
+from digitrec.errors import ConfigError, ModelError, TrainingStopped
 from digitrec.files import write_atomic
 
 
@@ -37,13 +41,15 @@ class TrainConfig:
     augment_degrees: float = 0.0  # random rotation up to ± this many degrees; 0 disables augmentation
     augment_shift: float = 0.0  # random shift up to ± this fraction of the image size
     augment_scale: float = 0.0  # random scale within 1 ± this
+    augment_stroke: float = 0.0  # random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion
     channels_last: bool = False  # NHWC activations: faster convolutions on CPUs (measured in bench/)
     seed: int = 0
     log_every: int = 100  # steps between training-batch accuracy lines (the tutorial's 100)
     eval_every: int = 1000  # steps between validation evaluations
+    checkpoint_every: int = 0  # steps between training checkpoints in the run directory; 0: only when stopped
 
     @property
-    def augments(self) -> bool:
+    def uses_affine(self) -> bool:
         return self.augment_degrees > 0 or self.augment_shift > 0 or self.augment_scale > 0
 
 
@@ -65,7 +71,8 @@ RECIPES: dict[str, dict[str, TrainConfig]] = {
         "full": TrainConfig(
             model="fast", recipe="full", width=32, steps=6000, batch_size=128, optimizer="nesterov", lr=0.1,
             schedule="onecycle", warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1,
-            augment_degrees=10, augment_shift=0.1, augment_scale=0.1, channels_last=True, eval_every=1000,
+            augment_degrees=10, augment_shift=0.1, augment_scale=0.1, augment_stroke=1.0, channels_last=True,
+            eval_every=1000,
         ),
     },
 }
@@ -85,6 +92,13 @@ def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainC
     if config.steps < 1 or config.batch_size < 1 or config.lr <= 0:
         raise ConfigError("steps, batch size and learning rate must be positive")
     return config
+
+
+def config_from_checkpoint(state: dict, run_dir: Path) -> TrainConfig:
+    try:
+        return TrainConfig(**state["config"])
+    except (KeyError, TypeError):
+        raise ModelError(f"{run_dir}: the checkpoint's training config is not one this digitrec understands") from None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -125,57 +139,146 @@ def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     raise ConfigError(f"unknown schedule {config.schedule!r} (constant or onecycle)")
 
 
-class Training:
-    """The state of one run: model, optimiser, schedule, batch stream and step counter."""
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes `torchrun` started (one process: rank 0 of 1)."""
 
-    def __init__(self, config: TrainConfig, mnist: data.MNIST, device: torch.device):
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "World":
+        environ = os.environ
+        return cls(int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def leader(self) -> bool:  # the one process that logs, evaluates and writes
+        return self.rank == 0
+
+
+class Training:
+    """The state of one run: model, optimiser, schedule, batch stream, random states and step counter.
+
+    With several processes (`world.size` > 1) the model is wrapped in DistributedDataParallel and each
+    process takes its share of every batch of `config.batch_size`, so the processes together take the
+    same steps on the same images as one process would.
+    """
+
+    def __init__(self, config: TrainConfig, mnist: data.MNIST, device: torch.device, world: World = World()):
+        if config.batch_size % world.size:
+            raise ConfigError(f"batch size {config.batch_size} does not split evenly over {world.size} processes")
         self.config = config
         self.device = device
+        self.world = world
         torch.manual_seed(config.seed)  # initial weights and dropout masks
-        self.model = models.create(config.model, config.width).to(device)
+        self.module = models.create(config.model, config.width).to(device)
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.model = self.module
+        if world.size > 1:
+            torch.manual_seed(config.seed + world.rank)  # each process its own dropout masks
+            self.model = torch.nn.parallel.DistributedDataParallel(self.module)  # averages gradients over processes
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
         self.mnist = mnist.to(device)
-        self.batches = data.batches(self.mnist.train, config.batch_size, config.seed)
-        self.augment_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)
+        self.autocast = device.type == "cuda"  # bf16 matmuls and convolutions; this CPU has no fast bf16 (README)
         self.step = 0
+        self.stop_requested = False
+        self.batches = self.batch_stream()
+
+    def batch_stream(self):
+        return data.batches(self.mnist.train, self.config.batch_size // self.world.size, self.config.seed,
+                            self.world.rank, self.world.size, start=self.step)
 
     def advance(self, steps: int) -> tuple[float, float]:
-        """Run up to `steps` optimisation steps; returns the last batch's loss and accuracy."""
+        """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy."""
         config = self.config
         self.model.train()
         for _ in range(min(steps, config.steps - self.step)):
             images, labels = next(self.batches)
-            if config.augments:
+            if config.augment_stroke > 0:
+                images = data.random_stroke(images, self.augment_generator, config.augment_stroke)
+            if config.uses_affine:
                 images = data.random_affine(
                     images, self.augment_generator, config.augment_degrees, config.augment_shift, config.augment_scale
                 )
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            logits = self.model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
+            if self.should_stop():
+                break
         return loss.item(), (logits.argmax(1) == labels).float().mean().item()
 
+    def should_stop(self) -> bool:
+        """Whether any process was asked to stop; all processes must agree, or the others would wait forever."""
+        if self.world.size == 1:
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.stop_requested = bool(flag.item())
+        return self.stop_requested
+
     def accuracy(self, split: data.Split) -> float:
-        return evaluate.accuracy(models.logits_in_batches(self.model, split.images), split.labels)
+        return evaluate.accuracy(models.logits_in_batches(self.module, split.images), split.labels)
 
     @property
     def done(self) -> bool:
         return self.step >= self.config.steps
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this run is, for `checkpoint.save_checkpoint`.
+
+        Random states are gathered from every process; the leader saves them all.
+        """
+        random_states = {"torch": torch.get_rng_state(), "augment": self.augment_generator.get_state()}
+        if self.device.type == "cuda":
+            random_states["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world.size > 1:
+            gathered = [None] * self.world.size
+            torch.distributed.all_gather_object(gathered, random_states)
+        else:
+            gathered = [random_states]
+        return {
+            "config": asdict(self.config),
+            "step": self.step,
+            "world_size": self.world.size,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "random_states": gathered,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world_size"] != self.world.size:
+            raise ConfigError(
+                f"the checkpoint was written by {state['world_size']} process(es); resume it with as many, not {self.world.size}"
+            )
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        random_states = state["random_states"][self.world.rank]
+        torch.set_rng_state(random_states["torch"])
+        self.augment_generator.set_state(random_states["augment"])
+        if "cuda" in random_states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(random_states["cuda"], self.device)
+        self.batches = self.batch_stream()
 
 
 @dataclass
 class TrainResult:
     model: torch.nn.Module
     config: TrainConfig
-    metrics: dict
+    metrics: dict  # empty on every process but the leader
     log: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
 
@@ -211,6 +314,41 @@ def tensorboard_writer(run_dir: Path | None):
     return SummaryWriter(str((run_dir or Path("runs")) / "tensorboard"))
 
 
+@contextlib.contextmanager
+def process_group(world: World, device: torch.device):
+    """Join the other processes `torchrun` started (gloo on the CPU, nccl on GPUs) for the duration."""
+    if world.size == 1 or torch.distributed.is_initialized():
+        yield
+        return
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    try:
+        yield
+        torch.distributed.barrier()  # all processes finish together
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stop_on_signals(training: Training, print_line: Callable[[str], None]):
+    """Ctrl-C (or SIGTERM) asks `training` to stop after the current step; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def request_stop(signum, frame):
+        if training.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        training.stop_requested = True
+        print_line("stopping after this step (Ctrl-C again to abandon the run)")
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def train(
     config: TrainConfig,
     mnist: data.MNIST,
@@ -219,63 +357,107 @@ def train(
     print_line: Callable[[str], None] = print,
     show_progress: bool = True,
     tensorboard: bool = False,
+    resume_from: dict | None = None,
 ) -> TrainResult:
     """Train `config` on `mnist`, logging as the tutorial does, and write the run directory if given.
 
-    With `tensorboard`, the log records also go to TensorBoard event files in `run_dir/tensorboard`.
+    `resume_from` is a checkpoint of this run (`checkpoint.load_checkpoint`): training continues from
+    its step with its random states, so it ends exactly as the uninterrupted run would have. Under
+    `torchrun`, every process calls this and only the leader logs and writes. With `tensorboard`, the
+    log records also go to TensorBoard event files in `run_dir/tensorboard`.
     """
+    world = World.from_env()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", world.local_rank)
+    if not world.leader:
+        run_dir, print_line, show_progress, tensorboard = None, lambda line: None, False, False
+    with process_group(world, device):
+        training = Training(config, mnist, device, world)
+        with stop_on_signals(training, print_line):
+            return run_training(training, run_dir, print_line, show_progress, tensorboard, resume_from)
+
+
+def run_training(
+    training: Training, run_dir: Path | None, print_line, show_progress: bool, tensorboard: bool, resume_from: dict | None
+) -> TrainResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    board = tensorboard_writer(run_dir) if tensorboard else None
-    training = Training(config, mnist, device)
+    config = training.config
     log: list[dict] = []
     train_seconds = 0.0
+    if resume_from is not None:
+        training.load_state_dict(resume_from)
+        log, train_seconds = resume_from["log"], resume_from["train_seconds"]
+        print_line(f"resuming at step {training.step} of {config.steps}")
+    board = tensorboard_writer(run_dir) if tensorboard else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.json", checkpoint.to_json(asdict(config)))
-        log_file = (run_dir / "log.jsonl").open("w")
+        write_atomic(run_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in log))
+        log_file = (run_dir / "log.jsonl").open("a")
+
+    def save_checkpoint():
+        state = training.state_dict()  # on every process: it gathers their random states
+        if run_dir is not None:
+            checkpoint.save_checkpoint(run_dir, {**state, "log": log, "train_seconds": train_seconds})
+
     print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
     progress = Progress(
         TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
     )
     with progress:
-        task = progress.add_task("train", total=config.steps)
+        task = progress.add_task("train", total=config.steps, completed=training.step)
         while not training.done:
+            boundaries = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_every else [])
             started = time.perf_counter()
-            loss, batch_accuracy = training.advance(config.log_every - training.step % config.log_every)
+            loss, batch_accuracy = training.advance(min(every - training.step % every for every in boundaries))
             train_seconds += time.perf_counter() - started
-            record = {"step": training.step, "loss": loss, "train_accuracy": batch_accuracy, "seconds": train_seconds}
-            if training.step % config.eval_every == 0 or training.done:
-                record["validation_accuracy"] = training.accuracy(training.mnist.validation)
-            log.append(record)
-            if run_dir is not None:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-            if board is not None:
-                for key, value in record.items():
-                    if key != "step":
-                        board.add_scalar(key, value, record["step"])
-            if show_progress:
-                progress.console.print(format_row(record))  # above the bar
-            else:
-                print_line(format_row(record))
             progress.update(task, completed=training.step)
+            if training.stop_requested and not training.done:
+                save_checkpoint()
+                if run_dir is not None:
+                    log_file.close()
+                where = f"; resume with: digitrec train --resume {run_dir}" if run_dir is not None else ""
+                raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
+            if training.step % config.log_every == 0 or training.done:
+                record = {"step": training.step, "loss": loss, "train_accuracy": batch_accuracy, "seconds": train_seconds}
+                if training.world.leader and (training.step % config.eval_every == 0 or training.done):
+                    record["validation_accuracy"] = training.accuracy(training.mnist.validation)
+                log.append(record)
+                if run_dir is not None:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                if board is not None:
+                    for key, value in record.items():
+                        if key != "step":
+                            board.add_scalar(key, value, record["step"])
+                if show_progress:
+                    progress.console.print(format_row(record))  # above the bar
+                else:
+                    print_line(format_row(record))
+            if config.checkpoint_every and training.step % config.checkpoint_every == 0 and not training.done:
+                save_checkpoint()
     if run_dir is not None:
         log_file.close()
     if board is not None:
         board.close()
-    metrics = {
-        "model": config.model,
-        "recipe": config.recipe,
-        "parameters": models.parameter_count(training.model),
-        "steps": training.step,
-        "train_seconds": round(train_seconds, 3),
-        "validation_accuracy": log[-1]["validation_accuracy"],
-        "test_accuracy": training.accuracy(training.mnist.test),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-    }
-    model = training.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = training.module
+    metrics = {}
+    if training.world.leader:
+        metrics = {
+            "model": config.model,
+            "recipe": config.recipe,
+            "parameters": models.parameter_count(model),
+            "steps": training.step,
+            "train_seconds": round(train_seconds, 3),
+            "validation_accuracy": log[-1]["validation_accuracy"],
+            "test_accuracy": training.accuracy(training.mnist.test),
+            "device": str(training.device),
+            "torch_threads": torch.get_num_threads(),
+            "processes": training.world.size,
+        }
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     if run_dir is not None:
         checkpoint.save_run(run_dir, model, asdict(config), metrics)
+        checkpoint.remove_checkpoints(run_dir)
     return TrainResult(model, config, metrics, log, run_dir)

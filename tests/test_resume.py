@@ -1,0 +1,142 @@
+"""Resumable training: checkpoints, Ctrl-C, SIGKILL, and damaged checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from digitrec import checkpoint, train
+from digitrec.errors import ModelError
+
+from test_cli import assert_one_line_error, run
+
+# one thread in every process, so the runs being compared do their arithmetic in the same order
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+SMALL_RUN = ["--steps", "200", "--width", "8", "--quiet"]
+
+
+def digitrec(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "digitrec", *map(str, args)], env=ONE_THREAD,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def newest_checkpoint_step(run_dir) -> int:
+    entries = checkpoint.checkpoint_entries(run_dir)
+    return entries[-1]["step"] if entries else 0
+
+
+def log_steps(run_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(first_dir, second_dir):
+    first, second = load_file(first_dir / "weights.safetensors"), load_file(second_dir / "weights.safetensors")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    code, _, stderr = finish(digitrec("train", *SMALL_RUN, "--out", run_dir))
+    assert code == 0, stderr
+    return run_dir
+
+
+def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    process = digitrec("train", *SMALL_RUN, "--checkpoint-every", "40", "--out", run_dir)
+    wait_for(lambda: newest_checkpoint_step(run_dir) >= 80 or process.poll() is not None)
+    process.send_signal(signal.SIGKILL)
+    finish(process)
+    assert not (run_dir / "weights.safetensors").exists()
+    killed_at = newest_checkpoint_step(run_dir)
+    assert 80 <= killed_at < 200
+
+    code, stdout, stderr = finish(digitrec("train", "--resume", run_dir, "--quiet"))
+    assert code == 0, stderr
+    assert f"resuming at step {killed_at} of 200" in stdout
+    assert_same_weights(run_dir, uninterrupted)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    expected = json.loads((uninterrupted / "metrics.json").read_text())
+    assert metrics["steps"] == 200 and metrics["test_accuracy"] == expected["test_accuracy"]
+    assert log_steps(run_dir) == log_steps(uninterrupted) == [50, 100, 150, 200]  # no row lost or repeated
+    assert not list(run_dir.glob("checkpoint*"))  # a finished run keeps only its weights
+
+
+def test_ctrl_c_stops_after_the_current_step_saves_and_the_run_resumes(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    process = digitrec("train", *SMALL_RUN, "--out", run_dir)
+    wait_for(lambda: (run_dir / "log.jsonl").is_file() and (run_dir / "log.jsonl").read_text())  # step 50 logged
+    process.send_signal(signal.SIGINT)
+    code, stdout, stderr = finish(process)
+    assert code == 130
+    assert "stopping after this step" in stdout
+    assert f"resume with: digitrec train --resume {run_dir}" in stderr and "Traceback" not in stderr
+    stopped_at = newest_checkpoint_step(run_dir)
+    assert 50 <= stopped_at < 200
+
+    code, _, stderr = finish(digitrec("train", "--resume", run_dir, "--quiet"))
+    assert code == 0, stderr
+    assert_same_weights(run_dir, uninterrupted)
+
+
+def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist, tmp_path):
+    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, checkpoint_every=10)
+    quiet = {"print_line": lambda _: None, "show_progress": False}
+    whole = train.train(config, mnist, torch.device("cpu"), **quiet)
+
+    first = train.Training(config, mnist, torch.device("cpu"))
+    first.advance(20)
+    checkpoint.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
+    resumed = train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=checkpoint.load_checkpoint(tmp_path), **quiet)
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def fake_state(step: int) -> dict:
+    return {"step": step, "weights": torch.full((3,), float(step))}
+
+
+def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(tmp_path):
+    for step in (10, 20, 30):
+        checkpoint.save_checkpoint(tmp_path, fake_state(step))
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt", "checkpoint-0000030.pt"]
+    newest = tmp_path / "checkpoint-0000030.pt"
+    damaged = bytearray(newest.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    newest.write_bytes(bytes(damaged))
+    warnings = []
+    assert checkpoint.load_checkpoint(tmp_path, warn=warnings.append)["step"] == 20
+    assert len(warnings) == 1 and "checkpoint-0000030.pt: the checkpoint is damaged" in warnings[0]
+
+    (tmp_path / "checkpoint-0000020.pt").write_bytes(b"PK\x03\x04 half a zip")  # partial: cut off mid-write
+    with pytest.raises(ModelError, match="every checkpoint is damaged or missing"):
+        checkpoint.load_checkpoint(tmp_path, warn=warnings.append)
+
+
+def test_resume_errors_are_one_line(tmp_path):
+    assert_one_line_error(run("train", "--resume", tmp_path), "no training checkpoint to resume from")
+    checkpoint.save_checkpoint(tmp_path, {**fake_state(5), "config": {"model": "fast", "colour": "red"}})
+    assert_one_line_error(run("train", "--resume", tmp_path), "training config is not one this digitrec understands")
+    result = run("train", "--resume", tmp_path, "--steps", "10")
+    assert result.exit_code == 2 and "drop --steps" in result.output
