@@ -68,7 +68,9 @@ def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path
     without_torch = json.loads(lines[-1])
     assert without_torch["exit_code"] == 1
     assert without_torch["output"].strip() == (
-        "error: this needs torch, which is not installed: pip install 'digitrec[train]' (or give an .onnx model)")
+        "error: this needs torch, which is not installed: pip install 'digitrec[train]' "
+        "(predict and serve run an .onnx model without it)"
+    )
 
 
 def test_export_command_reports_parity(tmp_path):

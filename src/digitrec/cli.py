@@ -37,7 +37,7 @@ class Commands(click.Group):
             if extra is None:
                 raise
             click.echo(f"error: this needs {error.name}, which is not installed: pip install 'digitrec[{extra}]'"
-                       + (" (or give an .onnx model)" if extra == "train" else ""), err=True)
+                       + (" (predict and serve run an .onnx model without it)" if extra == "train" else ""), err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
