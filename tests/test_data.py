@@ -203,3 +203,12 @@ def test_random_stroke_thickens_or_thins_within_dilation_and_erosion(mnist):
     ink_ratio = changed.sum((1, 2, 3)) / images.sum((1, 2, 3))
     assert (ink_ratio > 1.2).sum() > 50 and (ink_ratio < 0.8).sum() > 50  # both ways, often
     assert torch.equal(data.random_stroke(images, torch.Generator(), 0.0), images)
+
+
+def test_batches_started_at_n_continue_the_stream_across_epochs(mnist):
+    split = mnist.validation  # 5,000 images over 3 ranks: 16 batches of 100 per rank and epoch
+    stream = data.batches(split, 100, seed=5, rank=1, world_size=3)
+    expected = [next(stream)[1] for _ in range(120)]
+    resumed = data.batches(split, 100, seed=5, rank=1, world_size=3, start=70)
+    for labels in expected[70:]:
+        assert torch.equal(next(resumed)[1], labels)

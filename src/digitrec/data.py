@@ -162,12 +162,12 @@ def batches(
     generator = torch.Generator().manual_seed(seed)
     if batch_size * world_size > len(split):
         raise ValueError(f"batch size {batch_size} x {world_size} ranks exceeds the {len(split)} images")
-    per_epoch = len(range(rank, len(split), world_size)) // batch_size
-    epochs_done, skip = divmod(start, per_epoch)
+    shard = len(split) // world_size  # every rank the same number of images, so the ranks step in lockstep
+    epochs_done, skip = divmod(start, shard // batch_size)
     for _ in range(epochs_done):
         torch.randperm(len(split), generator=generator)  # the permutations of the epochs already taken
     while True:
-        order = torch.randperm(len(split), generator=generator)[rank::world_size].to(split.labels.device)
+        order = torch.randperm(len(split), generator=generator)[rank::world_size][:shard].to(split.labels.device)
         for start_index in range(skip * batch_size, len(order) - batch_size + 1, batch_size):
             chosen = order[start_index : start_index + batch_size]
             yield split.images[chosen], split.labels[chosen]

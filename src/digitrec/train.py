@@ -417,6 +417,8 @@ def run_training(
                 save_checkpoint()
                 if run_dir is not None:
                     log_file.close()
+                if board is not None:
+                    board.close()
                 where = f"; resume with: digitrec train --resume {run_dir}" if run_dir is not None else ""
                 raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
             if training.step % config.log_every == 0 or training.done:
