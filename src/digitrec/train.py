@@ -389,23 +389,23 @@ def run_training(
         training.load_state_dict(resume_from)
         log, train_seconds = resume_from["log"], resume_from["train_seconds"]
         print_line(f"resuming at step {training.step} of {config.steps}")
-    board = tensorboard_writer(run_dir) if tensorboard else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.json", checkpoint.to_json(asdict(config)))
-        write_atomic(run_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in log))
-        log_file = (run_dir / "log.jsonl").open("a")
-
-    def save_checkpoint():
-        state = training.state_dict()  # on every process: it gathers their random states
+    with contextlib.ExitStack() as closing:  # log file, TensorBoard and progress bar, however training ends
+        board = closing.enter_context(contextlib.closing(tensorboard_writer(run_dir))) if tensorboard else None
         if run_dir is not None:
-            checkpoint.save_checkpoint(run_dir, {**state, "log": log, "train_seconds": train_seconds})
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "config.json", checkpoint.to_json(asdict(config)))
+            write_atomic(run_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in log))
+            log_file = closing.enter_context((run_dir / "log.jsonl").open("a"))
 
-    print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
-    progress = Progress(
-        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
-    )
-    with progress:
+        def save_checkpoint():
+            state = training.state_dict()  # on every process: it gathers their random states
+            if run_dir is not None:
+                checkpoint.save_checkpoint(run_dir, {**state, "log": log, "train_seconds": train_seconds})
+
+        print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
+        progress = closing.enter_context(Progress(
+            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
+        ))
         task = progress.add_task("train", total=config.steps, completed=training.step)
         while not training.done:
             boundaries = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_every else [])
@@ -415,10 +415,6 @@ def run_training(
             progress.update(task, completed=training.step)
             if training.stop_requested and not training.done:
                 save_checkpoint()
-                if run_dir is not None:
-                    log_file.close()
-                if board is not None:
-                    board.close()
                 where = f"; resume with: digitrec train --resume {run_dir}" if run_dir is not None else ""
                 raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
             if training.step % config.log_every == 0 or training.done:
@@ -439,10 +435,6 @@ def run_training(
                     print_line(format_row(record))
             if config.checkpoint_every and training.step % config.checkpoint_every == 0 and not training.done:
                 save_checkpoint()
-    if run_dir is not None:
-        log_file.close()
-    if board is not None:
-        board.close()
     model = training.module
     metrics = {}
     if training.world.leader:
