@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from digitrec import preprocess
 from digitrec.errors import ImageError
@@ -46,7 +46,7 @@ def test_translation_and_padding_do_not_change_the_result(digits, index, pad_top
 def test_scaling_up_does_not_change_the_result_beyond_a_small_tolerance(digits, index, factor):
     big = Image.fromarray(digits[index]).resize((28 * factor, 28 * factor), Image.Resampling.BICUBIC)
     # resampling softens MNIST's edges and may move the rounded centre of mass by a pixel (about 0.1 on
-    # its own); the boldest digits also get thinned once they arrive larger than 28x28
+    # its own)
     assert mean_difference(prep(big), prep(digits[index])) < 0.13
 
 
@@ -150,3 +150,10 @@ def test_hairline_strokes_are_thickened(digits):
     hairline = np.asarray(big) > 250  # a pen line only a few pixels wide at 400 px
     result = prep((hairline * 255).astype(np.uint8))
     assert preprocess.stroke_width(result) > 1.5 and (result > 0.5).sum() > 40
+
+
+def test_thick_strokes_are_kept(digits):
+    big = Image.fromarray(digits[0]).resize((280, 280), Image.Resampling.BICUBIC)
+    marker = big.filter(ImageFilter.MaxFilter(31))  # strokes 1.5 MNIST pixels wider on each side
+    # eroding them back would also wipe out the digit's faint parts, which costs more than thick strokes
+    assert preprocess.stroke_width(prep(marker)) > preprocess.stroke_width(prep(digits[0])) + 2
