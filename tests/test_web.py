@@ -5,6 +5,7 @@ import io
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -157,14 +158,28 @@ def test_oversized_streamed_body_without_content_length_is_413(client):
     assert_healthy(client)
 
 
-def test_serve_command_starts_a_server_on_loopback():
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     import subprocess
     import sys
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--workers", str(workers)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -176,10 +191,20 @@ def test_serve_command_starts_a_server_on_loopback():
                 assert server.poll() is None and time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
         assert response.json() == {"status": "ok"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as session:
+            for _ in range(4):
+                answer = session.post("/api/predict", content=seven_png, headers={"Content-Type": "image/png"})
+                assert answer.status_code == 200 and answer.json()["digit"] == 7
+        started = children(server.pid)
+        assert len(started) >= (workers if workers > 1 else 0), started
     finally:
         server.terminate()
-        output = server.communicate(timeout=10)[0]
+        output = server.communicate(timeout=20)[0]
     assert f"http://127.0.0.1:{port}/" in output and "Traceback" not in output
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker exits a moment after the server
+    while (left := [pid for pid in started if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, "worker processes left behind"
 
 
 def test_serve_with_missing_model_is_one_line(tmp_path):

@@ -313,16 +313,24 @@ def export_command(path, export_format, out, data_dir):
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Run directory, .safetensors or .onnx file (default: the bundled model).")
-def serve_command(host, port, model_path):
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes, each with its own copy of the model (one per core serves most).")
+def serve_command(host, port, model_path, workers):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
+    import os
+
     import uvicorn
 
-    from digitrec.recognizer import Recognizer
-    from digitrec.web import create_app
+    from digitrec.web.app import MODEL_VARIABLE, serving_app
 
-    app = create_app(Recognizer.load(model_path))
+    os.environ[MODEL_VARIABLE] = str(model_path or "")
+    app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    else:
+        uvicorn.run("digitrec.web:serving_app", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning")
 
 
 if __name__ == "__main__":

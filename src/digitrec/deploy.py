@@ -58,12 +58,14 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     return parity
 
 
-def session_logits(source: bytes | str, name: str) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """A logits function over an ONNX model and its metadata; `threads` per call (0: one per core)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     # idle worker threads sleep instead of spinning: spinning steals the core that decodes the next image
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
     try:
         session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for bad files
@@ -76,11 +78,11 @@ def session_logits(source: bytes | str, name: str) -> tuple[Callable[[np.ndarray
     return logits, metadata
 
 
-def load_onnx(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """A logits function and model info for an exported file, for `Recognizer`."""
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX file")
-    logits, metadata = session_logits(str(path), str(path))
+    logits, metadata = session_logits(str(path), str(path), threads)
     try:
         config, metrics = json.loads(metadata["config"]), json.loads(metadata.get("metrics", "{}"))
     except (KeyError, ValueError):

@@ -3,6 +3,6 @@
 The API and the page use the same `Recognizer` (and so the same preprocessing) as the CLI.
 """
 
-from digitrec.web.app import create_app
+from digitrec.web.app import create_app, serving_app
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serving_app"]
