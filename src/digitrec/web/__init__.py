@@ -1,4 +1,5 @@
-"""The web app: `create_app(recognizer)` builds the JSON API and serves the drawing page.
+"""The web app: `create_app(recognizer)` builds the JSON API and serves the drawing page;
+`serving_app()` builds it as each `digitrec serve` process does.
 
 The API and the page use the same `Recognizer` (and so the same preprocessing) as the CLI.
 """
