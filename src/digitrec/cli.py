@@ -326,11 +326,9 @@ def serve_command(host, port, model_path, workers):
     os.environ[MODEL_VARIABLE] = str(model_path or "")
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    else:
-        uvicorn.run("digitrec.web:serving_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="warning")
+    # several workers are started by uvicorn from an import string, each building its own app
+    uvicorn.run(app if workers == 1 else "digitrec.web:serving_app", factory=workers > 1, workers=workers,
+                host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Owns model loading for inference (torch weights, or an `.onnx` file run by onnxr
 importing torch) and batching; the CLI and the web app both call it.
 """
 
-import ctypes
 import importlib.util
 import itertools
 import multiprocessing
@@ -25,7 +24,6 @@ from digitrec.errors import ImageError
 from digitrec.files import DEFAULT_ONNX
 from digitrec.preprocess import Source, preprocess
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 UNSURE_BELOW = 0.80  # a prediction whose top probability is below this is flagged as unsure
 BATCH_SIZE = 256  # images per forward pass in batched prediction
 
@@ -41,22 +39,6 @@ class Prediction:
     def top(self, k: int) -> list[tuple[int, float]]:
         order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(digit), self.probabilities[digit]) for digit in order]
-
-
-def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default every block over 128 KB (a 280x280 image as float32 is 313 KB) is mapped fresh from the
-    kernel and unmapped when freed, so each image's arrays page-fault in anew: that cost more than the
-    arithmetic on them (one 280x280 canvas PNG: 4.1 -> 3.0 ms from bytes to prediction). For a process
-    that recognizes image after image (`serve`); a no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
-    except (OSError, AttributeError):
-        pass
 
 
 def chunks(items: Iterable, size: int):
