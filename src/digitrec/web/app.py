@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -78,10 +78,6 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
-def error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
-
-
 def png_data_url(pixels) -> str:
     buffer = io.BytesIO()
     Image.fromarray((pixels * 255).round().astype("uint8")).save(buffer, format="PNG")
@@ -98,32 +94,33 @@ def decode_data_url(value: object) -> bytes:
         raise ValueError("the image is not valid base64") from None
 
 
-async def image_bytes(request: Request) -> bytes | JSONResponse:
-    """The uploaded image from a multipart form, a raw image body or a JSON data URL."""
+async def image_bytes(request: Request) -> bytes:
+    """The uploaded image from a multipart form, a raw image body or a JSON data URL; a request that
+    holds none raises `HTTPException` (415 or 422). Every route that takes an image reads it here."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         try:
             form = await request.form()
         except Exception:  # python-multipart raises several types for malformed forms
-            return error(422, "malformed multipart form")
+            raise HTTPException(422, "malformed multipart form") from None
         upload = form.get("image") or form.get("file")
         if upload is None or isinstance(upload, str):
-            return error(422, "the form needs a file field named 'image' (or 'file')")
+            raise HTTPException(422, "the form needs a file field named 'image' (or 'file')")
         return await upload.read()
     if content_type == "application/json":
         try:
             document = json.loads(await request.body())
         except ValueError:
-            return error(422, "the body is not valid JSON")
+            raise HTTPException(422, "the body is not valid JSON") from None
         if not isinstance(document, dict):
-            return error(422, "expected a JSON object")
+            raise HTTPException(422, "expected a JSON object")
         try:
             return decode_data_url(document.get("image"))
         except ValueError as problem:
-            return error(422, str(problem))
+            raise HTTPException(422, str(problem)) from None
     if content_type.startswith(RAW_TYPES):
         return await request.body()
-    return error(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
+    raise HTTPException(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
 
 
 def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> FastAPI:
@@ -156,12 +153,10 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
     async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
         """Recognize one digit. `unsure` is true when the top probability is below 0.8."""
         raw = await image_bytes(request)
-        if isinstance(raw, JSONResponse):
-            return raw
         try:
             result = await anyio.to_thread.run_sync(recognizer.predict, raw, "upload", limiter=limiter)
         except ImageError as problem:
-            return error(422, str(problem))
+            raise HTTPException(422, str(problem)) from None
         return PredictionOut(
             digit=result.digit,
             confidence=result.confidence,
