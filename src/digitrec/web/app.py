@@ -136,6 +136,8 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
         summary="Handwritten-digit recognition",
         description="POST an image of a handwritten digit to /api/predict; the page at / lets you draw one.",
     )
+    app.state.recognizer = recognizer  # routes read it from here, so the model in use can be replaced
+    app.state.limiter = limiter  # at most `threads` recognitions at once, whichever route asks
 
     @app.post(
         "/api/predict",
@@ -153,6 +155,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
     async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
         """Recognize one digit. `unsure` is true when the top probability is below 0.8."""
         raw = await image_bytes(request)
+        recognizer = request.app.state.recognizer
         try:
             result = await anyio.to_thread.run_sync(recognizer.predict, raw, "upload", limiter=limiter)
         except ImageError as problem:
@@ -170,8 +173,8 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
         return {"status": "ok"}
 
     @app.get("/api/model")
-    def model():
-        info = recognizer.info
+    def model(request: Request):
+        info = request.app.state.recognizer.info
         return {
             "name": info["name"],
             "recipe": info.get("recipe"),

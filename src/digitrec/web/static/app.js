@@ -82,6 +82,7 @@ function reset() {
   document.getElementById("message").textContent = "";
   document.getElementById("seen").removeAttribute("src");
   show(new Array(10).fill(0), -1);
+  document.dispatchEvent(new CustomEvent("digitrec:cleared"));
 }
 
 function show(probabilities, best) {
@@ -111,6 +112,8 @@ async function send(body, type) {
     document.getElementById("message").textContent = "";
     document.getElementById("seen").src = result.preprocessed;
     show(result.probabilities, result.digit);
+    // other panels (e.g. the Inside view) follow the pad through this event: the image sent and the answer
+    document.dispatchEvent(new CustomEvent("digitrec:prediction", { detail: { result, body, type } }));
   } catch (problem) {
     if (problem.name !== "AbortError") document.getElementById("message").textContent = "The server did not answer.";
   }
@@ -139,9 +142,14 @@ pad.addEventListener("drop", (event) => {
   sendFile(event.dataTransfer.files[0]);
 });
 
-fetch("/api/model").then((r) => r.json()).then((model) => {
-  const accuracy = model.test_accuracy ? `, ${(100 * model.test_accuracy).toFixed(2)}% on the MNIST test set` : "";
-  document.getElementById("model-info").textContent = `Draw a digit, 0 to 9. Model: ${model.name}${accuracy}.`;
-}).catch(() => {});
+function showModel() {
+  fetch("/api/model").then((r) => r.json()).then((model) => {
+    const accuracy = model.test_accuracy ? `, ${(100 * model.test_accuracy).toFixed(2)}% on the MNIST test set` : "";
+    document.getElementById("model-info").textContent = `Draw a digit, 0 to 9. Model: ${model.name}${accuracy}.`;
+  }).catch(() => {});
+}
+// another panel that switches the server's model announces it; the pad then reads the drawing again
+document.addEventListener("digitrec:model-changed", () => { showModel(); if (strokes.length) schedule(); });
+showModel();
 redraw();
 reset();
