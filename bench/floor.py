@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--recipe", default="quick")
     args = parser.parse_args()
     config = train.resolve_config("fast", args.recipe)
-    model = models.create("fast", config.width)
+    model = models.create("fast", width=config.width)
     images, labels = torch.rand(config.batch_size, 1, 28, 28), torch.randint(0, 10, (config.batch_size,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(images), labels).backward()

@@ -12,7 +12,7 @@ def test_every_model_maps_images_to_ten_logits_and_learns_from_one_step(name, mn
     model = models.create(name).train()
     images, labels = mnist.train.images[:64], mnist.train.labels[:64]
     recipe = train.resolve_config(name)
-    # the recipe's optimiser at a tenth of its peak rate: one-cycle recipes start far below their peak
+    # the recipe's optimiser at a tenth of its peak rate: warm-up recipes start far below their peak
     optimizer = train.make_optimizer(train.resolve_config(name, lr=recipe.lr / 10), model.parameters())
     torch.manual_seed(1)  # the same dropout mask before and after the step
     logits = model(images)

@@ -4,7 +4,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from digitrec import checkpoint, train
+from digitrec import checkpoint, files, train
+from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError
 
 
@@ -19,8 +20,36 @@ def test_tutorial_recipes_resolve_to_the_tutorial_settings():
 def test_unknown_recipe_and_bad_values_are_config_errors():
     with pytest.raises(ConfigError, match="no recipe 'long'"):
         train.resolve_config("softmax", "long")
-    with pytest.raises(ConfigError, match="must be positive"):
+    with pytest.raises(ConfigError, match=r"steps must be in 1\.\.10,000,000, not 0"):
         train.resolve_config("softmax", steps=0)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("lr", float("nan"), "lr must be a finite number, not nan"),
+    ("lr", float("inf"), "lr must be a finite number, not inf"),
+    ("lr", 1e300, r"lr must be in \(0, 10\], not 1e\+300"),
+    ("lr", 0.0, r"lr must be in \(0, 10\], not 0.0"),
+    ("weight_decay", -0.1, r"weight_decay must be in \[0, 1\]"),
+    ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+    ("batch_size", 60000, r"batch_size must be in 1\.\.55,000, not 60000"),
+    ("seed", 2**70, r"seed must be in 0\.\.9,223,372,036,854,775,807"),
+    ("seed", -1, r"seed must be in 0\.\."),
+    ("steps", 10**8, r"steps must be in 1\.\.10,000,000"),
+    ("width", 100000, r"width must be in 1\.\.256, not 100000"),
+    ("width", 0, r"width must be in 1\.\.256, not 0"),
+    ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
+    ("augment_scale", 1.0, r"augment_scale must be in \[0, 1\)"),
+])
+def test_out_of_range_settings_are_refused_with_their_bounds(setting, value, message):
+    with pytest.raises(ConfigError, match=message):
+        train.resolve_config("fast", **{setting: value})
+
+
+def test_a_config_read_from_a_file_is_held_to_the_same_bounds():
+    with pytest.raises(ConfigError, match="lr must be a finite number, not 'fast'"):
+        TrainConfig.from_dict({"model": "fast", "lr": "fast"})
+    with pytest.raises(ConfigError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({"model": "fast", "colour": "red"})
 
 
 def test_softmax_with_tutorial_defaults_passes_90_percent_on_the_real_test_set(softmax_run):
@@ -51,7 +80,14 @@ def test_same_seed_gives_identical_weights_on_cpu(mnist):
         assert torch.equal(first, second), name
 
 
-def test_onecycle_schedule_warms_up_then_decays_to_zero():
-    factor = train.lr_factor(train.TrainConfig(steps=100, schedule="onecycle", warmup_fraction=0.2))
+def test_warmup_cosine_schedule_warms_up_then_decays_to_zero():
+    factor = train.lr_factor(train.TrainConfig(steps=100, schedule="warmup_cosine", warmup_fraction=0.2))
     assert factor(0) == pytest.approx(1 / 20) and factor(19) == pytest.approx(1.0)
     assert factor(60) < factor(40) and factor(100) == pytest.approx(0.0)
+
+
+def test_run_folders_that_name_the_old_onecycle_schedule_still_read():
+    recorded = json.loads((files.DEFAULT_MODEL / "config.json").read_text())
+    assert recorded["schedule"] == "onecycle"  # the bundled model was trained before the rename
+    config = TrainConfig.from_dict(recorded)
+    assert config.schedule == "warmup_cosine" and config.width == 32 and config.precision == "auto"

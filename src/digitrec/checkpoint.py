@@ -24,6 +24,7 @@ from safetensors.torch import save
 from digitrec import models
 from digitrec.errors import ConfigError, ModelError
 from digitrec.files import DEFAULT_MODEL, write_atomic
+from digitrec.metadata import read as read_metadata
 
 WEIGHTS_FILE = "weights.safetensors"
 CHECKPOINTS_FILE = "checkpoints.json"
@@ -31,7 +32,7 @@ KEEP_CHECKPOINTS = 2
 
 
 def to_json(value: dict) -> str:
-    return json.dumps(value, indent=2) + "\n"
+    return json.dumps(value, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: fail rather than write it
 
 
 def save_run(run_dir: Path, model: torch.nn.Module, config: dict, metrics: dict, dtype=torch.float32) -> Path:
@@ -74,15 +75,16 @@ def load(path: str | Path | None = None) -> Loaded:
             state = {name: weights.get_tensor(name) for name in weights.keys()}
     except Exception as error:  # safetensors raises several unrelated types for a damaged file
         raise ModelError(f"{path}: not a readable safetensors file ({error})") from None
+    config, metrics = read_metadata(metadata, path)
     try:
-        config = json.loads(metadata["config"])
-        metrics = json.loads(metadata.get("metrics", "{}"))
-        model = models.create(config["model"], config.get("width"))
-    except (KeyError, ValueError, TypeError):
-        raise ModelError(f"{path}: no digitrec model config in the file's metadata") from None
+        model = models.from_config(config)  # the size is bounded before anything is allocated
     except ConfigError as error:
         raise ModelError(f"{path}: {error}") from None
     check_fits(model, state, config["model"], path)
+    non_finite = sorted(name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all())
+    if non_finite:
+        raise ModelError(f"{path}: the weights hold NaN or infinite values ({', '.join(non_finite[:3])}"
+                         f"{', ...' if len(non_finite) > 3 else ''}): the training that wrote them diverged")
     model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()})
     return Loaded(model.eval(), config, metrics, path)
 

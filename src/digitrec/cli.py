@@ -6,6 +6,7 @@ usage errors are Click's (exit status 2).
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -70,17 +71,65 @@ def data_command(data_dir, as_json):
         click.echo(f"{split_name:<12}{split['size']:>8}  {counts}")
 
 
+class RegistryOption(click.Option):
+    """An option whose help text lists the registered models, read from models.py only when help is shown
+    (importing it imports torch, which `predict` and `serve` on an .onnx model do without)."""
+
+    def __init__(self, *args, describe, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.describe = describe
+
+    def get_help_record(self, ctx):
+        from digitrec import models
+
+        self.help = self.describe(models.REGISTRY)
+        return super().get_help_record(ctx)
+
+
+def describe_models(registry) -> str:
+    return f"Architecture: {', '.join(registry)}. [default: fast]"
+
+
+def describe_recipes(registry) -> str:
+    recipes = "; ".join(
+        f"{name}: " + ", ".join([spec.default_recipe, *(recipe for recipe in spec.recipes if recipe != spec.default_recipe)])
+        for name, spec in registry.items()
+    )
+    return f"Named recipe of the model: the values of every setting not given as a flag ({recipes}; the first is the default)."
+
+
+def config_options(command):
+    """One `digitrec train` flag per TrainConfig field (config.py), with its help, range and default.
+
+    Every flag defaults to None, "not given": the recipe's value then applies. Values are checked by
+    TrainConfig itself, so a bad one is the same clear error from the CLI, a file or Python.
+    """
+    from digitrec.config import TrainConfig, describe_range
+
+    for spec in reversed(fields(TrainConfig)):
+        flag = "--" + spec.name.replace("_", "-")
+        meta = spec.metadata
+        if spec.name in ("model", "recipe"):
+            describe = describe_models if spec.name == "model" else describe_recipes
+            option = click.option(flag, cls=RegistryOption, describe=describe, default=None)
+        elif spec.type is bool:
+            option = click.option(f"{flag}/--no-{flag[2:]}", default=None,
+                                  help=f"{meta['help']} [default: the recipe's, else {'on' if spec.default else 'off'}]")
+        else:
+            if meta["choices"] is not None:
+                kind = click.Choice(meta["choices"])
+            else:
+                kind = float if spec.type is float else int
+            bounds = f" Range {describe_range(spec)}." if meta["low"] is not None else ""
+            fallback = f", else {spec.default}" if spec.default is not None else ""
+            option = click.option(flag, type=kind, default=None,
+                                  help=f"{meta['help']}{bounds} [default: the recipe's{fallback}]")
+        command = option(command)
+    return command
+
+
 @main.command("train")
-@click.option("--model", default=None, help="softmax, cnn or fast (default: fast).")
-@click.option("--recipe", default=None, help="Named recipe (fast: quick or full; others: default).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per step (under torchrun: in all processes together).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="(Peak) learning rate.")
-@click.option("--width", type=click.IntRange(min=1), default=None, help="fast only: channels of the first block.")
-@click.option("--seed", type=int, default=None, help="Seed for weights, batches and augmentation.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
-              help="Save a resumable checkpoint into the run directory every N steps.")
+@config_options
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue the stopped or killed run in this directory from its newest checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -89,41 +138,55 @@ def data_command(data_dir, as_json):
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
-def train_command(model, recipe, steps, batch_size, lr, width, seed, checkpoint_every, resume, device, out, data_dir,
-                  quiet, tensorboard):
+@click.option("--dry-run", is_flag=True,
+              help="Check the settings: a few steps on a slice of the data, every step logged; writes nothing.")
+def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **settings):
     """Train a model, print the tutorial's log and the final test accuracy, and save the run.
 
-    Ctrl-C stops after the current step and saves a checkpoint; `--resume RUN_DIR` continues from it.
-    Under `torchrun --nproc-per-node=N -m digitrec train ...` the processes train one model together.
+    Every setting below `--model` and `--recipe` overrides one value of the recipe (see README: the
+    recipes live beside each model in models.py). Ctrl-C stops after the current step and saves a
+    checkpoint; `--resume RUN_DIR` continues from it. Under `torchrun --nproc-per-node=N -m digitrec
+    train ...` the processes train one model together.
     """
     from digitrec import checkpoint, data, train
 
-    settings = {"model": model, "recipe": recipe, "steps": steps, "batch_size": batch_size, "lr": lr,
-                "width": width, "seed": seed, "checkpoint_every": checkpoint_every, "out": out}
+    settings = {name: value for name, value in settings.items() if value is not None}
     leader = train.World.from_env().leader
     echo = click.echo if leader else (lambda *args, **kwargs: None)
     state = None
     if resume is not None:
-        given = [f"--{name.replace('_', '-')}" for name, value in settings.items() if value is not None]
+        given = [f"--{name.replace('_', '-')}" for name in settings] + (["--out"] if out else [])
+        given += ["--dry-run"] if dry_run else []
         if given:
             raise click.UsageError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
         state = checkpoint.load_checkpoint(resume, warn=lambda line: echo(f"warning: {line}", err=True))
         config = train.config_from_checkpoint(state, resume)
         run_dir = resume
     else:
-        config = train.resolve_config(model or "fast", recipe, steps=steps, batch_size=batch_size, lr=lr, width=width,
-                                      seed=seed, checkpoint_every=checkpoint_every)
-        run_dir = out or train.default_run_dir(config)
+        if dry_run and (out or tensorboard):
+            raise click.UsageError("--dry-run writes nothing; drop " + ", ".join(
+                flag for flag, given in (("--out", out), ("--tensorboard", tensorboard)) if given))
+        config = train.resolve_config(settings.pop("model", "fast"), settings.pop("recipe", None), **settings)
+        run_dir = None if dry_run else out or train.default_run_dir(config)
     target = train.pick_device(device)
-    echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}")
-    result = train.train(config, data.load(data_dir), target, run_dir, print_line=click.echo,
+    mnist = data.load(data_dir)
+    if dry_run:
+        config, mnist = train.dry_run(config, mnist)
+    precision = train.choose_precision(config.precision, target)
+    echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}, "
+         f"precision {precision}" + (" (dry run)" if dry_run else ""))
+    result = train.train(config, mnist, target, run_dir, print_line=click.echo,
                          show_progress=not quiet, tensorboard=tensorboard, resume_from=state)
     if not leader:
+        return
+    metrics = result.metrics
+    if dry_run:
+        echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% on "
+             f"{len(mnist.test)} images; nothing written")
         return
     from digitrec import report
 
     write_atomic(run_dir / "curves.png", report.curves_png(result.log))
-    metrics = result.metrics
     echo(
         f"test accuracy {100 * metrics['test_accuracy']:.2f}% on 10,000 images "
         f"(validation {100 * metrics['validation_accuracy']:.2f}%, {metrics['train_seconds']:.1f} s of training)"
@@ -294,10 +357,11 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
 
 @main.command("export")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", type=click.Choice(["onnx"]), default="onnx", show_default=True, expose_value=False,
+              help="The export format (ONNX is the only one).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
 @DATA_DIR_OPTION
-def export_command(path, export_format, out, data_dir):
+def export_command(path, out, data_dir):
     """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set."""
     from digitrec import data
     from digitrec.deploy import PARITY_TOLERANCE, export_onnx

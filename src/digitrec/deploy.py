@@ -2,7 +2,9 @@
 
 `load_onnx` imports only numpy and onnxruntime, so a deployment that serves or predicts from an `.onnx`
 file needs neither torch nor the training code. The export stores the model's config and metrics in the
-file's metadata and is checked against onnxruntime on the whole test set before it is kept.
+file's metadata; given test images (`digitrec export` always gives the whole test set), it is kept only
+if onnxruntime agrees with torch on them. Loading checks that a file is a digitrec model: its input,
+its `logits` output, its metadata, and finite answers.
 """
 
 import json
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from digitrec import metadata
 from digitrec.errors import ModelError
 
+CLASSES = 10  # models.CLASSES, which this torch-free module cannot import
 PARITY_TOLERANCE = 1e-4  # the largest logit difference allowed between torch and onnxruntime
 
 
@@ -52,7 +56,8 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
             "same_digits": int((got.argmax(1) == expected.argmax(1)).sum()),
             "max_logit_difference": float(np.abs(got - expected).max()),
         }
-        if parity["same_digits"] != len(check_images) or parity["max_logit_difference"] > PARITY_TOLERANCE:
+        # written so that NaN (which compares false with everything) fails
+        if parity["same_digits"] != len(check_images) or not parity["max_logit_difference"] <= PARITY_TOLERANCE:
             raise ModelError(f"the ONNX export disagrees with torch: {parity}; nothing written")
     write_atomic(out, exported)
     return parity
@@ -70,23 +75,38 @@ def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Ca
         session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
-    metadata = session.get_modelmeta().custom_metadata_map
+    check_signature(session, name)
 
     def logits(batch: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"images": batch})[0]
 
-    return logits, metadata
+    try:
+        probe = logits(np.zeros((2, 1, 28, 28), np.float32))  # a batch of two: the batch size must be free
+    except Exception as error:  # onnxruntime's own types, e.g. a fixed batch size
+        raise ModelError(f"{name}: the model cannot run on a batch of images ({str(error).splitlines()[0]})") from None
+    if probe.shape != (2, CLASSES) or not np.isfinite(probe).all():
+        raise ModelError(f"{name}: the model's logits for blank images are not {CLASSES} finite numbers each "
+                         f"(shape {probe.shape}); the weights may hold NaN")
+    return logits, session.get_modelmeta().custom_metadata_map
+
+
+def check_signature(session, name: str) -> None:
+    """A digitrec model takes one float input `images` of shape (batch, 1, 28, 28) and gives `logits` of
+    shape (batch, 10); other outputs (intermediate activations) may come beside it."""
+    inputs, outputs = session.get_inputs(), {output.name: output for output in session.get_outputs()}
+    found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in inputs)
+    if len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(float)" or inputs[0].shape[1:] != [1, 28, 28]:
+        raise ModelError(f"{name}: not a digitrec model: expected one input 'images' of float (batch, 1, 28, 28), found {found}")
+    logits = outputs.get("logits")
+    if logits is None or logits.type != "tensor(float)" or len(logits.shape) != 2 or logits.shape[1] != CLASSES:
+        found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in outputs.values())
+        raise ModelError(f"{name}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}")
 
 
 def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """A logits function and model info for an exported file, for `Recognizer`."""
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX file")
-    logits, metadata = session_logits(str(path), str(path), threads)
-    try:
-        config, metrics = json.loads(metadata["config"]), json.loads(metadata.get("metrics", "{}"))
-    except (KeyError, ValueError):
-        raise ModelError(f"{path}: no digitrec model config in the ONNX metadata") from None
-    info = {"name": config["model"], "recipe": config.get("recipe"), "parameters": metrics.get("parameters"),
-            "metrics": metrics, "weights": str(path), "runtime": "onnxruntime"}
-    return logits, info
+    logits, stored = session_logits(str(path), str(path), threads)
+    config, metrics = metadata.read(stored, path)
+    return logits, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime")

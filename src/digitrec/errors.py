@@ -28,3 +28,7 @@ class TrainingStopped(DigitrecError):
     """Training was asked to stop (Ctrl-C); a checkpoint was saved if the run has a directory."""
 
     exit_code = 130  # the shell's code for "ended by Ctrl-C"
+
+
+class TrainingDiverged(DigitrecError):
+    """A training step's loss was NaN or infinite: the weights are no longer usable (lower the learning rate)."""

@@ -1,16 +1,54 @@
 """Every model digitrec trains: (B, 1, 28, 28) pixels in [0, 1] -> (B, 10) logits.
 
-Owns the architectures, their initialisation and the name -> model registry; nothing about
-optimisers, data files or checkpoints.
+Owns the architectures, their initialisation, and one `ModelSpec` per model declared beside its class:
+its size parameters and its training recipes. The registry of specs is what training, the CLI's
+choices, checkpoint loading and the ONNX export read; adding a model is one class and one `register`
+call. Nothing here about optimisers, data files or checkpoints.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
+from digitrec.config import check_fields, setting
 from digitrec.errors import ConfigError
 
 IMAGE_PIXELS = 28 * 28
 CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model, declared once: how to build it, its size parameters and its training recipes."""
+
+    build: Callable[..., nn.Module]  # the class: called with a `size` instance, or with nothing if fixed-size
+    recipes: dict[str, dict]  # recipe name -> the TrainConfig values it sets; the rest keep TrainConfig's defaults
+    default_recipe: str = "default"
+    size: type | None = None  # frozen dataclass of the size parameters (TrainConfig fields of the same names)
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Make model `name` known to training, the CLI, checkpoint loading and export."""
+    if spec.default_recipe not in spec.recipes:
+        raise ConfigError(f"model {name!r}: default recipe {spec.default_recipe!r} is not one of its recipes")
+    REGISTRY[name] = spec
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r} (choose from {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def size_names(model: ModelSpec | None = None) -> set[str]:
+    """The size parameters of `model`, or of every registered model (today: width)."""
+    chosen = [model] if model is not None else list(REGISTRY.values())
+    return {field.name for entry in chosen if entry.size is not None for field in fields(entry.size)}
 
 
 class Softmax(nn.Module):
@@ -24,6 +62,9 @@ class Softmax(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.linear(images.flatten(1))  # (B, 1, 28, 28) -> (B, 784) -> (B, 10)
+
+
+register("softmax", ModelSpec(Softmax, recipes={"default": {}}))  # TrainConfig's defaults are the tutorial's
 
 
 class TutorialCNN(nn.Module):
@@ -56,12 +97,26 @@ class TutorialCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
+register("cnn", ModelSpec(TutorialCNN, recipes={
+    "default": dict(steps=20000, batch_size=50, optimizer="adam", lr=1e-4, channels_last=True, eval_every=2000),
+}))
+
+
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+@dataclass(frozen=True)
+class FastSize:
+    # 256 keeps a batch of 128 within a few GB (the model has 90 x width^2 weights, 5.9 M at 256)
+    width: int = setting(16, "Channels of the first conv block; the others have 2x and 4x.", low=1, high=256)
+
+    def __post_init__(self):
+        check_fields(self)  # a weights file's metadata can ask for any size: bound it before building
 
 
 class FastCNN(nn.Module):
@@ -71,8 +126,9 @@ class FastCNN(nn.Module):
     `width` is the first block's channels; the others have 2x and 4x. 16 trains to 99 % in seconds.
     """
 
-    def __init__(self, width: int = 16):
+    def __init__(self, size: FastSize = FastSize()):
         super().__init__()
+        width = size.width
         self.layers = nn.Sequential(
             conv_block(1, width, 5),  # (B, 1, 28, 28) -> (B, w, 28, 28)
             nn.MaxPool2d(2),  # -> (B, w, 14, 14)
@@ -88,18 +144,45 @@ class FastCNN(nn.Module):
         return self.layers(images)
 
 
-REGISTRY: dict[str, type[nn.Module]] = {"softmax": Softmax, "cnn": TutorialCNN, "fast": FastCNN}
+register("fast", ModelSpec(FastCNN, size=FastSize, default_recipe="quick", recipes={
+    # about 0.93 epochs; batch size, steps, rate and width chosen on validation accuracy
+    "quick": dict(
+        width=16, steps=400, batch_size=128, optimizer="nesterov", lr=0.2, schedule="warmup_cosine",
+        warmup_fraction=0.2, weight_decay=5e-4, label_smoothing=0.1, channels_last=True, log_every=50, eval_every=200,
+    ),
+    # about 14 epochs of randomly rotated, shifted and scaled digits at twice the width
+    "full": dict(
+        width=32, steps=6000, batch_size=128, optimizer="nesterov", lr=0.1, schedule="warmup_cosine",
+        warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1,
+        augment_scale=0.1, augment_stroke=1.0, channels_last=True, eval_every=1000,
+    ),
+}))
 
 
-def create(name: str, width: int | None = None) -> nn.Module:
-    """A fresh model; `width` sets the size of models that have one (fast)."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown model {name!r} (choose from {', '.join(REGISTRY)})")
-    if width is None:
-        return REGISTRY[name]()
-    if name != "fast":
-        raise ConfigError(f"model {name!r} has a fixed size: --width applies to fast only")
-    return REGISTRY[name](width)
+def size_of(config: dict):
+    """The checked size (an instance of the model's size class) that a config asks for; None for a
+    fixed-size model. `config` holds TrainConfig fields, from a run or a weights file's metadata: any
+    size is bounded here, before anything is allocated."""
+    model = spec(config["model"])
+    given = {key: config[key] for key in size_names() if config.get(key) is not None}
+    foreign = sorted(given.keys() - size_names(model))
+    if foreign:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in foreign)
+        users = [name for name, entry in REGISTRY.items() if set(foreign) <= size_names(entry)]
+        problem = "a fixed size" if model.size is None else f"no {flags}"
+        raise ConfigError(f"model {config['model']!r} has {problem}: {flags} applies to {', '.join(users) or 'no model'} only")
+    return model.size(**given) if model.size is not None else None
+
+
+def from_config(config: dict) -> nn.Module:
+    """A fresh model as a config (TrainConfig fields, or a weights file's metadata) describes it."""
+    size = size_of(config)
+    return spec(config["model"]).build(size) if size is not None else spec(config["model"]).build()
+
+
+def create(name: str, **size) -> nn.Module:
+    """A fresh model `name`; `size` sets its size parameters (e.g. width=32; None: the default)."""
+    return from_config({"model": name, **size})
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -115,3 +198,4 @@ def logits_in_batches(model: nn.Module, images: torch.Tensor, batch_size: int = 
         return torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
     finally:
         model.train(was_training)
+

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digitrec.errors import ImageError
+from digitrec.errors import ImageError, ModelError
 from digitrec.files import DEFAULT_ONNX
+from digitrec.metadata import model_info
 from digitrec.preprocess import Source, preprocess
 
 UNSURE_BELOW = 0.80  # a prediction whose top probability is below this is flagged as unsure
@@ -114,7 +115,10 @@ class Recognizer:
     def predict_arrays(self, arrays: Sequence[np.ndarray] | np.ndarray) -> list[Prediction]:
         """Already-preprocessed (N, 28, 28) arrays in 0..1."""
         batch = np.asarray(arrays, dtype=np.float32)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-        probabilities = softmax(self.logits(batch).astype(np.float64))
+        logits = self.logits(batch)
+        if not np.isfinite(logits).all():  # loading refuses NaN weights; this catches an overflow
+            raise ModelError("the model's answer is NaN or infinite: it cannot be used")
+        probabilities = softmax(logits.astype(np.float64))
         return [
             Prediction(
                 digit=int(p.argmax()),
@@ -142,13 +146,6 @@ def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.
     def logits(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
 
-    info = {
-        "name": loaded.config["model"],
-        "recipe": loaded.config.get("recipe"),
-        "parameters": models.parameter_count(model),
-        "metrics": loaded.metrics,
-        "weights": str(loaded.weights_path),
-        "runtime": "torch",
-    }
+    info = model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch")
     return logits, info
 

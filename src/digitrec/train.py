@@ -1,7 +1,8 @@
 """One training loop for every model: recipes, optimiser and schedule, the log, progress, the run directory.
 
-A recipe is a frozen `TrainConfig`; `RECIPES` holds the documented ones (the tutorial's settings for
-`softmax` and `cnn`) and command-line flags override single fields. `Training` owns the state of a run
+A run's settings are a frozen `TrainConfig` (config.py): a model's recipe (declared beside the model in
+models.py; the tutorial's settings for `softmax` and `cnn`) with command-line flags overriding single
+fields. `Training` owns the state of a run
 and advances it step by step; `train` drives it with logging and writes the run directory.
 """
 
@@ -9,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -21,95 +23,84 @@ import torch
 import torch.nn.functional as F
 
 from digitrec import checkpoint, data, evaluate, models
-from digitrec.errors import ConfigError, ModelError, TrainingStopped
+from digitrec.config import TrainConfig
+from digitrec.errors import ConfigError, ModelError, TrainingDiverged, TrainingStopped
 from digitrec.files import write_atomic
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "softmax"
-    recipe: str = "default"
-    width: int | None = None  # channels of the first conv block, for models with a size (fast); None = default
-    steps: int = 1000
-    batch_size: int = 100
-    optimizer: str = "sgd"  # "sgd", "nesterov" (SGD with momentum 0.9) or "adam"
-    lr: float = 0.5  # the peak learning rate under a one-cycle schedule
-    schedule: str = "constant"  # "constant" or "onecycle" (linear warm-up, then cosine decay to zero)
-    warmup_fraction: float = 0.0  # share of the steps spent warming up (one-cycle only)
-    weight_decay: float = 0.0  # L2 penalty, per step, as torch applies it
-    label_smoothing: float = 0.0
-    augment_degrees: float = 0.0  # random rotation up to ± this many degrees; 0 disables augmentation
-    augment_shift: float = 0.0  # random shift up to ± this fraction of the image size
-    augment_scale: float = 0.0  # random scale within 1 ± this
-    augment_stroke: float = 0.0  # random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion
-    channels_last: bool = False  # NHWC activations: faster convolutions on CPUs (measured in bench/)
-    seed: int = 0
-    log_every: int = 100  # steps between training-batch accuracy lines (the tutorial's 100)
-    eval_every: int = 1000  # steps between validation evaluations
-    checkpoint_every: int = 0  # steps between training checkpoints in the run directory; 0: only when stopped
-
-    @property
-    def uses_affine(self) -> bool:
-        return self.augment_degrees > 0 or self.augment_shift > 0 or self.augment_scale > 0
-
-
-RECIPES: dict[str, dict[str, TrainConfig]] = {
-    "softmax": {"default": TrainConfig(model="softmax")},
-    "cnn": {
-        "default": TrainConfig(
-            model="cnn", steps=20000, batch_size=50, optimizer="adam", lr=1e-4, channels_last=True, eval_every=2000
-        )
-    },
-    "fast": {
-        # about 0.93 epochs; batch size, steps, rate and width chosen on validation accuracy
-        "quick": TrainConfig(
-            model="fast", recipe="quick", width=16, steps=400, batch_size=128, optimizer="nesterov", lr=0.2,
-            schedule="onecycle", warmup_fraction=0.2, weight_decay=5e-4, label_smoothing=0.1,
-            channels_last=True, log_every=50, eval_every=200,
-        ),
-        # about 14 epochs of randomly rotated, shifted and scaled digits at twice the width
-        "full": TrainConfig(
-            model="fast", recipe="full", width=32, steps=6000, batch_size=128, optimizer="nesterov", lr=0.1,
-            schedule="onecycle", warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1,
-            augment_degrees=10, augment_shift=0.1, augment_scale=0.1, augment_stroke=1.0, channels_last=True,
-            eval_every=1000,
-        ),
-    },
-}
-DEFAULT_RECIPE = {"softmax": "default", "cnn": "default", "fast": "quick"}
+DRY_RUN_STEPS = 3
 
 
 def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainConfig:
-    """The named recipe of `model` with the given fields replaced (None values are ignored)."""
-    if model not in RECIPES:
-        raise ConfigError(f"unknown model {model!r} (choose from {', '.join(RECIPES)})")
-    recipe = recipe or DEFAULT_RECIPE[model]
-    if recipe not in RECIPES[model]:
-        raise ConfigError(f"model {model!r} has no recipe {recipe!r} (choose from {', '.join(RECIPES[model])})")
+    """The named recipe of `model` (its default when None) with the given fields replaced (None values
+    are ignored); every value and the model's size are checked here, before anything is created."""
+    spec = models.spec(model)
+    recipe = recipe or spec.default_recipe
+    if recipe not in spec.recipes:
+        raise ConfigError(f"model {model!r} has no recipe {recipe!r} (choose from {', '.join(spec.recipes)})")
     known = {f.name for f in fields(TrainConfig)}
     chosen = {key: value for key, value in overrides.items() if value is not None and key in known}
-    config = replace(RECIPES[model][recipe], **chosen)
-    if config.steps < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise ConfigError("steps, batch size and learning rate must be positive")
+    config = TrainConfig(**{**spec.recipes[recipe], **chosen, "model": model, "recipe": recipe})
+    models.size_of(config.to_dict())
     return config
+
+
+def dry_run(config: TrainConfig, mnist: data.MNIST) -> tuple[TrainConfig, data.MNIST]:
+    """A few steps of `config`, logged every step, on just enough of the data (for `--dry-run`)."""
+    steps = min(config.steps, DRY_RUN_STEPS)
+    images = config.batch_size * steps
+
+    def head(split: data.Split, count: int) -> data.Split:
+        return data.Split(split.images[:count], split.labels[:count])
+
+    sliced = data.MNIST(head(mnist.train, images), head(mnist.validation, 500), head(mnist.test, 500), mnist.directory)
+    return replace(config, steps=steps, log_every=1, eval_every=steps, checkpoint_every=0), sliced
 
 
 def config_from_checkpoint(state: dict, run_dir: Path) -> TrainConfig:
     try:
-        return TrainConfig(**state["config"])
-    except (KeyError, TypeError):
+        return TrainConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ConfigError):
         raise ModelError(f"{run_dir}: the checkpoint's training config is not one this digitrec understands") from None
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device named `name`: auto, cpu, cuda or cuda:N (other torch devices are not supported)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"unknown device {name!r} (auto, cpu, cuda or cuda:N)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this machine's CPU, from /proc/cpuinfo (empty where there is none)."""
     try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (auto, cpu, cuda or cuda:N)") from None
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_precision(requested: str, device: torch.device, flags: set[str] | None = None) -> str:
+    """"fp32" or "bf16" for a run's `precision` setting on `device` (CPU flags: `flags`, default this CPU's).
+
+    auto: bf16 autocast on GPUs, and on CPUs with AMX, whose bf16 matrix units make training faster
+    (issue 14: 400 steps of fast quick, 6.5-8.6 s -> 5.7-6.2 s on a 2-core Xeon). AVX-512 BF16 alone
+    does not pay: on a 2-core AMD EPYC Zen 4 with it, bf16 measured no faster than float32 (README).
+    """
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if "amx_bf16" in (cpu_flags() if flags is None else flags) else "fp32"
 
 
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
@@ -126,17 +117,17 @@ def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at each step."""
     if config.schedule == "constant":
         return lambda step: 1.0
-    if config.schedule == "onecycle":
+    if config.schedule == "warmup_cosine":
         warmup_steps = max(1, round(config.warmup_fraction * config.steps))
 
-        def onecycle(step: int) -> float:
+        def warmup_cosine(step: int) -> float:
             if step < warmup_steps:
                 return (step + 1) / warmup_steps
             progress = (step - warmup_steps) / max(1, config.steps - warmup_steps)
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-        return onecycle
-    raise ConfigError(f"unknown schedule {config.schedule!r} (constant or onecycle)")
+        return warmup_cosine
+    raise ConfigError(f"unknown schedule {config.schedule!r} (constant or warmup_cosine)")
 
 
 @dataclass(frozen=True)
@@ -172,7 +163,7 @@ class Training:
         self.device = device
         self.world = world
         torch.manual_seed(config.seed)  # initial weights and dropout masks
-        self.module = models.create(config.model, config.width).to(device)
+        self.module = models.from_config(config.to_dict()).to(device)
         if config.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.model = self.module
@@ -183,7 +174,7 @@ class Training:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
         self.mnist = mnist.to(device)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)
-        self.autocast = device.type == "cuda"  # bf16 matmuls and convolutions; this CPU has no fast bf16 (README)
+        self.precision = choose_precision(config.precision, device)
         self.step = 0
         self.stop_requested = False
         self.batches = self.batch_stream()
@@ -193,9 +184,14 @@ class Training:
                             self.world.rank, self.world.size, start=self.step)
 
     def advance(self, steps: int) -> tuple[float, float]:
-        """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy."""
+        """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy.
+
+        Raises `TrainingDiverged` when a step's loss was not finite (checked once, at the end, so a GPU
+        is not made to wait every step); the model's weights are then no longer usable.
+        """
         config = self.config
         self.model.train()
+        first_step, losses = self.step, []
         for _ in range(min(steps, config.steps - self.step)):
             images, labels = next(self.batches)
             if config.augment_stroke > 0:
@@ -206,7 +202,7 @@ class Training:
                 )
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 logits = self.model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
@@ -214,8 +210,16 @@ class Training:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
+            losses.append(loss.detach())
             if self.should_stop():
                 break
+        finite = torch.isfinite(torch.stack(losses))
+        if not finite.all():
+            diverged_at = int((~finite).nonzero()[0])
+            raise TrainingDiverged(
+                f"training diverged: the loss was {losses[diverged_at].item()} at step {first_step + diverged_at + 1} "
+                f"(lr {config.lr:g}); try a lower --lr"
+            )
         return loss.item(), (logits.argmax(1) == labels).float().mean().item()
 
     def should_stop(self) -> bool:
@@ -447,6 +451,7 @@ def run_training(
             "validation_accuracy": log[-1]["validation_accuracy"],
             "test_accuracy": training.accuracy(training.mnist.test),
             "device": str(training.device),
+            "precision": training.precision,
             "torch_threads": torch.get_num_threads(),
             "processes": training.world.size,
         }
