@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -53,3 +56,48 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         files.write_atomic(target, 12345)  # not bytes or str: fails before anything is replaced
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.parametrize("width, message", [(-1, "width must be in 1..256, not -1"), (10**6, "width must be in 1..256, not 1000000"),
+                                            ("16", "width must be a whole number, not '16'")])
+def test_a_size_asked_for_by_a_small_file_is_bounded_before_building(tmp_path, width, message):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1)}, path, metadata={"config": json.dumps({"model": "fast", "width": width})})
+    assert path.stat().st_size < 200
+    with pytest.raises(ModelError, match=f"{path}: {message}"):
+        checkpoint.load(path)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    model = models.create("fast", width=4)
+    with torch.no_grad():
+        model.layers[-1].weight[0, 0] = float("nan")
+    checkpoint.save_run(tmp_path, model, {"model": "fast", "width": 4}, {})
+    with pytest.raises(ModelError, match=r"the weights hold NaN or infinite values \(layers.7.weight\): the training that wrote them diverged"):
+        checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"config": "[1, 2]"}, "not a digitrec model config"),
+    ({"config": '{"model": "fast"}', "metrics": '{"test_accuracy": NaN}'}, "no digitrec model config"),
+])
+def test_metadata_that_is_not_a_config_object_or_holds_nan_is_refused(tmp_path, metadata, message):
+    from safetensors.torch import save_file
+
+    save_file(models.create("fast").state_dict(), tmp_path / "w.safetensors", metadata=metadata)
+    with pytest.raises(ModelError, match=message):
+        checkpoint.load(tmp_path / "w.safetensors")
+
+
+def test_a_model_that_overflows_to_nan_is_an_error_not_a_nan_answer(tmp_path):
+    from digitrec.recognizer import Recognizer
+
+    model = models.create("softmax")
+    with torch.no_grad():
+        model.linear.weight.fill_(3e38)  # finite, but the sum over 784 pixels is not
+    checkpoint.save_run(tmp_path, model, {"model": "softmax"}, {})
+    recognizer = Recognizer.load(tmp_path)
+    with pytest.raises(ModelError, match="the model's answer is NaN or infinite"):
+        recognizer.predict_arrays(np.ones((1, 28, 28), np.float32))

@@ -91,3 +91,64 @@ def test_python_dash_m_runs_the_cli():
 
     result = subprocess.run([sys.executable, "-m", "digitrec", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "digitrec" in result.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "lr must be a finite number, not nan"),
+    (["--lr", "inf"], "lr must be a finite number, not inf"),
+    (["--lr", "1e300"], "lr must be in (0, 10], not 1e+300"),
+    (["--batch-size", "60000"], "batch_size must be in 1..55,000, not 60000"),
+    (["--width", "100000"], "width must be in 1..256, not 100000"),
+    (["--seed", str(2**70)], f"seed must be in 0..9,223,372,036,854,775,807, not {2**70}"),
+    (["--device", "xpu"], "unknown device 'xpu' (auto, cpu, cuda or cuda:N)"),
+    (["--device", "meta"], "unknown device 'meta'"),
+])
+def test_out_of_range_training_settings_are_one_line_and_create_nothing(tmp_path, flags, message):
+    assert_one_line_error(run("train", *flags, "--out", tmp_path / "run"), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_lists_every_setting_with_its_range_and_default():
+    from dataclasses import fields
+
+    from digitrec.config import TrainConfig
+
+    result = run("train", "--help")
+    assert result.exit_code == 0
+    help_text = " ".join(result.output.split())  # undo click's line wrapping
+    for field in fields(TrainConfig):
+        assert f"--{field.name.replace('_', '-')}" in help_text, field.name
+    assert "--lr FLOAT Learning rate (the peak under warmup_cosine), per step of one batch. Range (0, 10]." in help_text
+    assert "--precision [auto|fp32|bf16]" in help_text and "--dry-run" in help_text
+    assert "Architecture: softmax, cnn, fast. [default: fast]" in help_text
+    assert "fast: quick, full" in help_text
+
+
+@pytest.mark.parametrize("model", ["softmax", "cnn", "fast"])
+def test_dry_run_trains_a_few_logged_steps_of_each_model_and_writes_nothing(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("train", "--model", model, "--dry-run", "--quiet", "--data-dir", BUNDLED_MNIST)
+    assert result.exit_code == 0, result.output
+    steps = [int(line.split()[0]) for line in result.output.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert steps == [1, 2, 3]
+    assert "(dry run)" in result.output and "dry run done: 3 steps" in result.output and "on 500 images" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_refuses_flags_that_would_write(tmp_path):
+    result = run("train", "--dry-run", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "--dry-run writes nothing; drop --out" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_setting_is_a_flag_that_reaches_the_recorded_config(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--model", "softmax", "--steps", 20, "--optimizer", "adam", "--lr", "0.01",
+                 "--schedule", "warmup_cosine", "--warmup-fraction", "0.5", "--weight-decay", "0.001",
+                 "--label-smoothing", "0.05", "--log-every", 10, "--eval-every", 20, "--no-channels-last",
+                 "--precision", "fp32", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["optimizer"], config["lr"], config["schedule"], config["warmup_fraction"]) == ("adam", 0.01, "warmup_cosine", 0.5)
+    assert (config["weight_decay"], config["label_smoothing"], config["log_every"]) == (0.001, 0.05, 10)
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [10, 20]

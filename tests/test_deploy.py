@@ -1,11 +1,13 @@
 """ONNX export and the torch-free onnxruntime path."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
@@ -13,7 +15,7 @@ from digitrec.errors import ModelError
 from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
 from digitrec.recognizer import Recognizer
 
-from test_cli import run
+from test_cli import assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,73 @@ def test_corrupt_onnx_file_is_refused(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
         Recognizer.load(tmp_path / "bad.onnx")
+
+
+class TwoOutputs(torch.nn.Module):
+    """The bundled softmax's shape with a second output, like the activations an explaining export adds."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.linear = torch.nn.Linear(28 * 28, classes)
+
+    def forward(self, images):
+        flat = images.flatten(1)
+        return self.linear(flat), flat.relu()
+
+
+def onnx_file(path, module, input_name="images", output_names=("logits", "pixels"), config='{"model": "softmax"}'):
+    """Write `module` as an ONNX file, as the export does, with the given names and metadata."""
+    import io
+    import warnings
+
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module.eval(), (torch.zeros(1, 1, 28, 28),), buffer, input_names=[input_name],
+                          output_names=list(output_names), dynamic_axes={name: {0: "batch"} for name in (input_name, *output_names)},
+                          dynamo=False)
+    proto = onnx.load_from_string(buffer.getvalue())
+    if config is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "config", config
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_an_onnx_model_with_extra_outputs_beside_its_logits_is_accepted(tmp_path):
+    recognizer = Recognizer.load(onnx_file(tmp_path / "m.onnx", TwoOutputs()))
+    assert recognizer.info["name"] == "softmax"
+    assert len(recognizer.predict_arrays(np.zeros((3, 28, 28), np.float32))) == 3
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: onnx_file(path, TwoOutputs(), input_name="pixels_in"), "expected one input 'images' of float (batch, 1, 28, 28)"),
+    (lambda path: onnx_file(path, TwoOutputs(classes=5)), "expected an output 'logits' of float (batch, 10), found logits"),
+    (lambda path: onnx_file(path, TwoOutputs(), output_names=("scores", "pixels")), "expected an output 'logits'"),
+    (lambda path: onnx_file(path, TwoOutputs(), config="[1, 2]"), "the file's metadata is not a digitrec model config"),
+    (lambda path: onnx_file(path, TwoOutputs(), config=None), "no digitrec model config in the file's metadata"),
+])
+def test_onnx_files_that_are_not_digitrec_models_are_one_clear_error(tmp_path, make, message):
+    path = make(tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=re.escape(message)):
+        Recognizer.load(path)
+    assert_one_line_error(run("predict", "-", "--model", path), message)
+    assert_one_line_error(run("serve", "--model", path, "--port", 1), message)  # refused before it binds
+
+
+def test_onnx_weights_that_give_nan_are_refused(tmp_path):
+    module = TwoOutputs()
+    with torch.no_grad():
+        module.linear.bias.fill_(float("nan"))
+    with pytest.raises(ModelError, match="logits for blank images are not 10 finite numbers"):
+        Recognizer.load(onnx_file(tmp_path / "m.onnx", module))
+
+
+def test_the_export_parity_check_fails_on_nan(tmp_path, mnist):
+    images = mnist.test.images[:10].numpy().copy()
+    images[3, 0, 5, 5] = np.nan
+    with pytest.raises(ModelError, match="the ONNX export disagrees with torch"):
+        export_onnx(None, tmp_path / "m.onnx", check_images=images)
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,9 +1,15 @@
+import json
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from digitrec import models, train
+from digitrec import checkpoint, models, train
+from digitrec.config import check_fields, setting
 from digitrec.errors import ConfigError
+
+from test_cli import run
 
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
@@ -47,3 +53,54 @@ def test_logits_in_batches_matches_one_pass_and_restores_training_mode():
     assert model.training
     with torch.no_grad():
         assert torch.allclose(batched, model.eval()(images), atol=1e-5)
+
+
+@dataclass(frozen=True)
+class ToySize:
+    width: int = setting(4, "Hidden units.", low=1, high=64)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+class Toy(torch.nn.Module):
+    """A one-hidden-layer perceptron, added the way a new architecture is: one class, one spec."""
+
+    def __init__(self, size: ToySize = ToySize()):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(28 * 28, size.width), torch.nn.ReLU(), torch.nn.Linear(size.width, 10)
+        )
+
+    def forward(self, images):
+        return self.layers(images)
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # registered for this test only
+    models.register("toy", models.ModelSpec(Toy, size=ToySize, recipes={
+        "default": dict(steps=60, batch_size=50, lr=0.1, log_every=20, eval_every=60),
+    }))
+
+
+def test_a_model_added_with_one_spec_trains_from_the_cli_and_loads_back(toy, tmp_path):
+    assert "Architecture: softmax, cnn, fast, toy." in " ".join(run("train", "--help").output.split())
+    out = tmp_path / "toy"
+    result = run("train", "--model", "toy", "--width", 8, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "training toy (default) for 60 steps of 50" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"], config["width"], config["steps"], config["lr"]) == ("toy", 8, 60, 0.1)
+    loaded = checkpoint.load(out)
+    assert loaded.model.layers[1].weight.shape == (8, 784)
+    evaluated = json.loads(run("evaluate", out, "--json").output)
+    assert evaluated["model"] == "toy" and evaluated["test_accuracy"] == pytest.approx(loaded.metrics["test_accuracy"], abs=1e-6)
+    assert evaluated["test_accuracy"] > 0.5  # 60 steps of a perceptron learn something
+    assert run("train", "--model", "toy", "--width", 65, "--out", tmp_path / "big").output.strip() == (
+        "error: width must be in 1..64, not 65")
+
+
+def test_size_parameters_are_refused_by_models_without_them():
+    with pytest.raises(ConfigError, match="model 'cnn' has a fixed size: --width applies to fast only"):
+        models.create("cnn", width=8)

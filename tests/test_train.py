@@ -6,7 +6,7 @@ import torch
 
 from digitrec import checkpoint, files, train
 from digitrec.config import TrainConfig
-from digitrec.errors import ConfigError
+from digitrec.errors import ConfigError, TrainingDiverged
 
 
 def test_tutorial_recipes_resolve_to_the_tutorial_settings():
@@ -91,3 +91,56 @@ def test_run_folders_that_name_the_old_onecycle_schedule_still_read():
     assert recorded["schedule"] == "onecycle"  # the bundled model was trained before the rename
     config = TrainConfig.from_dict(recorded)
     assert config.schedule == "warmup_cosine" and config.width == 32 and config.precision == "auto"
+
+
+CPU = torch.device("cpu")
+AVX2 = {"sse4_2", "avx2", "fma"}
+ZEN4 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}  # AVX-512 BF16, no AMX
+SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
+
+
+def test_auto_precision_is_bf16_on_gpus_and_amx_cpus_and_float32_elsewhere():
+    assert train.choose_precision("auto", CPU, AVX2) == "fp32"
+    assert train.choose_precision("auto", CPU, ZEN4) == "fp32"  # measured no faster in bf16 (README)
+    assert train.choose_precision("auto", CPU, SAPPHIRE_RAPIDS) == "bf16"
+    assert train.choose_precision("auto", torch.device("cuda"), AVX2) == "bf16"
+    assert train.choose_precision("fp32", CPU, SAPPHIRE_RAPIDS) == "fp32"
+    assert train.choose_precision("bf16", CPU, AVX2) == "bf16"  # asked for: honoured, however slow
+
+
+def test_bf16_training_runs_and_records_its_precision(tmp_path):
+    from test_cli import run
+
+    out = tmp_path / "run"
+    result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--precision", "bf16",
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "on cpu, precision bf16" in result.output
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16" and metrics["test_accuracy"] > 0.5  # 30 steps: far above chance (fp32: 76 %, bf16: 79 % here)
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(mnist):
+    training = train.Training(train.resolve_config("fast", width=4, steps=50), mnist, CPU)
+    training.advance(5)
+    with torch.no_grad():
+        training.module.layers[-1].bias.fill_(float("inf"))  # what an overflowing step leaves behind
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the loss was nan at step 6 \(lr 0.2\); try a lower --lr"):
+        training.advance(10)
+
+
+def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
+    from test_cli import run
+
+    training = train.Training(train.resolve_config("fast", width=4, steps=40, log_every=10), mnist, CPU)
+    training.advance(10)
+    with torch.no_grad():
+        training.module.layers[0][0].weight.fill_(float("nan"))  # as a step with too high a rate leaves them
+    checkpoint.save_checkpoint(tmp_path, {**training.state_dict(), "log": [], "train_seconds": 0.0})
+    result = run("train", "--resume", tmp_path, "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[1] == "resuming at step 10 of 40"
+    assert lines[-1] == "error: training diverged: the loss was nan at step 11 (lr 0.2); try a lower --lr"
+    assert not (tmp_path / "weights.safetensors").exists()
