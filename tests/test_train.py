@@ -99,9 +99,9 @@ ZEN4 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}  # AVX-512 BF16, no AMX
 SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
 
 
-def test_auto_precision_is_bf16_on_gpus_and_amx_cpus_and_float32_elsewhere():
+def test_auto_precision_is_bf16_on_gpus_and_cpus_with_bf16_arithmetic_and_float32_elsewhere():
     assert train.choose_precision("auto", CPU, AVX2) == "fp32"
-    assert train.choose_precision("auto", CPU, ZEN4) == "fp32"  # measured no faster in bf16 (README)
+    assert train.choose_precision("auto", CPU, ZEN4) == "bf16"
     assert train.choose_precision("auto", CPU, SAPPHIRE_RAPIDS) == "bf16"
     assert train.choose_precision("auto", torch.device("cuda"), AVX2) == "bf16"
     assert train.choose_precision("fp32", CPU, SAPPHIRE_RAPIDS) == "fp32"

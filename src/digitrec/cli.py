@@ -82,18 +82,18 @@ class RegistryOption(click.Option):
     def get_help_record(self, ctx):
         from digitrec import models
 
-        self.help = self.describe(models.REGISTRY)
+        self.help = self.describe(models)
         return super().get_help_record(ctx)
 
 
-def describe_models(registry) -> str:
-    return f"Architecture: {', '.join(registry)}. [default: fast]"
+def describe_models(models) -> str:
+    return f"Architecture: {', '.join(models.REGISTRY)}. [default: {models.DEFAULT_MODEL}]"
 
 
-def describe_recipes(registry) -> str:
+def describe_recipes(models) -> str:
     recipes = "; ".join(
         f"{name}: " + ", ".join([spec.default_recipe, *(recipe for recipe in spec.recipes if recipe != spec.default_recipe)])
-        for name, spec in registry.items()
+        for name, spec in models.REGISTRY.items()
     )
     return f"Named recipe of the model: the values of every setting not given as a flag ({recipes}; the first is the default)."
 
@@ -148,7 +148,7 @@ def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **
     checkpoint; `--resume RUN_DIR` continues from it. Under `torchrun --nproc-per-node=N -m digitrec
     train ...` the processes train one model together.
     """
-    from digitrec import checkpoint, data, train
+    from digitrec import checkpoint, data, models, train
 
     settings = {name: value for name, value in settings.items() if value is not None}
     leader = train.World.from_env().leader
@@ -166,7 +166,7 @@ def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **
         if dry_run and (out or tensorboard):
             raise click.UsageError("--dry-run writes nothing; drop " + ", ".join(
                 flag for flag, given in (("--out", out), ("--tensorboard", tensorboard)) if given))
-        config = train.resolve_config(settings.pop("model", "fast"), settings.pop("recipe", None), **settings)
+        config = train.resolve_config(settings.pop("model", models.DEFAULT_MODEL), settings.pop("recipe", None), **settings)
         run_dir = None if dry_run else out or train.default_run_dir(config)
     target = train.pick_device(device)
     mnist = data.load(data_dir)

@@ -8,7 +8,7 @@ Recipes (named sets of values for one model) live beside each model in `models.p
 """
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from digitrec.errors import ConfigError
 
@@ -46,7 +46,7 @@ class TrainConfig:
     augment_stroke: float = setting(0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.",
                                     low=0, high=1)
     channels_last: bool = setting(False, "NHWC activations: faster convolutions on CPUs (measured in bench/).")
-    precision: str = setting("auto", "fp32, bf16 (autocast), or auto: bf16 on CUDA and on CPUs with AMX, else fp32.",
+    precision: str = setting("auto", "fp32, bf16 (autocast), or auto: bf16 on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32.",
                              choices=("auto", "fp32", "bf16"))
     seed: int = setting(0, "Seed for weights, batches and augmentation.", low=0, high=MAX_SEED)
     log_every: int = setting(100, "Steps between log rows (training-batch loss and accuracy).", low=1, high=MAX_STEPS)
@@ -73,9 +73,6 @@ class TrainConfig:
         if isinstance(schedule, str):
             values = {**values, "schedule": RENAMED_SCHEDULES.get(schedule, schedule)}
         return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_fields(instance) -> None:
