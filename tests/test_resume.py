@@ -100,8 +100,10 @@ def test_ctrl_c_stops_after_the_current_step_saves_and_the_run_resumes(uninterru
     assert_same_weights(run_dir, uninterrupted)
 
 
-def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist, tmp_path):
-    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, checkpoint_every=10)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist, tmp_path, precision):
+    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, checkpoint_every=10,
+                                  precision=precision)
     quiet = {"print_line": lambda _: None, "show_progress": False}
     whole = train.train(config, mnist, torch.device("cpu"), **quiet)
 
