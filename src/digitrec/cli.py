@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from digitrec import __version__
+from digitrec.config import TrainConfig, describe_range
 from digitrec.errors import DigitrecError, ImageError
 from digitrec.files import write_atomic
 
@@ -104,8 +105,6 @@ def config_options(command):
     Every flag defaults to None, "not given": the recipe's value then applies. Values are checked by
     TrainConfig itself, so a bad one is the same clear error from the CLI, a file or Python.
     """
-    from digitrec.config import TrainConfig, describe_range
-
     for spec in reversed(fields(TrainConfig)):
         flag = "--" + spec.name.replace("_", "-")
         meta = spec.metadata

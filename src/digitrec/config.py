@@ -86,12 +86,12 @@ def check(spec, value) -> None:
     meta, name = spec.metadata, spec.name
     if value is None and spec.default is None:
         return
-    if spec.type in (float, "float"):
+    if spec.type is float:
         valid_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         expected = "a finite number"
-    elif spec.type in (bool, "bool"):
+    elif spec.type is bool:
         valid_type, expected = isinstance(value, bool), "true or false"
-    elif spec.type in (str, "str"):
+    elif spec.type is str:
         valid_type, expected = isinstance(value, str), "a name"
     else:  # int, or int | None
         valid_type, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
@@ -110,6 +110,6 @@ def describe_range(spec) -> str:
     """The field's bounds as an interval, e.g. (0, 10] or 1..55,000."""
     meta = spec.metadata
     low, high = meta["low"], meta["high"]
-    if spec.type in (float, "float"):
+    if spec.type is float:
         return f"{'(' if meta['low_open'] else '['}{low:g}, {high:g}{')' if meta['high_open'] else ']'}"
     return f"{low:,}..{high:,}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from digitrec.config import check_fields, setting
+from digitrec.config import TrainConfig, check_fields, setting
 from digitrec.errors import ConfigError
 
 IMAGE_PIXELS = 28 * 28
@@ -37,6 +37,9 @@ def register(name: str, spec: ModelSpec) -> None:
     """Make model `name` known to training, the CLI, checkpoint loading and export."""
     if spec.default_recipe not in spec.recipes:
         raise ConfigError(f"model {name!r}: default recipe {spec.default_recipe!r} is not one of its recipes")
+    unsettable = size_names(spec) - {field.name for field in fields(TrainConfig)}
+    if unsettable:  # a run's config (and so a flag and a weights file) must be able to record each size
+        raise ConfigError(f"model {name!r}: size parameters {', '.join(sorted(unsettable))} are not TrainConfig fields")
     REGISTRY[name] = spec
 
 

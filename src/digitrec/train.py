@@ -1,9 +1,10 @@
-"""One training loop for every model: recipes, optimiser and schedule, the log, progress, the run directory.
+"""One training loop for every model: resolving a recipe, device and precision, optimiser and schedule,
+the log, progress, the run directory.
 
 A run's settings are a frozen `TrainConfig` (config.py): a model's recipe (declared beside the model in
 models.py; the tutorial's settings for `softmax` and `cnn`) with command-line flags overriding single
-fields. `Training` owns the state of a run
-and advances it step by step; `train` drives it with logging and writes the run directory.
+fields. `Training` owns the state of a run and advances it step by step; `train` drives it with logging
+and writes the run directory.
 """
 
 import contextlib
