@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from digitrec import models
 from digitrec.cli import main
 
 from conftest import BUNDLED_MNIST
@@ -124,7 +125,7 @@ def test_train_help_lists_every_setting_with_its_range_and_default():
     assert "fast: quick, full" in help_text
 
 
-@pytest.mark.parametrize("model", ["softmax", "cnn", "fast"])
+@pytest.mark.parametrize("model", sorted(models.REGISTRY))
 def test_dry_run_trains_a_few_logged_steps_of_each_model_and_writes_nothing(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("train", "--model", model, "--dry-run", "--quiet", "--data-dir", BUNDLED_MNIST)

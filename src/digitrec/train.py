@@ -95,8 +95,8 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
 
     auto: bf16 autocast on GPUs and on CPUs with bf16 arithmetic (AMX or AVX-512 BF16), float32 elsewhere.
     Measured with bench/precision.py, 400 steps of fast quick: on a 2-core AMD EPYC Zen 4 (AVX-512 BF16,
-    no AMX), bf16 took 23 % less CPU time at the same accuracy; issue 14 saw 6.5-8.6 s -> 5.7-6.2 s on a
-    2-core Xeon with AMX; on an AVX2-only EPYC it was 10x slower (README).
+    no AMX), bf16 took 26 % less CPU time at the same accuracy (4 seeds); issue 14 saw 6.5-8.6 s ->
+    5.7-6.2 s on a 2-core Xeon with AMX; on an AVX2-only EPYC it was 10x slower (README).
     """
     if requested != "auto":
         return requested
@@ -190,7 +190,8 @@ class Training:
         """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy.
 
         Raises `TrainingDiverged` when a step's loss was not finite (checked once, at the end, so a GPU
-        is not made to wait every step); the model's weights are then no longer usable.
+        is not made to wait every step: about 0.15 ms per 50 steps on the CPU); the weights are then
+        no longer usable.
         """
         config = self.config
         self.model.train()
