@@ -349,18 +349,17 @@ def export_command(path, export_format, out, data_dir):
               help="Server processes, each with its own copy of the model (one per core serves most).")
 def serve_command(host, port, model_path, workers):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
-    import os
-
     import uvicorn
 
     from digitrec.web.app import MODEL_VARIABLE, serving_app
+    from digitrec.web.server import uvicorn_settings
 
     os.environ[MODEL_VARIABLE] = str(model_path or "")
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
     # several workers are started by uvicorn from an import string, each building its own app
     uvicorn.run(app if workers == 1 else "digitrec.web:serving_app", factory=workers > 1, workers=workers,
-                host=host, port=port, log_level="warning")
+                host=host, port=port, log_level="warning", **uvicorn_settings())
 
 
 if __name__ == "__main__":
