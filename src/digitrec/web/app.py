@@ -23,11 +23,12 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from digitrec.errors import ImageError
-from digitrec.preprocess import MB, to_png
+from digitrec.preprocess import to_png
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
-MAX_BODY_BYTES = 2 * MB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JPEG fits too
+MiB = 1024 * 1024
+MAX_BODY_BYTES = 2 * MiB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JPEG fits too
 MAX_BODIES_IN_FLIGHT = 16  # request bodies read at once; the others wait with their bytes in the socket
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 KEEP_FREED_BELOW = 4 << 20  # bytes: freed blocks up to this size stay in the process for reuse
@@ -36,7 +37,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 FAVICON_URL = "/static/favicon.svg"
 RAW_TYPES = ("image/", "application/octet-stream")
 # the OpenAPI description of a route that reads its image with `image_bytes`
-IMAGE_ERRORS = {413: {"description": f"body over {MAX_BODY_BYTES // MB} MB"}, 415: {"description": "unsupported media type"},
+IMAGE_ERRORS = {413: {"description": f"body over {MAX_BODY_BYTES // MiB} MiB"}, 415: {"description": "unsupported media type"},
                 422: {"description": "undecodable, empty or blank image, or a malformed request"}}
 IMAGE_BODY = {"requestBody": {"content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -106,7 +107,7 @@ class BodyLimit:
         return b"".join(chunks)
 
     async def refuse(self, send):
-        response = JSONResponse({"detail": f"request body over {self.limit // MB} MB"}, status_code=413)
+        response = JSONResponse({"detail": f"request body over {self.limit / MiB:g} MiB"}, status_code=413)
         await response({"type": "http"}, None, send)
 
 
