@@ -55,6 +55,10 @@ class PredictionOut(BaseModel):
     preprocessed: str | None = None  # the 28x28 view as a PNG data URL, when asked for
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
 class BodyLimit:
     """ASGI middleware: reads the whole request body first, refusing it with 413 once it passes the limit.
 
@@ -76,10 +80,13 @@ class BodyLimit:
             return await self.refuse(send)
         if declared in (None, b"0") and b"transfer-encoding" not in headers:
             return await self.app(scope, receive, send)  # no body to read
-        async with self.slots:
-            body = await self.read(receive)
-        if body is None:
+        try:
+            async with self.slots:
+                body = await self.read(receive)
+        except BodyTooLarge:
             return await self.refuse(send)
+        if body is None:
+            return  # the client went away
         replayed = False
 
         async def replay():
@@ -92,16 +99,16 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def read(self, receive) -> bytes | None:
-        """The whole body; None once it passes the limit (and b"" if the client went away)."""
+        """The whole body, or None if the client went away; raises `BodyTooLarge` once it passes the limit."""
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b""
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                return None
+                raise BodyTooLarge
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)

@@ -52,8 +52,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             room = MAX_HEAD_BYTES - self.head_bytes
             if len(data) > room:  # parse only what the cap allows: the headers must end within it
                 super().data_received(data[:room])
-                if self.reading_head:
-                    self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES // 1024} kB")
+                if self.reading_head or self.transport.is_closing():
+                    self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES // 1024} KiB")
                     return
                 data = data[room:]
             else:
