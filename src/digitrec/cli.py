@@ -219,10 +219,13 @@ def expand_inputs(paths: tuple[str, ...]) -> list[tuple[str, object]]:
             content = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
             too_big = len(content) > MAX_FILE_BYTES
             inputs.append(("-", ImageError(f"-: refused: larger than {MAX_FILE_BYTES // MB} MB") if too_big else content))
-        elif Path(given).is_dir():
-            inputs.extend(images_in(Path(given)))
-        else:
-            inputs.append((given, Path(given)))
+            continue
+        try:
+            is_folder = Path(given).is_dir()
+        except OSError as error:  # e.g. a folder on its way that this user may not enter
+            inputs.append((given, ImageError(f"{given}: cannot read ({error.strerror})")))
+            continue
+        inputs.extend(images_in(Path(given)) if is_folder else [(given, Path(given))])
     return inputs
 
 
