@@ -125,7 +125,8 @@ class Recognizer:
                     if len(prepared) < len(chunk):  # a worker died (killed, out of memory): the pool is broken
                         pool.shutdown()
                         pool = None
-                        prepared += [ImageError(f"{name}: the process reading it died") for name, _ in chunk[len(prepared):]]
+                        died = chunk[len(prepared):]
+                        prepared += [ImageError(f"{name}: the process reading it died") for name, _ in died]
                 good = [array for array in prepared if not isinstance(array, ImageError)]
                 predictions = iter(self.predict_arrays(good)) if good else iter(())
                 results.extend(item if isinstance(item, ImageError) else next(predictions) for item in prepared)

@@ -37,7 +37,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 FAVICON_URL = "/static/favicon.svg"
 RAW_TYPES = ("image/", "application/octet-stream")
 # the OpenAPI description of a route that reads its image with `image_bytes`
-IMAGE_ERRORS = {413: {"description": f"body over {MAX_BODY_BYTES // MiB} MiB"}, 415: {"description": "unsupported media type"},
+IMAGE_ERRORS = {413: {"description": f"body over {MAX_BODY_BYTES // MiB} MiB"},
+                415: {"description": "unsupported media type"},
                 422: {"description": "undecodable, empty or blank image, or a malformed request"}}
 IMAGE_BODY = {"requestBody": {"content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
