@@ -2,7 +2,6 @@
 inserted or overwritten), give a digit or an `ImageError` through `Recognizer`, and a 200 or a 4xx through
 `/api/predict` on the real server; never another exception, never a 500."""
 
-
 import httpx
 import numpy as np
 import pytest
