@@ -94,9 +94,10 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
     """"fp32" or "bf16" for a run's `precision` setting on `device` (CPU flags: `flags`, default this CPU's).
 
     auto: bf16 autocast on GPUs and on CPUs with bf16 arithmetic (AMX or AVX-512 BF16), float32 elsewhere.
-    Measured with bench/precision.py, 400 steps of fast quick: on a 2-core AMD EPYC Zen 4 (AVX-512 BF16,
-    no AMX), bf16 took 26 % less CPU time at the same accuracy (4 seeds); issue 14 saw 6.5-8.6 s ->
-    5.7-6.2 s on a 2-core Xeon with AMX; on an AVX2-only EPYC it was 10x slower (README).
+    Measured with bench/precision.py, fast quick: on a 2-core AMD EPYC Zen 4 (AVX-512 BF16, no AMX),
+    bf16 trained 400 steps in 5.2 s against 6.4 s (fastest runs) at the same accuracy, and took 26 %
+    less CPU time on one thread; issue 14 saw 6.5-8.6 s -> 5.7-6.2 s on a 2-core Xeon with AMX; on an
+    AVX2-only EPYC it was 10x slower (README).
     """
     if requested != "auto":
         return requested
