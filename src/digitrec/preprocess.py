@@ -140,14 +140,22 @@ def stroke_width(ink: np.ndarray) -> float:
 
 def preprocess(source: Source, name: str = "image") -> np.ndarray:
     """`source` as a (28, 28) float32 array in 0..1, white digit on black, framed as MNIST frames digits."""
-    image = load_image(source, name)
-    if max(image.size) > WORKING_SIDE:
+    return frame(ink_image(load_image(source, name), name, (WORKING_SIDE, WORKING_SIDE)))
+
+
+def ink_image(image: Image.Image, name: str, fit: tuple[int, int]) -> np.ndarray:
+    """`image` shrunk to fit within `fit` (width, height) if larger, as an ink map (see `ink_map`)."""
+    if image.width > fit[0] or image.height > fit[1]:
         image = image.copy()
-        image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+        image.thumbnail(fit, Image.Resampling.BOX)
     try:
-        ink = ink_map(grey_levels(image))
+        return ink_map(grey_levels(image))
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
+
+
+def frame(ink: np.ndarray) -> np.ndarray:
+    """An ink map holding one digit, cropped, scaled and centred as MNIST's digits are: (28, 28) float32."""
     rows, cols = np.nonzero(ink.any(1))[0], np.nonzero(ink.any(0))[0]
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     scale = BOX_SIDE / max(ink.shape)

@@ -1,4 +1,5 @@
-"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, and the static drawing page.
+"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, and the static drawing page
+(`/api/read`, a whole number, lives in web/numbers.py).
 
 Request bodies are capped at 2 MB by counting the bytes actually received (not only Content-Length);
 every bad request gets a 4xx with a JSON `detail`, never a 500.
@@ -27,6 +28,13 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 STATIC_DIR = Path(__file__).parent / "static"
 RAW_TYPES = ("image/", "application/octet-stream")
+IMAGE_BODY = {"requestBody": {"content": {  # the body forms `image_bytes` reads, for the OpenAPI page
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
+}, "required": True}}
 
 
 class PredictionOut(BaseModel):
@@ -144,13 +152,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
         response_model=PredictionOut,
         responses={413: {"description": "body over 2 MB"}, 415: {"description": "unsupported media type"},
                    422: {"description": "undecodable, empty or blank image, or a malformed request"}},
-        openapi_extra={"requestBody": {"content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "format": "binary"}}}},
-            "application/json": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
-        }, "required": True}},
+        openapi_extra=IMAGE_BODY,
     )
     async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
         """Recognize one digit. `unsure` is true when the top probability is below 0.8."""
@@ -188,6 +190,9 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
     def page():
         return FileResponse(STATIC_DIR / "index.html")
 
+    from digitrec.web import numbers  # its routes read images with image_bytes, from this module
+
+    app.include_router(numbers.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit)
     return app
