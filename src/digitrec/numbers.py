@@ -4,8 +4,8 @@
     reading.text, reading.confidence, reading.unsure, reading.digits[0].box
 
 Owns finding the digits of a written number: the ink's connected components at a working resolution,
-specks dropped, components too wide for one digit cut at the minima of their column profile, and the
-choice, by dynamic programming over the resulting pieces (left to right), of the grouping into digits
+specks dropped, components too wide for one digit cut along the top-to-bottom paths that cross the
+least ink, and the choice, by dynamic programming over the resulting pieces (left to right), of the grouping into digits
 that the model scores best: each candidate digit (one piece, or neighbouring pieces together, such as
 a 5's detached bar or a 4 drawn in two strokes) costs its -log probability plus priors on its shape.
 Each candidate is framed by `preprocess.frame`, the same preparation `predict` gives a lone digit, and
@@ -15,6 +15,7 @@ all are scored in one batch. Not owned here: decoding and the ink map (preproces
 
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,21 +26,24 @@ from digitrec.preprocess import Source, frame, ink_image, load_image
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 
 MAX_DIGITS = 12  # longer numbers are refused
-WORKING_HEIGHT = 160  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
+WORKING_HEIGHT = 100  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
 MAX_WORKING_PIXELS = 1_000_000  # and very wide ones until they hold at most this many pixels
 INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding components
 # The sizes below are shares of the number's height: the median height of its taller components.
 SPECK_SIDE = 0.25  # a component smaller than this both ways is a speck (dust, a decimal point): ignored
-CUT_FROM = 0.8  # a component wider than this may hold several digits: it is cut into pieces
+CUT_FROM = 0.9  # a component wider than this may hold several digits: it is cut into pieces
 MIN_PIECE = 0.15  # no cut closer than this to a component's edge or to another cut
 SIDESTEP_COST = 0.3  # a cut's cost for each step sideways, in ink pixels crossed
-CUTS_PER_HEIGHT = 2.0  # a component is cut at its deepest column-profile minima, this many per height of width
+CUTS_PER_HEIGHT = 2.0  # cuts per height of a component's width, at most: its cheapest paths through the ink
 MAX_GAP = 0.15  # pieces further apart than this are never one digit
 MAX_PIECES = 4  # pieces one digit may be made of
 MAX_WIDTH = 1.3  # no digit is wider than this
 # Priors, in the units of -log probability, added to each candidate digit's cost
-SEGMENT_COST = 0.5  # per digit: a split must earn its extra digit
-WIDE_FROM, WIDE_COST = 0.9, 4.0  # per unit of width beyond WIDE_FROM
+# per digit: negative, a small bonus for each digit found, which on validation strings recovered more
+# touching digits than it cost in wide single digits split in two
+SEGMENT_COST = -0.4
+WIDE_FROM, WIDE_COST = 0.9, 2.0  # per unit of width beyond WIDE_FROM
+CUT_COST = 0.3  # per cut through ink that the reading uses: a split of a component must earn it
 SHORT_FROM, SHORT_COST = 0.6, 8.0  # per unit of height below SHORT_FROM (a bar alone is no digit)
 ALTERNATIVES = 3  # the likeliest other digits reported for each digit
 
@@ -69,6 +73,7 @@ class Reading:
 @dataclass(frozen=True)
 class Piece:
     """Part of the ink: one component, or the part of one between two cuts."""
+    component: int
     top: int
     left: int
     mask: np.ndarray  # bool, the piece's pixels within its box
@@ -100,6 +105,7 @@ def read(recognizer: Recognizer, source: Source, name: str = "image") -> Reading
     arrays = [frame(segment_ink(ink, pieces[i:j])) for i, j in spans]
     predictions = dict(zip(spans, recognizer.predict_arrays(arrays)))
     costs = {span: -math.log(max(predictions[span].confidence, 1e-12)) + prior(pieces[span[0]:span[1]], height)
+             + (CUT_COST if span[1] < len(pieces) and pieces[span[1] - 1].component == pieces[span[1]].component else 0)
              for span in spans}
     chosen = best_path(len(pieces), costs)
     if len(chosen) > MAX_DIGITS:
@@ -174,11 +180,10 @@ def cut(labels: np.ndarray, boxes: np.ndarray, index: int, height: float) -> lis
     own = labels[top:bottom, left:right] == index
     width = right - left
     if width <= CUT_FROM * height:
-        return [Piece(top, left, own)]
+        return [Piece(index, top, left, own)]
     margin = max(1, round(MIN_PIECE * height))
     seams: list[np.ndarray] = []
-    paths = cheapest_paths(own)
-    for path in paths:
+    for path in cheapest_paths(own):
         if len(seams) >= CUTS_PER_HEIGHT * width / height:
             break
         middle = path.mean()
@@ -192,31 +197,30 @@ def cut(labels: np.ndarray, boxes: np.ndarray, index: int, height: float) -> lis
         part = own & (columns >= start[:, None]) & (columns < stop[:, None])
         rows, cols = np.nonzero(part.any(1))[0], np.nonzero(part.any(0))[0]
         if len(rows):
-            pieces.append(Piece(top + rows[0], left + cols[0], part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
+            pieces.append(Piece(index, top + rows[0], left + cols[0], part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
     return pieces
 
 
-def cheapest_paths(own: np.ndarray) -> list[np.ndarray]:
+def cheapest_paths(own: np.ndarray) -> Iterator[np.ndarray]:
     """Top-to-bottom paths through `own` (moving at most one column per row), cheapest first, one ending
     in each column: each as the column it takes in every row. Cost: ink pixels crossed, plus a little
     for each sideways step."""
     rows, width = own.shape
-    total = own[0].astype(np.float32)
     came_from = np.zeros((rows, width), np.int64)
     columns = np.arange(width)
+    above = np.full(width + 2, np.inf)  # the costs so far, with a wall either side
+    above[1:-1] = own[0]
     for row in range(1, rows):
-        options = np.stack([np.r_[np.inf, total[:-1]] + SIDESTEP_COST, total, np.r_[total[1:], np.inf] + SIDESTEP_COST])
+        options = np.stack([above[:-2] + SIDESTEP_COST, above[1:-1], above[2:] + SIDESTEP_COST])
         choice = options.argmin(0)  # 0: from the column to the left, 1: straight above, 2: from the right
         came_from[row] = columns + choice - 1
-        total = options[choice, columns] + own[row]
-    paths = []
-    for end in np.argsort(total, kind="stable"):
+        above[1:-1] = options[choice, columns] + own[row]
+    for end in np.argsort(above[1:-1], kind="stable"):
         path = np.empty(rows, np.int64)
         path[-1] = end
         for row in range(rows - 1, 0, -1):
             path[row - 1] = came_from[row, path[row]]
-        paths.append(path)
-    return paths
+        yield path
 
 
 def joinable(pieces: list[Piece], height: float) -> bool:
