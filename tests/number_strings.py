@@ -1,4 +1,4 @@
-"""Numbers written with MNIST digits, rendered as a person's image; used by tests and bench/numbers.py.
+"""Numbers written with MNIST digits, rendered as a person's image; used by tests and bench/read_numbers.py.
 
 Each digit of a string is a random MNIST image of that digit, cropped to its ink, scaled by up to ±10 %,
 slanted by up to ±8° and set on a baseline jittered by up to ±2 px (all at MNIST's 28-px scale). The

@@ -26,7 +26,7 @@ from digitrec.preprocess import Source, frame, ink_image, load_image
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 
 MAX_DIGITS = 12  # longer numbers are refused
-WORKING_HEIGHT = 100  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
+WORKING_HEIGHT = 128  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
 MAX_WORKING_PIXELS = 1_000_000  # and very wide ones until they hold at most this many pixels
 INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding components
 # The sizes below are shares of the number's height: the median height of its taller components.
@@ -203,7 +203,7 @@ def cut(labels: np.ndarray, boxes: np.ndarray, index: int, height: float) -> lis
 
 def cheapest_paths(own: np.ndarray) -> Iterator[np.ndarray]:
     """Top-to-bottom paths through `own` (moving at most one column per row), cheapest first, one ending
-    in each column: each as the column it takes in every row. Cost: ink pixels crossed, plus a little
+    in each column where the cost is a local minimum: each as the column it takes in every row. Cost: ink pixels crossed, plus a little
     for each sideways step."""
     rows, width = own.shape
     came_from = np.zeros((rows, width), np.int64)
@@ -215,7 +215,9 @@ def cheapest_paths(own: np.ndarray) -> Iterator[np.ndarray]:
         choice = options.argmin(0)  # 0: from the column to the left, 1: straight above, 2: from the right
         came_from[row] = columns + choice - 1
         above[1:-1] = options[choice, columns] + own[row]
-    for end in np.argsort(above[1:-1], kind="stable"):
+    total = above[1:-1]
+    ends = np.nonzero((total <= above[:-2]) & (total <= above[2:]))[0]  # only paths to a local minimum compete
+    for end in ends[np.argsort(total[ends], kind="stable")]:
         path = np.empty(rows, np.int64)
         path[-1] = end
         for row in range(rows - 1, 0, -1):
@@ -225,8 +227,8 @@ def cheapest_paths(own: np.ndarray) -> Iterator[np.ndarray]:
 
 def joinable(pieces: list[Piece], height: float) -> bool:
     """Whether these neighbouring pieces may be one digit: not too wide, no wide gap between them."""
-    if len(pieces) == 1:
-        return True  # even when too wide: the path must be able to pass every piece
+    if len({p.component for p in pieces}) == 1:
+        return True  # even when too wide: a component may always be read whole, and the path must pass it
     if max(p.right for p in pieces) - min(p.left for p in pieces) > MAX_WIDTH * height:
         return False
     reach = pieces[0].right
@@ -285,13 +287,15 @@ def draw_segments(source: Source, reading: Reading, name: str = "image") -> byte
     """`source` as a PNG with each digit's box drawn on it and its reading and confidence under it."""
     image = load_image(source, name).convert("RGB")
     draw = ImageDraw.Draw(image)
-    line = max(2, round(image.height / 150))
-    font = ImageFont.load_default(size=max(12, round(image.height / 12)))
-    for digit in reading.digits:
+    heights = sorted(digit.box[3] for digit in reading.digits) or [image.height]
+    line = max(2, round(heights[len(heights) // 2] / 40))
+    font = ImageFont.load_default(size=max(10, round(heights[len(heights) // 2] / 4)))
+    for index, digit in enumerate(reading.digits):
         x, y, width, height = digit.box
         colour = UNSURE_COLOUR if digit.unsure else SURE_COLOUR
         draw.rectangle([x, y, x + width - 1, y + height - 1], outline=colour, width=line)
-        draw.text((x, y + height + line), f"{digit.digit} {100 * digit.confidence:.0f}%", fill=colour, font=font)
+        below = y + height + line + (index % 2) * font.size  # neighbours' labels on alternate lines
+        draw.text((x + width / 2, below), f"{digit.digit} {100 * digit.confidence:.0f}%", fill=colour, font=font, anchor="mt")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -7,7 +7,7 @@ by position, where the reading has the right length), mean edit distance; for si
 `predict` on the same images. Then numbers/s end to end (JPEG bytes -> text) for 4-digit strings, in
 one process and in one worker process per core.
 
-    nice python bench/numbers.py [--model PATH] [--count 200] [--lengths 1,2,3,4,5,6,7,8] [--split test|validation]
+    nice python bench/read_numbers.py [--model PATH] [--count 200] [--lengths 1,2,3,4,5,6,7,8] [--split test|validation]
 
 Choose with `--split validation`; report with the test split (never tuned on).
 """
