@@ -42,7 +42,7 @@ MAX_WIDTH = 1.3  # no digit is wider than this
 # per digit: negative, a small bonus for each digit found, which on validation strings recovered more
 # touching digits than it cost in wide single digits split in two
 SEGMENT_COST = -0.4
-WIDE_FROM, WIDE_COST = 0.9, 2.0  # per unit of width beyond WIDE_FROM
+WIDE_FROM, WIDE_COST = 1.1, 2.0  # per unit of width beyond WIDE_FROM
 CUT_COST = 0.3  # per cut through ink that the reading uses: a split of a component must earn it
 SHORT_FROM, SHORT_COST = 0.6, 8.0  # per unit of height below SHORT_FROM (a bar alone is no digit)
 ALTERNATIVES = 3  # the likeliest other digits reported for each digit
