@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from digitrec.errors import ImageError
 from digitrec.preprocess import Source, frame, ink_image, load_image
@@ -90,30 +90,44 @@ class Piece:
 def read(recognizer: Recognizer, source: Source, name: str = "image") -> Reading:
     """The number written in `source`; raises `ImageError` when there is none or it is too long."""
     image = load_image(source, name)
-    scale = min(1.0, WORKING_HEIGHT / image.height, math.sqrt(MAX_WORKING_PIXELS / (image.width * image.height)))
-    fit = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    ink = ink_image(image, name, fit)
+    ink = working_ink(image, name)
     labels, boxes = components(ink >= INK_LEVEL)
     if not len(boxes):
         raise ImageError(f"{name}: no digits found (the image is blank or nearly blank)")
     height = number_height(boxes)
-    pieces = [piece for index in keep(boxes, height) for piece in cut(labels, boxes, index, height)]
-    if len(pieces) > MAX_PIECES * MAX_DIGITS:
-        raise ImageError(f"{name}: too many separate marks to be a number of at most {MAX_DIGITS} digits")
-    spans = [(i, j) for i in range(len(pieces)) for j in range(i + 1, min(i + MAX_PIECES, len(pieces)) + 1)
-             if joinable(pieces[i:j], height)]
-    arrays = [frame(segment_ink(ink, pieces[i:j])) for i, j in spans]
-    predictions = dict(zip(spans, recognizer.predict_arrays(arrays)))
-    costs = {span: -math.log(max(predictions[span].confidence, 1e-12)) + prior(pieces[span[0]:span[1]], height)
-             + (CUT_COST if span[1] < len(pieces) and pieces[span[1] - 1].component == pieces[span[1]].component else 0)
-             for span in spans}
-    chosen = best_path(len(pieces), costs)
+    kept = keep(boxes, height)
+    if len(kept) > MAX_PIECES * MAX_DIGITS:  # before any is cut or read: noise must not cost minutes
+        raise ImageError(f"{name}: {len(kept)} separate marks: too many for a number of at most {MAX_DIGITS} digits")
+    pieces = [piece for index in kept for piece in cut(labels, boxes, index, height)]
+    chosen, predictions = segment(recognizer, ink, pieces, height)
     if len(chosen) > MAX_DIGITS:
         raise ImageError(f"{name}: {len(chosen)} digits found; at most {MAX_DIGITS} are read")
     to_original = (image.width / ink.shape[1], image.height / ink.shape[0])
-    digits = [digit_reading(predictions[span], pieces[span[0]:span[1]], to_original) for span in chosen]
+    digits = [digit_reading(prediction, pieces[start:stop], to_original)
+              for (start, stop), prediction in zip(chosen, predictions)]
     return Reading(text="".join(str(d.digit) for d in digits), confidence=math.prod(d.confidence for d in digits),
                    unsure=any(d.unsure for d in digits), digits=digits)
+
+
+def working_ink(image: Image.Image, name: str) -> np.ndarray:
+    """The image's ink map, shrunk to at most WORKING_HEIGHT high and MAX_WORKING_PIXELS in all."""
+    scale = min(1.0, WORKING_HEIGHT / image.height, math.sqrt(MAX_WORKING_PIXELS / (image.width * image.height)))
+    return ink_image(image, name, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+
+
+def segment(recognizer: Recognizer, ink: np.ndarray, pieces: list[Piece], height: float) -> tuple[list, list]:
+    """The grouping of `pieces` into digits of least total cost: the chosen (start, stop) spans of pieces
+    and the model's prediction for each. Every candidate is scored in one batch."""
+    spans = [(i, j) for i in range(len(pieces)) for j in range(i + 1, min(i + MAX_PIECES, len(pieces)) + 1)
+             if joinable(pieces[i:j], height)]
+    predictions = dict(zip(spans, recognizer.predict_arrays([frame(segment_ink(ink, pieces[i:j])) for i, j in spans])))
+    costs = {}
+    for start, stop in spans:
+        ends_in_a_cut = stop < len(pieces) and pieces[stop - 1].component == pieces[stop].component
+        costs[start, stop] = (-math.log(max(predictions[start, stop].confidence, 1e-12))
+                              + prior(pieces[start:stop], height) + (CUT_COST if ends_in_a_cut else 0.0))
+    chosen = best_path(len(pieces), costs)
+    return chosen, [predictions[span] for span in chosen]
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
