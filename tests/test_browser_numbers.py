@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_browser import draw, page  # noqa: F401  (the page fixture: Chromium on the live server)
+from test_browser import browser, draw, page  # noqa: F401  (Chromium and a page of the live server)
 from test_web import live_server  # noqa: F401  (the session's real uvicorn server, which `page` opens)
 
 

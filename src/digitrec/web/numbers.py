@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 
 from digitrec.errors import ImageError
-from digitrec.web.app import IMAGE_BODY, image_bytes
+from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, image_bytes
 
 router = APIRouter()
 
@@ -36,8 +36,7 @@ class ReadingOut(BaseModel):
 @router.post(
     "/api/read",
     response_model=ReadingOut,
-    responses={413: {"description": "body over 2 MB"}, 415: {"description": "unsupported media type"},
-               422: {"description": "undecodable, empty or blank image, too many digits, or a malformed request"}},
+    responses=IMAGE_ERRORS,
     openapi_extra=IMAGE_BODY,
 )
 async def read(request: Request):
