@@ -348,8 +348,11 @@ def read_command(paths, model_path, as_json, csv_path, show_segments):
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     rows = []
+    previews: set[str] = set()
     for name, source in inputs:
         try:
+            if isinstance(source, ImageError):  # expand_inputs could not read it
+                raise source
             reading = recognizer.read(source, name)
         except ImageError as error:
             rows.append({"path": name, "text": None, "confidence": None, "unsure": None, "digits": None,
@@ -360,7 +363,7 @@ def read_command(paths, model_path, as_json, csv_path, show_segments):
             from digitrec.numbers import draw_segments
 
             show_segments.mkdir(parents=True, exist_ok=True)
-            write_atomic(show_segments / f"{preview_name(name)}.png", draw_segments(source, reading))
+            write_atomic(show_segments / preview_name(name, previews), draw_segments(source, reading))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
