@@ -5,14 +5,16 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
 from PIL import Image
 
 from digitrec.errors import ImageError
-from digitrec.numbers import MAX_DIGITS, draw_segments
+from digitrec.numbers import MAX_DIGITS, Reading, draw_segments
 from digitrec.recognizer import Recognizer
 
 from number_strings import compose, number_image
 from person_style import encode
+from test_fuzz import DAMAGE, fuzzing, mutate, valid_images  # noqa: F401  (a digit in every accepted format)
 
 SCALE = 4  # test pictures: MNIST's 28 px digits drawn 112 px high
 
@@ -122,3 +124,15 @@ def test_segments_are_drawn_on_the_original_image(recognizer, test_digits):
     x, y, w, h = reading.digits[0].box
     colours = {drawn.getpixel((x + w // 2, y)), drawn.getpixel((x, y + h // 2))}
     assert colours <= {(37, 99, 235), (217, 72, 15)}  # the box's edge, blue (or orange when unsure)
+
+
+@fuzzing
+@given(**DAMAGE)
+def test_damaged_images_give_a_reading_or_an_image_error(recognizer, valid_images, index, mutations):  # noqa: F811
+    try:
+        reading = recognizer.read(mutate(valid_images[index], mutations), "fuzzed")
+    except ImageError as error:
+        assert str(error).startswith("fuzzed: ")
+        return
+    assert isinstance(reading, Reading) and reading.text.isdigit() and 1 <= len(reading.text) <= MAX_DIGITS
+    assert 0 <= reading.confidence <= 1 and all(d.box[2] > 0 and d.box[3] > 0 for d in reading.digits)
