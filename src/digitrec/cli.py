@@ -4,6 +4,7 @@ Every error that is the input's fault (a `DigitrecError`) becomes one line on st
 usage errors are Click's (exit status 2).
 """
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -239,7 +240,6 @@ def preview_name(name: str) -> str:
 def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top):
     """Recognize the digit in each image (files, folders searched recursively, - for stdin)."""
     import csv
-    import io
 
     from PIL import Image
 
@@ -289,6 +289,42 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
     failures = sum(1 for row in rows if row["error"])
     if failures:
         click.echo(f"{failures} of {len(rows)} images failed", err=True)
+        sys.exit(1)
+
+
+@main.command("explain")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the pictures, one NAME.explain.png per image.")
+def explain_command(paths, model_path, out):
+    """Show what the model computed for each image: the 28x28 input, the saliency of its answer (red: ink
+    for it, blue: against), the ten probabilities, each convolution stage's feature maps and the first
+    layer's filters (softmax: its ten weight templates), as one PNG per image."""
+    from digitrec import explain
+    from digitrec.recognizer import Recognizer
+
+    recognizer = Recognizer.load(model_path)
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no images found in the given folders")
+    failures = 0
+    for name, source in inputs:
+        try:
+            result = explain.explain(recognizer, source, name)
+        except ImageError as error:
+            click.echo(f"{name}  error: {error}")
+            failures += 1
+            continue
+        buffer = io.BytesIO()
+        explain.sheet(result, name).save(buffer, format="PNG")
+        path = out / f"{preview_name(name)}.explain.png"
+        write_atomic(path, buffer.getvalue())
+        prediction = result.prediction
+        click.echo(f"{name}  {prediction.digit}  {100 * prediction.confidence:.1f}%{' unsure' if prediction.unsure else ''}  -> {path}")
+    if failures:
+        click.echo(f"{failures} of {len(inputs)} images failed", err=True)
         sys.exit(1)
 
 

@@ -28,12 +28,15 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     from digitrec.files import write_atomic
 
     loaded = checkpoint.load(weights)
+    example = torch.zeros(1, 1, 28, 28)
+    names = list(models.inside_outputs(loaded.model, example))
+    batched = ["images"] + [name for name in names if name == "logits" or name.startswith("activation:")]
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter works offline; the newer one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            loaded.model, (torch.zeros(1, 1, 28, 28),), buffer, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            models.InsideOutputs(loaded.model), (example,), buffer, input_names=["images"], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in batched}, dynamo=False,
         )
     import onnx
 
@@ -45,7 +48,7 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     parity = {}
     if check_images is not None:
         expected = models.logits_in_batches(loaded.model, torch.from_numpy(check_images)).numpy()
-        logits, _ = session_logits(exported, "export")
+        logits, _, _ = session_logits(exported, "export")
         got = np.concatenate([logits(check_images[i : i + 1000]) for i in range(0, len(check_images), 1000)])
         parity = {
             "images": len(check_images),
@@ -58,8 +61,13 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     return parity
 
 
-def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A logits function over an ONNX model and its metadata; `threads` per call (0: one per core)."""
+Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], Outputs, dict]:
+    """A logits function over an ONNX model, a function giving all its outputs by name (logits, and in files
+    exported since the Inside view: activations, filters, templates), and its metadata; `threads` per
+    call (0: one per core). Plain prediction asks for the logits only."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -75,18 +83,23 @@ def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Ca
     def logits(batch: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"images": batch})[0]
 
-    return logits, metadata
+    names = [output.name for output in session.get_outputs()]
+
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {"images": batch})))
+
+    return logits, outputs, metadata
 
 
-def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A logits function and model info for an exported file, for `Recognizer`."""
+def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict, Outputs]:
+    """A logits function, model info and an all-outputs function for an exported file, for `Recognizer`."""
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX file")
-    logits, metadata = session_logits(str(path), str(path), threads)
+    logits, outputs, metadata = session_logits(str(path), str(path), threads)
     try:
         config, metrics = json.loads(metadata["config"]), json.loads(metadata.get("metrics", "{}"))
     except (KeyError, ValueError):
         raise ModelError(f"{path}: no digitrec model config in the ONNX metadata") from None
     info = {"name": config["model"], "recipe": config.get("recipe"), "parameters": metrics.get("parameters"),
             "metrics": metrics, "weights": str(path), "runtime": "onnxruntime"}
-    return logits, info
+    return logits, info, outputs

@@ -1,4 +1,5 @@
-"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, and the static drawing page.
+"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, and the static drawing page
+(`/api/explain` comes from `web/explain.py`).
 
 Request bodies are capped at 2 MB by counting the bytes actually received (not only Content-Length);
 every bad request gets a 4xx with a JSON `detail`, never a 500.
@@ -27,6 +28,15 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 STATIC_DIR = Path(__file__).parent / "static"
 RAW_TYPES = ("image/", "application/octet-stream")
+# the OpenAPI description of a route that reads its image with `image_bytes`
+IMAGE_ERRORS = {413: {"description": "body over 2 MB"}, 415: {"description": "unsupported media type"},
+                422: {"description": "undecodable, empty or blank image, or a malformed request"}}
+IMAGE_BODY = {"requestBody": {"content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
+}, "required": True}}
 
 
 class PredictionOut(BaseModel):
@@ -139,19 +149,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
     app.state.recognizer = recognizer  # routes read it from here, so the model in use can be replaced
     app.state.limiter = limiter  # at most `threads` recognitions at once, whichever route asks
 
-    @app.post(
-        "/api/predict",
-        response_model=PredictionOut,
-        responses={413: {"description": "body over 2 MB"}, 415: {"description": "unsupported media type"},
-                   422: {"description": "undecodable, empty or blank image, or a malformed request"}},
-        openapi_extra={"requestBody": {"content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "format": "binary"}}}},
-            "application/json": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
-        }, "required": True}},
-    )
+    @app.post("/api/predict", response_model=PredictionOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY)
     async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
         """Recognize one digit. `unsure` is true when the top probability is below 0.8."""
         raw = await image_bytes(request)
@@ -167,6 +165,10 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
             unsure=result.unsure,
             preprocessed=png_data_url(result.preprocessed) if preprocessed else None,
         )
+
+    from digitrec.web.explain import router as explain_router  # it imports this module's helpers
+
+    app.include_router(explain_router)
 
     @app.get("/api/health")
     def health():
