@@ -41,6 +41,10 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     import onnx
 
     model_proto = onnx.load_from_string(buffer.getvalue())
+    for output, name in zip(model_proto.graph.output, names):
+        if output.name != name:  # a weight output folded into a bare initializer keeps the initializer's name
+            model_proto.graph.node.append(onnx.helper.make_node("Identity", [output.name], [name]))
+            output.name = name
     for key, value in (("config", loaded.config), ("metrics", loaded.metrics)):
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)

@@ -139,9 +139,9 @@ def inside_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Te
     outputs = {"logits": logits}
     outputs.update((f"activation:conv{i}", maps) for i, maps in enumerate(stages, 1))
     if first_conv is not None:
-        outputs["filters:conv1"] = first_conv.weight
+        outputs["filters:conv1"] = first_conv.weight.detach()
     if isinstance(model, Softmax):
-        outputs["templates"] = model.linear.weight.view(CLASSES, 28, 28)  # (10, 784) -> (10, 28, 28)
+        outputs["templates"] = model.linear.weight.detach().view(CLASSES, 28, 28)  # (10, 784) -> (10, 28, 28)
     return outputs
 
 
