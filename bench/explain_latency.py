@@ -3,8 +3,9 @@
 Inside view: `web.explain.explanation_out` plus its JSON encoding (what `POST /api/explain` runs between
 reading the body and sending the answer) on 280x280 canvas PNGs of 20 test digits, with the recognizer
 as `digitrec serve` loads it (one inference thread per request). Prediction: `Recognizer.predict` on the
-same PNGs, and `Recognizer.logits` on one preprocessed image, for the bundled model.onnx against a copy
-of it cut down to its `logits` output, run alternately. Each figure is the median of 5 timed repeats
+same PNGs. Then plain prediction (inference on one preprocessed image, and `Recognizer.predict` on a PNG,
+what /api/predict runs) with the bundled model.onnx against a copy of it cut down to its `logits`
+output, run alternately: what the extra outputs cost prediction. Each figure is the median of 5 timed repeats
 after a warm-up. Models: the bundled default on onnxruntime; with torch installed also the bundled
 tutorial `cnn` on torch and exported to ONNX, and a tutorial `softmax` trained for the purpose (~1 s).
 
@@ -89,17 +90,23 @@ def main():
             inside_row("softmax, onnxruntime", Recognizer.load(Path(folder) / "softmax.onnx", threads=1), pngs)
 
     one = test.images[:1].numpy()
-    with_outputs, _, _ = session_logits(str(DEFAULT_ONNX), "bundled", threads=1)
-    without, _, _ = session_logits(logits_only(DEFAULT_ONNX), "logits only", threads=1)
-    print("\nplain prediction, one preprocessed image, bundled model.onnx, 1 thread (ms, 5 rounds, alternating):")
-    versions = {"with the activation outputs": with_outputs, "logits output only": without}
-    rounds = {name: [] for name in versions}
-    for _ in range(5):
-        for name, logits in versions.items():
-            rounds[name].append(1000 * median_seconds(lambda: [logits(one) for _ in range(500)]) / 500)
-    for name, values in rounds.items():
-        print(f"  {name:<30}" + "  ".join(f"{value:.4f}" for value in values) + f"   median {statistics.median(values):.4f}")
-
+    with_outputs = Recognizer.load(DEFAULT_ONNX, threads=1)
+    logits, _, _ = session_logits(logits_only(DEFAULT_ONNX), "logits only", threads=1)
+    without = Recognizer(logits, with_outputs.info)
+    print("\nplain prediction with the bundled model.onnx, 1 thread, in ms (5 rounds, the two files alternating):")
+    works = {
+        "inference, one preprocessed image": lambda recognizer: [recognizer.logits(one) for _ in range(500)],
+        "Recognizer.predict, one canvas PNG": lambda recognizer: [recognizer.predict(png) for png in pngs * 5],
+    }
+    for work_name, work in works.items():
+        calls = len(work(without))
+        rounds = {"with the Inside outputs": [], "logits output only": []}
+        for _ in range(5):
+            for name, recognizer in (("with the Inside outputs", with_outputs), ("logits output only", without)):
+                rounds[name].append(1000 * median_seconds(lambda: work(recognizer)) / calls)
+        for name, values in rounds.items():
+            print(f"  {work_name:<36}{name:<26}" + "  ".join(f"{value:.3f}" for value in values)
+                  + f"   median {statistics.median(values):.3f}")
 
 if __name__ == "__main__":
     main()

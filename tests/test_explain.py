@@ -116,3 +116,17 @@ def test_explain_command_writes_a_picture_per_image_and_prints_the_digit(mnist, 
         assert image.format == "PNG" and image.width >= 500 and image.height >= 500
     failed = run("explain", tmp_path / "blank.png", "--model", BUNDLED_DIR / "cnn", "--out", tmp_path / "out")
     assert failed.exit_code == 1 and "error:" in failed.output and "1 of 1 images failed" in failed.output
+
+
+def test_an_onnx_file_exported_before_the_inside_outputs_still_gets_saliency(bundled, mnist, tmp_path):
+    import onnx
+
+    model = onnx.load(str(DEFAULT_ONNX))
+    logits_output = [output for output in model.graph.output if output.name == "logits"]
+    del model.graph.output[:]
+    model.graph.output.extend(logits_output)
+    onnx.save(model, str(tmp_path / "logits-only.onnx"))
+    digit = mnist.test.images[0, 0].numpy()
+    explanation = explain_array(Recognizer.load(tmp_path / "logits-only.onnx"), digit)
+    assert explanation.stages == [] and explanation.filters is None and explanation.templates is None
+    assert np.abs(explanation.saliency - explain_array(bundled, digit).saliency).max() < 1e-6
