@@ -61,7 +61,7 @@ def inside_row(label: str, recognizer: Recognizer, pngs: list[bytes]) -> None:
     cpu = median_seconds(explain_all, clock=time.thread_time) / len(pngs)  # one inference thread: this one
     predict = median_seconds(lambda: [recognizer.predict(png) for png in pngs]) / len(pngs)
     size = len(explain_all()[0])
-    print(f"{label:<30}{1000 * wall:>14.1f}{1000 * cpu:>14.1f}{1000 * predict:>13.2f}{size / 1024:>10.0f}")
+    print(f"{label:<30}{1000 * wall:>14.1f}{1000 * cpu:>16.1f}{1000 * predict:>13.2f}{size / 1024:>10.0f}")
 
 
 def logits_only(path: Path) -> bytes:
@@ -77,7 +77,7 @@ def logits_only(path: Path) -> bytes:
 def main():
     test = data.load().test
     pngs = canvas_pngs(test.images[:DIGITS, 0].numpy())
-    print(f"{'model, runtime (1 thread)':<30}{'explain ms':>14}{'explain CPU ms':>14}{'predict ms':>13}{'JSON kB':>10}")
+    print(f"{'model, runtime (1 thread)':<30}{'explain ms':>14}{'explain CPU ms':>16}{'predict ms':>13}{'JSON kB':>10}")
     inside_row("default (fast), onnxruntime", Recognizer.load(DEFAULT_ONNX, threads=1), pngs)
     if importlib.util.find_spec("torch") is not None:
         import torch

@@ -2,7 +2,9 @@
 
 `load_onnx` imports only numpy and onnxruntime, so a deployment that serves or predicts from an `.onnx`
 file needs neither torch nor the training code. The export stores the model's config and metrics in the
-file's metadata and is checked against onnxruntime on the whole test set before it is kept.
+file's metadata and is checked against onnxruntime on the whole test set before it is kept. Next to
+`logits` it writes what the Inside view shows (`models.inside_outputs`: `activation:convN`, `filters:conv1`,
+`templates`) as extra outputs; plain prediction asks for `logits` alone.
 """
 
 import json

@@ -82,6 +82,8 @@ def occlusion(recognizer: Recognizer, pixels: np.ndarray, logits: np.ndarray) ->
     removed = PATCHES * pixels  # (81, 28, 28): the ink each copy blanks
     ink = removed.sum((1, 2))
     touched = ink > 0  # a patch of background changes nothing: no need to run it
+    if not touched.any():  # a blank array: nothing to blank, nothing to attribute
+        return np.zeros((CLASSES, SIDE, SIDE))
     copies = pixels * ~PATCHES[touched]  # (P, 28, 28), P <= 81
     occluded = recognizer.logits(copies[:, None].astype(np.float32)).astype(np.float64)  # (P, 1, 28, 28) -> (P, 10)
     scores = occluded - occluded.mean(1, keepdims=True)
