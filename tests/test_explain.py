@@ -104,7 +104,7 @@ def test_tutorial_cnn_has_two_stages_and_its_filters(mnist):
     assert explanation.filters.shape == (32, 5, 5) and explanation.templates is None
 
 
-def test_explain_command_writes_a_picture_per_image_and_prints_the_digit(mnist, tmp_path):
+def test_explain_command_writes_a_picture_per_image_and_prints_the_digit(mnist, softmax_run, tmp_path):
     seven = tmp_path / "seven.png"
     Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((200, 200)).save(seven)
     (tmp_path / "blank.png").write_bytes(b"not an image")
@@ -114,6 +114,10 @@ def test_explain_command_writes_a_picture_per_image_and_prints_the_digit(mnist, 
     assert result.output.split()[:2] == [str(seven), "7"] and str(picture) in result.output
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.width >= 500 and image.height >= 500
+    from_run = run("explain", seven, "--model", softmax_run.run_dir, "--out", tmp_path / "softmax")
+    assert from_run.exit_code == 0 and from_run.output.split()[1] == "7"
+    with Image.open(tmp_path / "softmax" / picture.name) as image:  # no feature maps, but ten templates
+        assert image.format == "PNG" and image.width >= 500
     failed = run("explain", tmp_path / "blank.png", "--model", BUNDLED_DIR / "cnn", "--out", tmp_path / "out")
     assert failed.exit_code == 1 and "error:" in failed.output and "1 of 1 images failed" in failed.output
 

@@ -179,18 +179,21 @@ def sheet(explanation: Explanation, title: str = "") -> Image.Image:
     """One picture of everything, a labelled block under another: the summary with the saliency's caption,
     each stage's feature maps, the first layer's filters, and softmax's templates."""
     prediction = explanation.prediction
-    heading = f"{title}: {prediction.digit}, {100 * prediction.confidence:.1f}% sure" + (" (unsure)" if prediction.unsure else "")
+    unsure = " (unsure)" if prediction.unsure else ""
+    heading = f"{title}: {prediction.digit}, {100 * prediction.confidence:.1f}% sure{unsure}"
     blocks = [(heading, summary(explanation)), (saliency_caption(prediction.digit), None)]
     for stage in explanation.stages:
         zoom = 2 if stage.maps.shape[-1] > 7 else 3
-        blocks.append((f"{stage.name}: {' x '.join(map(str, stage.maps.shape))}", picture(feature_grid(stage.maps), zoom)))
+        shape = " x ".join(map(str, stage.maps.shape))
+        blocks.append((f"{stage.name}: {shape}", picture(feature_grid(stage.maps), zoom)))
     if explanation.stages:
         blocks.append((FEATURE_MAP, None))
     if explanation.filters is not None:
-        blocks.append(("the first layer's filters (red: positive weights, blue: negative)", picture(filter_grid(explanation.filters), 6)))
+        filters = picture(filter_grid(explanation.filters), 6)
+        blocks.append(("the first layer's filters (red: positive weights, blue: negative)", filters))
     if explanation.templates is not None:
-        templates = tile(templates_rgb(explanation.templates), CLASSES, gap=1.0)
-        blocks.append(("each digit's weight template, 0 to 9 (red: ink there counts for it, blue: against)", picture(templates, 2)))
+        templates = picture(tile(templates_rgb(explanation.templates), CLASSES, gap=1.0), 2)
+        blocks.append(("each digit's weight template, 0 to 9 (red: ink there counts for it, blue: against)", templates))
     line = 16  # pixels of one line of Pillow's default font, with its spacing
     width = max(image.width for _, image in blocks if image is not None)
     height = sum(line + (image.height + 6 if image is not None else 0) for _, image in blocks)
