@@ -134,3 +134,22 @@ def test_an_onnx_file_exported_before_the_inside_outputs_still_gets_saliency(bun
     explanation = explain_array(Recognizer.load(tmp_path / "logits-only.onnx"), digit)
     assert explanation.stages == [] and explanation.filters is None and explanation.templates is None
     assert np.abs(explanation.saliency - explain_array(bundled, digit).saliency).max() < 1e-6
+
+
+def test_explain_runs_where_torch_cannot_be_imported(mnist, tmp_path):
+    import subprocess
+    import sys
+
+    seven = tmp_path / "seven.png"
+    Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(seven)
+    script = (  # a deployment installed without the `train` extra: importing torch fails
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from click.testing import CliRunner\n"
+        "from digitrec.cli import main\n"
+        f"result = CliRunner().invoke(main, ['explain', {str(seven)!r}, '--out', {str(tmp_path)!r}])\n"
+        "print(result.exit_code, result.output)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert output.split()[:3] == ["0", str(seven), "7"]
+    assert len(list(tmp_path.glob("*.explain.png"))) == 1
