@@ -345,8 +345,11 @@ def explain_command(paths, model_path, out):
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     failures = 0
+    pictures: set[str] = set()
     for name, source in inputs:
         try:
+            if isinstance(source, ImageError):
+                raise source
             result = explain.explain(recognizer, source, name)
         except ImageError as error:
             click.echo(f"{name}  error: {error}")
@@ -354,10 +357,11 @@ def explain_command(paths, model_path, out):
             continue
         buffer = io.BytesIO()
         explain.sheet(result, name).save(buffer, format="PNG")
-        path = out / f"{preview_name(name)}.explain.png"
+        path = out / Path(preview_name(name, pictures)).with_suffix(".explain.png")  # seven.png.explain.png
         write_atomic(path, buffer.getvalue())
         prediction = result.prediction
-        click.echo(f"{name}  {prediction.digit}  {100 * prediction.confidence:.1f}%{' unsure' if prediction.unsure else ''}  -> {path}")
+        unsure = " unsure" if prediction.unsure else ""
+        click.echo(f"{name}  {prediction.digit}  {100 * prediction.confidence:.1f}%{unsure}  -> {path}")
     if failures:
         click.echo(f"{failures} of {len(inputs)} images failed", err=True)
         sys.exit(1)
