@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from test_browser import SEVEN, draw, page, shown_digit  # noqa: F401  (the page on the session's server)
+from test_browser import SEVEN, browser, draw, page, shown_digit  # noqa: F401  (the page on the session's server)
 from test_web import live_server  # noqa: F401
 
 READ_CANVAS = """id => {
