@@ -21,8 +21,10 @@ from pydantic import BaseModel
 
 from digitrec.errors import ImageError
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.web import training
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
+TRAINING_VARIABLE = "DIGITREC_SERVE_TRAINING"  # JSON: create_app's runs_dir, host, allow_training, workers
 MAX_BODY_BYTES = 2 * 1024 * 1024
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 STATIC_DIR = Path(__file__).parent / "static"
@@ -123,8 +125,12 @@ async def image_bytes(request: Request) -> bytes:
     raise HTTPException(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
 
 
-def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> FastAPI:
+def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_dir: Path | None = None,
+               host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1) -> FastAPI:
     """The app around `recognizer`; at most `threads` requests are recognized at once, in threads.
+
+    With `runs_dir`, the page lists the runs there and, when the server listens on a loopback `host` (or
+    `allow_training`) in one process (`workers`) with torch installed, trains new ones (web/training.py).
 
     Decoding an image releases the GIL, so a few threads overlap; many (anyio's default is 40) only
     fight over the GIL and the cores: 8 concurrent clients measured p50 36 ms with 2 threads, 48 ms
@@ -188,6 +194,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
     def page():
         return FileResponse(STATIC_DIR / "index.html")
 
+    app.include_router(training.router(runs_dir, host, allow_training, workers))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit)
     return app
@@ -211,7 +218,11 @@ def keep_freed_memory() -> None:
 
 def serving_app() -> FastAPI:
     """The app as each `digitrec serve` process builds it, from the model named in $DIGITREC_SERVE_MODEL
-    (empty: the bundled one). uvicorn starts its worker processes from an import string, so the model
-    path travels in the environment. One thread per forward pass: requests run side by side instead."""
+    (empty: the bundled one) and the training settings in $DIGITREC_SERVE_TRAINING. uvicorn starts its
+    worker processes from an import string, so these travel in the environment. One thread per forward
+    pass: requests run side by side instead."""
     keep_freed_memory()
-    return create_app(Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1))
+    settings = json.loads(os.environ.get(TRAINING_VARIABLE) or "{}")
+    runs_dir = settings.pop("runs_dir", None)
+    return create_app(Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1),
+                      runs_dir=Path(runs_dir) if runs_dir else None, **settings)
