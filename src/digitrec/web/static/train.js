@@ -22,6 +22,7 @@
   }
 
   const percent = (value) => (value == null ? "–" : `${(100 * value).toFixed(2)}%`);
+  const count = (value) => (value == null ? "?" : value.toLocaleString("en"));
 
   function duration(seconds) {
     if (seconds == null) return "";
@@ -50,13 +51,16 @@
     const x = (panel, step) => panel.left + (step / last) * plotWidth;
     const maxLoss = Math.max(...records.map((record) => record.loss), 0.1);
     const lossY = (loss) => top + plotHeight * (1 - loss / maxLoss);
-    const accuracyY = (accuracy) => top + plotHeight * (1 - accuracy);
+    // accuracy from the nearest 10 % below the lowest point: the last few points are where runs differ
+    const accuracies = records.flatMap((record) => [record.train_accuracy, record.validation_accuracy ?? 1]);
+    const floor = Math.min(0.9, Math.floor(10 * Math.min(...accuracies, 1)) / 10);
+    const accuracyY = (accuracy) => top + plotHeight * (1 - (accuracy - floor) / (1 - floor));
     context.fillStyle = "#667085";
     context.fillText(maxLoss.toFixed(2), 2, top + 8);
     context.fillText("0", 2, top + plotHeight);
     context.fillText("100", half + 2, top + 8);
-    context.fillText("0", half + 2, top + plotHeight);
-    context.fillText(String(last), panels[0].left + plotWidth - 30, height - 18);
+    context.fillText(String(Math.round(100 * floor)), half + 2, top + plotHeight);
+    context.fillText(count(last), panels[0].left + plotWidth - 30, height - 18);
     const line = (panel, pairs, colour, dots) => {
       context.strokeStyle = colour;
       context.fillStyle = colour;
@@ -101,10 +105,10 @@
     const what = `${run.model} (${run.recipe})`;
     const speed = run.steps_per_second ? ` · ${run.steps_per_second.toFixed(0)} steps/s · ${duration(run.seconds_left)}` : "";
     const lines = {
-      running: `Training ${what}: step ${run.step} of ${run.steps}${speed}`,
-      stopping: `Stopping ${what} at step ${run.step}: saving a checkpoint…`,
-      finished: `Finished ${what}: ${run.steps} steps, test accuracy ${percent(run.test_accuracy)}.`,
-      stopped: `Stopped ${what} at step ${run.step} of ${run.steps}: Resume continues from its checkpoint.`,
+      running: `Training ${what}: step ${count(run.step)} of ${count(run.steps)}${speed}`,
+      stopping: `Stopping ${what} at step ${count(run.step)}: saving a checkpoint…`,
+      finished: `Finished ${what}: ${count(run.steps)} steps, test accuracy ${percent(run.test_accuracy)}.`,
+      stopped: `Stopped ${what} at step ${count(run.step)} of ${count(run.steps)}: Resume continues from its checkpoint.`,
       failed: `${what} failed before its first checkpoint${run.detail ? `: ${run.detail}` : ""}. Start it again.`,
     };
     status.textContent = lines[run.status];
@@ -145,7 +149,7 @@
     const selected = training.selected && training.selected.run;
     byId("runs").querySelector("tbody").innerHTML = runs.map((run) => `<tr data-run="${run.name}" data-status="${run.status}">
       <td><button type="button" class="link" data-show="${run.name}" title="Show this run's curves">${run.name}</button></td>
-      <td>${run.model || "?"}</td><td>${run.step}/${run.steps ?? "?"}</td>
+      <td>${run.model || "?"}</td><td>${count(run.step)}/${count(run.steps)}</td>
       <td>${percent(run.validation_accuracy)}</td><td>${percent(run.test_accuracy)}</td><td>${run.status}</td>
       <td>${run.status === "finished" ? `<button type="button" data-use="${run.name}"${training.enabled ? "" : " disabled"}>${
         run.name === selected ? "In use" : "Use"}</button>` : ""}</td></tr>`).join("");
