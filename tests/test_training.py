@@ -256,23 +256,26 @@ def test_training_is_offered_on_loopback_or_when_allowed(tmp_path, settings, rea
         live.stop()
 
 
-def test_without_torch_the_panel_is_disabled_with_the_install_command(tmp_path):
+def test_without_torch_the_panel_is_disabled_with_the_install_command(server, finished):
+    runs_dir = server.runs_dir  # it holds a finished run, which a torch-free server cannot read
     script = (  # an install without the `train` extra: importing torch fails
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "from fastapi.testclient import TestClient\n"
         "from digitrec.recognizer import Recognizer\n"
         "from digitrec.web import create_app\n"
-        f"client = TestClient(create_app(Recognizer.load(), runs_dir={str(tmp_path)!r}))\n"
-        "print(client.get('/api/training').json())\n"
-        "print(client.post('/api/runs', json={'model': 'softmax'}).json())\n"
+        f"client = TestClient(create_app(Recognizer.load(), runs_dir={str(runs_dir)!r}))\n"
+        "print(json.dumps([client.get('/api/training').json(), client.get('/api/runs').json(),\n"
+        "                  client.post('/api/runs', json={'model': 'softmax'}).json(),\n"
+        "                  client.get('/api/runs/' + NAME).status_code, client.get('/').status_code]))\n"
     )
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    output = subprocess.run([sys.executable, "-c", f"import json\nNAME = {finished['name']!r}\n" + script],
+                            capture_output=True, text=True, timeout=120)
     assert output.returncode == 0, output.stderr
-    training, refused = (eval(line) for line in output.stdout.splitlines())
+    training, listed, refused, detail_status, page_status = json.loads(output.stdout)
     reason = "Training needs torch, which this install lacks: pip install 'digitrec[train]'"
     assert training == {"enabled": False, "reason": reason, "recipes": {}, "active": None, "selected": None}
-    assert refused == {"detail": reason}
+    assert listed == [] and refused == {"detail": reason} and detail_status == 404 and page_status == 200
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ process: the child, its stop and the chosen model live in one process's memory.
 import asyncio
 import contextlib
 import ctypes
+import importlib.util
 import ipaddress
 import json
 import os
@@ -203,17 +204,21 @@ def last_output_line(run_dir: Path) -> str | None:
 
 # The runs manager.
 
-def refusal(host: str, allow_training: bool, workers: int) -> str | None:
+def refusal(runs_dir: Path | None, host: str, allow_training: bool, workers: int) -> str | None:
     """Why a server at `host` with `workers` processes does not offer training; None when it does."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
+    if runs_dir is None:
+        return "This server was started without a runs folder."
+    if not has_torch():
         return f"Training needs torch, which this install lacks: {INSTALL_TRAINING}"
     if workers > 1:
         return "Training from the page needs a single server process (digitrec serve --workers 1)."
     if not allow_training and not is_loopback(host):
         return "Training is off on a server others can reach (start it with --allow-training to offer it)."
     return None
+
+
+def has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
 
 
 def is_loopback(host: str) -> bool:
@@ -236,10 +241,13 @@ except OSError:
 
 
 class Runs:
-    """The runs folder and the one child process that trains in it."""
+    """The runs folder and the one child process that trains in it.
 
-    def __init__(self, runs_dir: Path, refused: str | None):
-        self.runs_dir = runs_dir
+    Without a runs folder or without torch (which reads checkpoints and models) there are no runs to show.
+    """
+
+    def __init__(self, runs_dir: Path | None, refused: str | None):
+        self.runs_dir = runs_dir if runs_dir is not None and has_torch() else None
         self.refused = refused
         self.child: subprocess.Popen | None = None
         self.child_run: str | None = None
@@ -261,6 +269,8 @@ class Runs:
     def run_dir(self, name: str) -> Path:
         if not NAME_PATTERN.fullmatch(name):
             raise HTTPException(422, f"{name!r} is not a run name (letters, digits, '.', '-' and '_')")
+        if self.runs_dir is None:
+            raise HTTPException(404, f"no run named {name!r}: {self.refused}")
         run_dir = self.runs_dir / name
         if not (run_dir / "config.json").is_file() and name != self.active():
             raise HTTPException(404, f"no run named {name!r} in {self.runs_dir}")
@@ -289,6 +299,8 @@ class Runs:
         )
 
     def listing(self) -> list[RunOut]:
+        if self.runs_dir is None:
+            return []
         names = [path.name for path in run_dirs(self.runs_dir)]
         if (active := self.active()) and active not in names:
             names.insert(0, active)  # started, not yet written its config
@@ -485,8 +497,7 @@ def body_schema(model: type[BaseModel]) -> dict:
 
 def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1) -> APIRouter:
     """The `/api/runs`, `/api/training` and `PUT /api/model` routes over `runs_dir` (None: no training)."""
-    refused = "This server was started without a runs folder." if runs_dir is None else refusal(host, allow_training, workers)
-    runs = Runs(runs_dir or Path("runs"), refused)
+    runs = Runs(runs_dir, refusal(runs_dir, host, allow_training, workers))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -506,7 +517,7 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
     @api.get("/runs", response_model=list[RunOut])
     def list_runs():
         """Every run in the runs folder, the most recently changed first."""
-        return runs.listing() if runs_dir is not None else []
+        return runs.listing()
 
     @api.post("/runs", response_model=RunOut, status_code=202, responses=errors, openapi_extra=body_schema(StartIn))
     async def start(request: Request):
