@@ -16,6 +16,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -93,11 +95,13 @@ def main():
             name = call(port, "POST", "/api/runs", {"model": args.train, "steps": 6000})["name"]
             while (before := run_step(port, name)) == 0:  # past the child's start-up: training
                 time.sleep(0.2)
+            cpu_before = children_cpu_seconds(server.pid)
             measured = measure(port, requests, args.requests, args.clients)
+            cpu = children_cpu_seconds(server.pid) - cpu_before
             after = run_step(port, name)
             call(port, "POST", f"/api/runs/{name}/stop")
-            report(f"while {args.train} trains (steps {before} -> {after} logged during the measurement)", *measured,
-                   args.clients)
+            report(f"while {args.train} trains (it logged steps {before} -> {after} and used {cpu:.1f} s of CPU "
+                   f"during the measurement)", *measured, args.clients)
     finally:
         server.terminate()
         server.wait(60)  # it stops its training child first
@@ -112,6 +116,19 @@ def call(port: int, method: str, path: str, body: dict | None = None) -> dict:
     if response.status >= 400:
         raise SystemExit(f"{method} {path}: {response.status} {answer}")
     return answer
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the processes whose parent is `pid` (Linux /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        if int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_step(port: int, name: str) -> int:

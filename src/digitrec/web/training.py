@@ -142,8 +142,11 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return [entry["step"] for entry in checkpoint.checkpoint_entries(run_dir)]
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "weights.safetensors").is_file() and (run_dir / "metrics.json").is_file()
+def status_from_files(run_dir: Path) -> str:
+    """The status of a run no child of this server is training (see the module's docstring)."""
+    if (run_dir / "weights.safetensors").is_file() and (run_dir / "metrics.json").is_file():
+        return "finished"
+    return "stopped" if checkpoint_steps(run_dir) else "failed"
 
 
 @dataclass(frozen=True)
@@ -285,12 +288,8 @@ class Runs:
         checkpoints = checkpoint_steps(run_dir)
         if name == self.active():
             status = "stopping" if self.stop_sent else "running"
-        elif is_finished(run_dir):
-            status = "finished"
-        elif checkpoints:
-            status = "stopped"
         else:
-            status = "failed"
+            status = status_from_files(run_dir)
         step = metrics.get("steps") or max([*checkpoints, *(record["step"] for record in records[-1:])], default=0)
         return RunOut(
             name=name, model=config.get("model"), recipe=config.get("recipe"), steps=config.get("steps"), step=step,
@@ -321,7 +320,6 @@ class Runs:
     def start(self, config) -> RunOut:
         """Train `config` (a resolved `TrainConfig`) in a new run folder, logging every 50 steps or more
         often, and evaluating on validation digits and checkpointing every tenth of the run."""
-        self.check_allowed()
         self.refuse_if_busy()
         log_every = min(config.log_every, LOG_EVERY)
         every = log_every * max(1, round(config.steps / POINTS_PER_RUN / log_every))  # a multiple of log_every

@@ -127,7 +127,7 @@
     if (!run.summary || name !== shown) return;
     const summary = run.summary;
     byId("train-test-accuracy").textContent = percent(summary.test_accuracy);
-    byId("train-errors").textContent = `${summary.errors} of ${summary.images}`;
+    byId("train-errors").textContent = `${count(summary.errors)} of ${count(summary.images)}`;
     byId("train-report").href = run.report;
     const most = Math.max(...summary.confusion_matrix.flat());
     const header = `<tr><th></th>${[...Array(10).keys()].map((digit) => `<th>${digit}</th>`).join("")}</tr>`;
