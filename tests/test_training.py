@@ -84,6 +84,48 @@ def events(client, name: str, last_event_id: str | None = None) -> list[tuple[st
     return found
 
 
+def progress_events(client, name: str, seconds: float) -> list[dict]:
+    """The `progress` events of a live run's stream during `seconds` (then the page goes away)."""
+    found, event, ends = [], None, time.monotonic() + seconds
+    with client.stream("GET", f"/api/runs/{name}/events") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "progress":
+                found.append(json.loads(line[6:]))
+            if time.monotonic() > ends:
+                break
+    return found
+
+
+def test_a_log_read_in_pieces_gives_each_record_once_and_starts_over_when_a_resume_rewrites_it(tmp_path):
+    from digitrec.files import write_atomic
+    from digitrec.web.training import read_log
+
+    rows = [{"step": step, "loss": 1 / step} for step in (50, 100, 150)]
+    write_atomic(tmp_path / "log.jsonl", json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:10])  # a line half written
+    first, position, replaced = read_log(tmp_path)
+    assert first == rows[:1] and not replaced
+    write_atomic(tmp_path / "log.jsonl", "".join(json.dumps(row) + "\n" for row in rows[:1]))
+    with (tmp_path / "log.jsonl").open("a") as log:  # as train.py appends
+        log.write("".join(json.dumps(row) + "\n" for row in rows[1:]))
+    again, position, replaced = read_log(tmp_path, position)
+    assert again == rows and replaced  # another file: all of it, and the page is told to start over
+    with (tmp_path / "log.jsonl").open("a") as log:
+        log.write(json.dumps({"step": 200, "loss": 0.1}) + "\n")
+    assert read_log(tmp_path, position)[0] == [{"step": 200, "loss": 0.1}]
+
+
+def test_the_training_api_is_documented_with_its_bodies(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/training", "/api/runs", "/api/runs/{name}", "/api/runs/{name}/stop", "/api/runs/{name}/resume",
+                 "/api/runs/{name}/events", "/api/runs/{name}/report", "/api/model"):
+        assert path in paths, path
+    start_body = paths["/api/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(start_body["properties"]) == {"model", "recipe", "steps", "batch_size", "lr", "seed"}
+    assert "put" in paths["/api/model"] and "get" in paths["/api/model"]
+
+
 @pytest.mark.parametrize("body, fragment", [
     ({"model": "resnet"}, "model: Input should be 'softmax', 'cnn' or 'fast'"),
     ({}, "model: Field required"),
@@ -137,6 +179,9 @@ def test_one_training_at_a_time_a_second_start_is_409_and_stop_checkpoints(clien
     assert started.json()["status"] == "running" and name.startswith("softmax-default-")
     wait_for(lambda: run_info(client, name)["step"] >= 50)  # training, and logging
     assert client.get("/api/training").json()["active"] == name
+    progress = progress_events(client, name, seconds=3.5)
+    assert len(progress) >= 3 and all(run["status"] == "running" and run["steps"] == LONG_STEPS for run in progress)
+    assert progress[-1]["steps_per_second"] > 0 and progress[-1]["seconds_left"] > 0
 
     second = client.post("/api/runs", json={"model": "softmax", "steps": 100})
     assert second.status_code == 409
