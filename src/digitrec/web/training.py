@@ -60,7 +60,7 @@ class StartIn(BaseModel):
     """A run to start; left out, a setting is the recipe's (the tutorial's for softmax and cnn)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-    model: Literal["softmax", "cnn", "fast"]
+    model: Literal[MODELS]
     recipe: str | None = Field(None, max_length=40)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
@@ -410,6 +410,7 @@ class Runs:
         recent: list[dict] = []
         last_progress, sent_at = None, 0.0
         while True:
+            ended = self.describe(name).status not in ("running", "stopping")  # before reading: all it wrote is read
             records, position, replaced = read_log(run_dir, position)
             if replaced:
                 recent = []
@@ -418,11 +419,8 @@ class Runs:
                 yield f"id: {position}\nevent: log\ndata: {json.dumps(record)}\n\n"
             recent = (recent + records)[-10:]
             progress = self.progress(name, recent)
-            if progress["status"] not in ("running", "stopping"):
-                records, position, _ = read_log(run_dir, position)  # written just before the child ended
-                for record in records:
-                    yield f"id: {position}\nevent: log\ndata: {json.dumps(record)}\n\n"
-                yield f"event: end\ndata: {json.dumps(self.progress(name, (recent + records)[-10:]))}\n\n"
+            if ended:
+                yield f"event: end\ndata: {json.dumps(progress)}\n\n"
                 return
             if progress != last_progress or time.monotonic() - sent_at >= HEARTBEAT_SECONDS:
                 yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
