@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from digitrec.recognizer import Recognizer
@@ -29,11 +30,15 @@ LONG_STEPS = 200_000  # the most a run may take: long enough never to finish dur
 
 @pytest.fixture(scope="module")
 def one_thread_children():
+    """Training children on one thread; and this process's torch threads as they were after the tests
+    (choosing a run as the server's model sets one thread per forward pass, process-wide)."""
     saved = {name: os.environ.get(name) for name in ONE_THREAD}
+    threads = torch.get_num_threads()
     os.environ.update(ONE_THREAD)
     yield
     for name, value in saved.items():
         os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
