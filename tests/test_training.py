@@ -206,6 +206,19 @@ def test_one_training_at_a_time_a_second_start_is_409_and_stop_checkpoints(clien
     assert again.status_code == 409 and again.json()["detail"] == f"run {name} is not training"
 
 
+def test_a_child_killed_before_its_first_checkpoint_shows_failed_and_why(client):
+    name = client.post("/api/runs", json={"model": "softmax", "steps": LONG_STEPS}).json()["name"]
+    wait_for(lambda: run_info(client, name)["step"] >= 50)  # its first checkpoint comes at step 20,000
+    (child,) = [pid for pid in children(os.getpid()) if b"digitrec\0train" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(child, signal.SIGKILL)
+    run = wait_for_status(client, name, "failed", "stopped")
+    assert run["status"] == "failed" and not run["resumable"] and run["step"] >= 50
+    assert run["detail"] == "its process was killed (SIGKILL)"
+    refused = client.post(f"/api/runs/{name}/resume")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == f"run {name} is failed: only a stopped run (one with a checkpoint) resumes"
+
+
 @pytest.fixture(scope="module")
 def finished(client):
     name = client.post("/api/runs", json={"model": "softmax", "steps": 200}).json()["name"]

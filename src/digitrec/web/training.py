@@ -86,7 +86,7 @@ class RunOut(BaseModel):
     resumable: bool
     validation_accuracy: float | None  # the latest measured
     test_accuracy: float | None  # once finished
-    detail: str | None = None  # why a run failed: the last line its process printed
+    detail: str | None = None  # why a run failed: the signal that killed it, or the last line it printed
 
 
 class MistakeOut(BaseModel):
@@ -294,8 +294,15 @@ class Runs:
         return RunOut(
             name=name, model=config.get("model"), recipe=config.get("recipe"), steps=config.get("steps"), step=step,
             status=status, resumable=status == "stopped", validation_accuracy=validated[-1] if validated else None,
-            test_accuracy=metrics.get("test_accuracy"), detail=last_output_line(run_dir) if status == "failed" else None,
+            test_accuracy=metrics.get("test_accuracy"), detail=self.failure(name) if status == "failed" else None,
         )
+
+    def failure(self, name: str) -> str | None:
+        """Why run `name` failed: killed by a signal, if this server's child was, else its last output line."""
+        code = self.child.returncode if self.child is not None and name == self.child_run else None
+        if code is not None and code < 0:
+            return f"its process was killed ({signal.Signals(-code).name})"
+        return last_output_line(self.runs_dir / name)
 
     def listing(self) -> list[RunOut]:
         if self.runs_dir is None:
