@@ -129,7 +129,7 @@ def test_a_run_started_from_the_page_draws_live_curves_finishes_and_becomes_the_
     page.wait_for_function(f"document.getElementById('model-info').textContent === {before!r}")
 
 
-def test_a_run_is_stopped_resumed_and_reattached_after_a_reload(page, tmp_path):
+def test_a_run_is_stopped_resumed_and_reattached_after_a_reload(page):
     start(page, "softmax", LONG_STEPS)
     page.wait_for_function("Number(document.getElementById('train-chart').dataset.points) >= 3", timeout=60_000)
     page.click("#train-stop")
@@ -146,7 +146,6 @@ def test_a_run_is_stopped_resumed_and_reattached_after_a_reload(page, tmp_path):
     page.wait_for_function(f"Number(document.getElementById('train-chart').dataset.points) > {stopped_at + 2}",
                            timeout=30_000)
     assert status(page) == "running" and page.locator("#train-stop").is_enabled()
-    assert screenshot(page.locator("#train"), "train-panel-running.png", tmp_path).stat().st_size > 10_000
     page.click("#train-stop")
     page.wait_for_function("document.getElementById('train-status').dataset.status === 'stopped'", timeout=60_000)
 
