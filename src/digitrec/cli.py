@@ -4,6 +4,7 @@ Every error that is the input's fault (a `DigitrecError`) becomes one line on st
 usage errors are Click's (exit status 2).
 """
 
+import io
 import json
 import os
 import sys
@@ -336,7 +337,6 @@ def preview_name(name: str, taken: set[str]) -> str:
 def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top):
     """Recognize the digit in each image (files, folders searched recursively, - for stdin)."""
     import csv
-    import io
 
     from digitrec.preprocess import to_png
     from digitrec.recognizer import Recognizer
@@ -389,6 +389,112 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         sys.exit(1)
 
 
+@main.command("read")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results to this CSV file.")
+@click.option("--show-segments", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save each input with each digit's box and reading drawn on it into this folder.")
+def read_command(paths, model_path, as_json, csv_path, show_segments):
+    """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin)."""
+    import csv
+    import io
+
+    from digitrec.recognizer import Recognizer
+
+    recognizer = Recognizer.load(model_path)
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no images found in the given folders")
+    rows = []
+    previews: set[str] = set()
+    for name, source in inputs:
+        try:
+            if isinstance(source, ImageError):  # expand_inputs could not read it
+                raise source
+            reading = recognizer.read(source, name)
+        except ImageError as error:
+            rows.append({"path": name, "text": None, "confidence": None, "unsure": None, "digits": None,
+                         "error": str(error)})
+            continue
+        rows.append({"path": name, **reading.as_dict(), "error": None})
+        if show_segments is not None:
+            from digitrec.numbers import draw_segments
+
+            show_segments.mkdir(parents=True, exist_ok=True)
+            write_atomic(show_segments / preview_name(name, previews), draw_segments(source, reading))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        width = max(len(row["path"]) for row in rows)
+        click.echo(f"{'image':<{width}}  {'number':<12}  confidence  digits")
+        for row in rows:
+            if row["error"]:
+                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                continue
+            digits = " ".join(f"{d['digit']}:{100 * d['confidence']:.0f}%{'?' if d['unsure'] else ''}" for d in row["digits"])
+            flag = " unsure" if row["unsure"] else ""
+            click.echo(f"{row['path']:<{width}}  {row['text']:<12}  {100 * row['confidence']:>9.1f}%  {digits}{flag}")
+    if csv_path is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"])
+        for row in rows:
+            digits = row["digits"] or []
+            writer.writerow([row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if digits else "",
+                             " ".join(f"{d['confidence']:.4f}" for d in digits),
+                             " ".join("{},{},{},{}".format(*d["box"]) for d in digits), row["error"] or ""])
+        write_atomic(csv_path, buffer.getvalue())
+    failures = sum(1 for row in rows if row["error"])
+    if failures:
+        click.echo(f"{failures} of {len(rows)} images failed", err=True)
+        sys.exit(1)
+
+
+@main.command("explain")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the pictures, one NAME.explain.png per image.")
+def explain_command(paths, model_path, out):
+    """Show what the model computed for each image: the 28x28 input, the saliency of its answer (red: ink
+    for it, blue: against), the ten probabilities, each convolution stage's feature maps and the first
+    layer's filters (softmax: its ten weight templates), as one PNG per image."""
+    from digitrec import explain
+    from digitrec.recognizer import Recognizer
+
+    recognizer = Recognizer.load(model_path)
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no images found in the given folders")
+    failures = 0
+    pictures: set[str] = set()
+    for name, source in inputs:
+        try:
+            if isinstance(source, ImageError):
+                raise source
+            result = explain.explain(recognizer, source, name)
+        except ImageError as error:
+            click.echo(f"{name}  error: {error}")
+            failures += 1
+            continue
+        buffer = io.BytesIO()
+        explain.sheet(result, name).save(buffer, format="PNG")
+        path = out / Path(preview_name(name, pictures)).with_suffix(".explain.png")  # seven.png.explain.png
+        write_atomic(path, buffer.getvalue())
+        prediction = result.prediction
+        unsure = " unsure" if prediction.unsure else ""
+        click.echo(f"{name}  {prediction.digit}  {100 * prediction.confidence:.1f}%{unsure}  -> {path}")
+    if failures:
+        click.echo(f"{failures} of {len(inputs)} images failed", err=True)
+        sys.exit(1)
+
+
 @main.command("export")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--format", type=click.Choice(["onnx"]), default="onnx", show_default=True, expose_value=False,
@@ -412,15 +518,21 @@ def export_command(path, out, data_dir):
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Run directory, .safetensors or .onnx file (default: the bundled model).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Server processes, each with its own copy of the model (one per core serves most).")
-def serve_command(host, port, model_path, workers):
+              help="Server processes, each with its own copy of the model (one per core serves most; training needs 1).")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Folder of the runs the page lists and trains.")
+@click.option("--allow-training", is_flag=True,
+              help="Offer training from the page on a non-loopback --host too (anyone who reaches it can use the CPU).")
+def serve_command(host, port, model_path, workers, runs_dir, allow_training):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
     import uvicorn
 
-    from digitrec.web.app import MODEL_VARIABLE, serving_app
+    from digitrec.web.app import MODEL_VARIABLE, TRAINING_VARIABLE, serving_app
     from digitrec.web.server import uvicorn_settings
 
     os.environ[MODEL_VARIABLE] = str(model_path or "")
+    os.environ[TRAINING_VARIABLE] = json.dumps(
+        {"runs_dir": str(runs_dir), "host": host, "allow_training": allow_training, "workers": workers})
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
     # several workers are started by uvicorn from an import string, each building its own app

@@ -3,8 +3,10 @@
 `load_onnx` imports only numpy and onnxruntime, so a deployment that serves or predicts from an `.onnx`
 file needs neither torch nor the training code. The export stores the model's config and metrics in the
 file's metadata; given test images (`digitrec export` always gives the whole test set), it is kept only
-if onnxruntime agrees with torch on them. Loading checks that a file is a digitrec model: its input,
-its `logits` output, its metadata, and finite answers.
+if onnxruntime agrees with torch on them. Next to `logits` it writes what the Inside view shows
+(`models.inside_outputs`: `activation:convN`, `filters:conv1`, `templates`) as extra outputs; plain
+prediction asks for `logits` alone. Loading checks that a file is a digitrec model: its input, its
+`logits` output, its metadata, and finite answers.
 """
 
 import json
@@ -32,16 +34,23 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     from digitrec.files import write_atomic
 
     loaded = checkpoint.load(weights)
+    example = torch.zeros(1, 1, 28, 28)
+    names = list(models.inside_outputs(loaded.model, example))
+    batched = ["images"] + [name for name in names if name == "logits" or name.startswith("activation:")]
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter works offline; the newer one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            loaded.model, (torch.zeros(1, 1, 28, 28),), buffer, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            models.InsideOutputs(loaded.model), (example,), buffer, input_names=["images"], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in batched}, dynamo=False,
         )
     import onnx
 
     model_proto = onnx.load_from_string(buffer.getvalue())
+    for output, name in zip(model_proto.graph.output, names):
+        if output.name != name:  # a weight output folded into a bare initializer keeps the initializer's name
+            model_proto.graph.node.append(onnx.helper.make_node("Identity", [output.name], [name]))
+            output.name = name
     for key, value in (("config", loaded.config), ("metrics", loaded.metrics)):
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -49,7 +58,7 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     parity = {}
     if check_images is not None:
         expected = models.logits_in_batches(loaded.model, torch.from_numpy(check_images)).numpy()
-        logits, _ = session_logits(exported, "export")
+        logits, _, _ = session_logits(exported, "export")
         got = np.concatenate([logits(check_images[i : i + 1000]) for i in range(0, len(check_images), 1000)])
         parity = {
             "images": len(check_images),
@@ -63,8 +72,13 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     return parity
 
 
-def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A logits function over an ONNX model and its metadata; `threads` per call (0: one per core)."""
+Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], Outputs, dict]:
+    """A logits function over an ONNX model, a function giving all its outputs by name (logits, and in files
+    exported since the Inside view: activations, filters, templates), and its metadata; `threads` per
+    call (0: one per core). Plain prediction asks for the logits only."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -87,7 +101,12 @@ def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Ca
     if probe.shape != (2, CLASSES) or not np.isfinite(probe).all():
         raise ModelError(f"{name}: the model's logits for blank images are not {CLASSES} finite numbers each "
                          f"(shape {probe.shape}); the weights may hold NaN")
-    return logits, session.get_modelmeta().custom_metadata_map
+    names = [output.name for output in session.get_outputs()]
+
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {"images": batch})))
+
+    return logits, outputs, session.get_modelmeta().custom_metadata_map
 
 
 def check_signature(session, name: str) -> None:
@@ -103,10 +122,10 @@ def check_signature(session, name: str) -> None:
         raise ModelError(f"{name}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}")
 
 
-def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A logits function and model info for an exported file, for `Recognizer`."""
+def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict, Outputs]:
+    """A logits function, model info and an all-outputs function for an exported file, for `Recognizer`."""
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX file")
-    logits, stored = session_logits(str(path), str(path), threads)
+    logits, outputs, stored = session_logits(str(path), str(path), threads)
     config, metrics = metadata.read(stored, path)
-    return logits, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime")
+    return logits, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime"), outputs

@@ -4,6 +4,7 @@
     recognizer = Recognizer.load()            # the bundled default model
     result = recognizer.predict("seven.jpg")  # a path, bytes, a PIL image or a numpy array
     result.digit, result.confidence, result.probabilities, result.unsure
+    reading = recognizer.read("year.jpg")     # a whole number: reading.text == "2026", boxes, confidences
 
 Owns model loading for inference (torch weights, or an `.onnx` file run by onnxruntime without
 importing torch) and batching; the CLI and the web app both call it.
@@ -79,9 +80,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Recognizer:
     """Turns images into predictions with one model, loaded once."""
 
-    def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict):
+    def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
+                 outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None):
         self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
         self.info = info  # name, parameters, recorded metrics, weights path
+        # (B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
+        # `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`
+        self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
@@ -105,6 +110,13 @@ class Recognizer:
     def predict(self, image: Source, name: str = "image") -> Prediction:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
         return self.predict_arrays(preprocess(image, name)[None])[0]
+
+    def read(self, image: Source, name: str = "image"):
+        """The number written in one image ("2026"): a `numbers.Reading` with the text, its confidence
+        and each digit's box; raises `ImageError` when there is none. See digitrec/numbers.py."""
+        from digitrec.numbers import read  # numbers builds on this module
+
+        return read(self, image, name)
 
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
@@ -155,7 +167,7 @@ class Recognizer:
         ]
 
 
-def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dict, Callable]:
     import torch
 
     from digitrec import checkpoint, models
@@ -170,6 +182,10 @@ def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.
     def logits(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
 
+    @torch.inference_mode()
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value.float().numpy() for name, value in models.inside_outputs(model, torch.from_numpy(batch)).items()}
+
     info = model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch")
-    return logits, info
+    return logits, info, outputs
 
