@@ -149,7 +149,7 @@ def main():
     tensorflow = run_tensorflow(args.tensorflow_python, mnist, args.target, args.tf_eval_every, args.tf_max_steps,
                                 args.seed)
     config = train.resolve_config("fast", "quick", seed=args.seed)
-    precision = getattr(config, "precision", "fp32")
+    precision = train.choose_precision(config.precision, torch.device("cpu"))  # what --precision auto uses here
     print(f"digitrec fast quick (precision {precision}), test set every {args.fast_eval_every} steps...", flush=True)
     fast = time_to_accuracy(config, mnist, torch.device("cpu"), args.fast_eval_every, args.target, True)
 
