@@ -7,7 +7,8 @@ from digitrec.errors import ModelError
 
 def test_float16_storage_round_trips_closely(tmp_path):
     model = models.create("fast")
-    checkpoint.save_run(tmp_path, model, {"model": "fast"}, {"test_accuracy": 0.5}, dtype=torch.float16)
+    files.write_atomic(tmp_path / "weights.safetensors",
+                       checkpoint.weights_bytes(model, {"model": "fast"}, {"test_accuracy": 0.5}, dtype=torch.float16))
     loaded = checkpoint.load(tmp_path / "weights.safetensors")
     assert loaded.metrics == {"test_accuracy": 0.5}
     for name, tensor in model.state_dict().items():

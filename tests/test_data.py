@@ -166,7 +166,7 @@ def test_first_failing_mirror_falls_back_to_the_next(tmp_path, mirror):
 
 
 def test_offline_with_no_files_anywhere_names_the_files_and_where_to_put_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "BUNDLED_DIR", tmp_path / "no-bundle")
+    monkeypatch.setattr(data, "CHECKOUT_DIR", tmp_path / "no-checkout")
     monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.delenv("DIGITREC_DATA", raising=False)
     closed_port = "http://127.0.0.1:9/"  # the discard port: nothing listens there

@@ -28,3 +28,11 @@ class TrainingStopped(DigitrecError):
     """Training was asked to stop (Ctrl-C); a checkpoint was saved if the run has a directory."""
 
     exit_code = 130  # the shell's code for "ended by Ctrl-C"
+
+
+class OutputError(DigitrecError):
+    """A file or folder cannot be written: a read-only place, a full disk."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message  # the system's words, e.g. "No space left on device"
