@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -140,3 +141,14 @@ def test_resume_errors_are_one_line(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "training config is not one this digitrec understands")
     result = run("train", "--resume", tmp_path, "--steps", "10")
     assert result.exit_code == 2 and "drop --steps" in result.output
+
+
+def test_resume_from_a_foreign_torch_checkpoint_is_one_line(tmp_path):
+    config = asdict(train.resolve_config("softmax"))
+    rundir.save_checkpoint(tmp_path, {"step": 5, "config": config, "model": {"linear.weight": torch.zeros(10, 784)}})
+    assert_one_line_error(run("train", "--resume", tmp_path), "not a digitrec training checkpoint",
+                          "it has no world_size, optimizer, scheduler, random_states, log, train_seconds")
+
+
+def test_resume_on_a_finished_run_says_it_is_finished(softmax_run):
+    assert_one_line_error(run("train", "--resume", softmax_run.run_dir), "this run is finished", "nothing to resume")

@@ -442,10 +442,11 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
     config = training.config
     created = run.folder is not None and not run.folder.exists()
     with contextlib.ExitStack() as closing:  # log file, TensorBoard and progress bar, however training ends
+        # TensorBoard first: without it installed, the run stops before it has made its folder
+        board = closing.enter_context(contextlib.closing(tensorboard_writer(run.folder))) if tensorboard else None
         log_file = None
         if run.folder is not None:
             log_file = closing.enter_context(rundir.open_log(run.folder, asdict(config), run.log))
-        board = closing.enter_context(contextlib.closing(tensorboard_writer(run.folder))) if tensorboard else None
         print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
         progress = closing.enter_context(Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
