@@ -107,6 +107,9 @@ def test_describe_and_list_runs_give_each_runs_model_progress_accuracy_and_statu
     assert (runs[1]["model"], runs[1]["steps"], runs[1]["total_steps"]) == ("fast", 60, 400)
     assert runs[1]["validation_accuracy"] == 0.97 and runs[1]["test_accuracy"] is None
     assert rundir.status(tmp_path / "empty") == rundir.EMPTY
+    (tmp_path / "starting").mkdir()  # the web server opens the child's output file before `digitrec train --out`
+    (tmp_path / "starting" / rundir.OUTPUT_FILE).write_text("")
+    assert rundir.status(tmp_path / "starting") == rundir.EMPTY
     assert rundir.status(tmp_path / "photos") == rundir.NOT_A_RUN
     assert rundir.status(tmp_path / "nowhere") == rundir.MISSING
 

@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "curves.png"
 CHECKPOINTS_FILE = "checkpoints.json"
+OUTPUT_FILE = "train-output.txt"  # what `digitrec train` printed, where its starter keeps it (the web server)
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{7})\.pt")  # the only files a run folder ever deletes
 KEEP_CHECKPOINTS = 2
 RUN_FILES = {WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LOG_FILE, CURVES_FILE, CHECKPOINTS_FILE}
@@ -208,7 +209,7 @@ def status(run_dir: str | Path) -> str:
         return FINISHED
     if {CONFIG_FILE, LOG_FILE} <= names:
         return STARTED
-    return EMPTY if not names else NOT_A_RUN
+    return EMPTY if not names - {OUTPUT_FILE} else NOT_A_RUN  # a starter may open the output file first
 
 
 def describe_status(found: str) -> str:

@@ -2,7 +2,9 @@
 
 A recipe is a frozen `TrainConfig`; `RECIPES` holds the documented ones (the tutorial's settings for
 `softmax` and `cnn`) and command-line flags override single fields. `Training` owns the state of a run
-and advances it step by step; `train` drives it with logging and writes the run directory.
+and advances it step by step; `train` drives it in three steps — `prepare` (restore a resumed run, choose
+its folder), `loop` (steps, the log, checkpoints, stopping) and `finish` (measure, save) — and leaves the
+files of the run directory to rundir.py.
 """
 
 import contextlib
