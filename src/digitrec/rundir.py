@@ -378,6 +378,16 @@ def git_commit() -> str | None:
     return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
+def command_line() -> str:
+    """This process's command as a person would type it: `digitrec train ...`, `python -m digitrec ...`."""
+    program = sys.argv[0]
+    if Path(program).name == "__main__.py":
+        program = f"python -m {Path(program).parent.name}"
+    elif os.path.isabs(program):  # an installed script found on PATH
+        program = Path(program).name
+    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
+
+
 def provenance(**conditions) -> dict:
     """How a run was made: versions, git commit, command line, CPU, and the `conditions` the caller knows
     (device, torch threads, precision, processes)."""
@@ -388,7 +398,7 @@ def provenance(**conditions) -> dict:
         "onnxruntime": package_version("onnxruntime"),
         "python": platform.python_version(),
         "git_commit": git_commit(),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "platform": platform.platform(),
         "cpu": cpu_model,
         "cpu_flags": cpu_flags,
