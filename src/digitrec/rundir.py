@@ -277,12 +277,14 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     if found in (MISSING, EMPTY):
         return
     if not overwrite:
+        replace = "add --overwrite to replace it once the new run is saved"
         advice = {
-            FINISHED: "choose another --out folder, or add --overwrite to replace it once the new run is saved",
+            RESUMABLE: f"continue it with --resume {run_dir}, choose another --out folder, or {replace}",
+            STARTED: f"it may be training now; choose another --out folder, or {replace}",
+            FINISHED: f"choose another --out folder, or {replace}",
             NOT_A_RUN: "choose another --out folder, or add --overwrite to replace the folder and everything in it "
                        "once the new run is saved",
-        }.get(found, f"continue it with --resume {run_dir}, choose another --out folder, or add --overwrite to "
-                     "replace it once the new run is saved")
+        }[found]
         raise ConfigError(f"{run_dir} is {describe_status(found)}; {advice}")
     replacement = replacement_dir(run_dir)
     if status(replacement) not in (MISSING, EMPTY):
