@@ -1,5 +1,6 @@
 """End to end: Debian's Chromium, driven by Playwright, draws digits on the page and uploads a file."""
 
+import io
 import math
 import shutil
 
@@ -14,7 +15,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def page(live_server):  # noqa: F811
+def browser():
     if not shutil.which("chromium"):
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     with playwright_api.sync_playwright() as playwright:
@@ -23,10 +24,16 @@ def page(live_server):  # noqa: F811
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"],
         )
-        page = browser.new_page(viewport={"width": 1000, "height": 800})
-        page.goto(live_server.url)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, live_server):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(live_server.url)
+    yield page
+    page.close()
 
 
 def draw(page, strokes):
@@ -82,3 +89,44 @@ def test_uploaded_file_is_recognized(page, mnist, tmp_path):
     page.set_input_files("#file", str(path))
     assert shown_digit(page, "1") == "1"
     page.screenshot(path=str(tmp_path / "uploaded.png"))
+
+
+@pytest.fixture
+def offline_page(browser, live_server):  # noqa: F811
+    """A fresh page whose every request to anywhere but the server fails, as on a machine offline."""
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live_server.url + "/")
+                  else route.abort())
+    yield context.new_page()
+    context.close()
+
+
+@pytest.mark.parametrize("docs, operation", [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id]")])
+def test_api_docs_show_the_routes_offline(offline_page, live_server, docs, operation):  # noqa: F811
+    offline_page.goto(live_server.url + docs)
+    offline_page.wait_for_selector(operation, timeout=15_000)
+    assert "/api/predict" in offline_page.locator("body").inner_text()
+
+
+def test_the_page_loads_without_a_failed_request_and_has_an_icon(offline_page, live_server):  # noqa: F811
+    failures = []
+    offline_page.on("response", lambda response: response.status >= 400 and failures.append(response.url))
+    offline_page.on("requestfailed", lambda request: failures.append(request.url))
+    offline_page.goto(live_server.url)
+    offline_page.wait_for_load_state("networkidle")
+    icon = offline_page.evaluate("""async () => {
+        const link = document.querySelector("link[rel=icon]");
+        const response = await fetch(link.href);
+        return [response.status, response.headers.get("content-type")];
+    }""")
+    assert icon == [200, "image/svg+xml"] and failures == []
+
+
+def test_what_the_model_saw_is_an_empty_square_before_anything_is_drawn(offline_page, live_server):  # noqa: F811
+    offline_page.goto(live_server.url)
+    offline_page.wait_for_load_state("networkidle")
+    box = offline_page.locator("#seen").bounding_box()
+    shot = offline_page.screenshot(clip={"x": box["x"] + 4, "y": box["y"] + 4, "width": box["width"] - 8,
+                                         "height": box["height"] - 8})
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
+    assert box["width"] == box["height"] == 112 and (pixels == pixels[0, 0]).all()  # no icon, no alt text

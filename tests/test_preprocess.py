@@ -1,4 +1,5 @@
 import io
+import sys
 import warnings
 
 import numpy as np
@@ -157,3 +158,102 @@ def test_thick_strokes_are_kept(digits):
     marker = big.filter(ImageFilter.MaxFilter(31))  # strokes 1.5 MNIST pixels wider on each side
     # eroding them back would also wipe out the digit's faint parts, which costs more than thick strokes
     assert preprocess.stroke_width(prep(marker)) > preprocess.stroke_width(prep(digits[0])) + 2
+
+
+def float_tiff(digit: np.ndarray, odd_value: float) -> bytes:
+    """`digit` (white on black) as a 32-bit float TIFF, dark ink on light paper, with one pixel set to `odd_value`."""
+    values = 1 - np.asarray(Image.fromarray(digit).resize((112, 112)), dtype=np.float32) / 255
+    values[3, 3] = odd_value
+    return encode(Image.fromarray(values, "F"), "TIFF")
+
+
+@pytest.mark.parametrize("odd_value", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_pixel_is_dropped_and_the_digit_read(digits, odd_value):
+    clean = prep(float_tiff(digits[0], 1.0))
+    assert mean_difference(prep(float_tiff(digits[0], odd_value)), clean) < 0.005
+
+
+def test_an_array_with_non_finite_values_is_read_like_the_clean_one(digits):
+    values = digits[0].astype(np.float64) / 255
+    values[0, :5] = [np.nan, np.inf, -np.inf, np.nan, np.inf]
+    assert mean_difference(prep(values), prep(digits[0])) < 0.005
+
+
+def test_a_mode_pillow_cannot_convert_is_an_image_error(digits):
+    lab = encode(Image.fromarray(255 - digits[0]).convert("RGB").convert("LAB"), "TIFF")
+    with pytest.raises(ImageError, match="upload: cannot read its LAB pixels"):
+        prep(lab, "upload")
+
+
+MALFORMED_DDS = (b"DDS " + (124).to_bytes(4, "little") + b"\x07\x10\x08\x00" + (28).to_bytes(4, "little") * 2
+                 + bytes(68) + (32).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"XXXX" + bytes(40))
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nnewpath 4 4 moveto 24 24 lineto stroke showpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize("fmt", ["DDS", "ICNS", "PCX", "TGA", "SGI", "PPM", "EPS bytes", "malformed DDS"])
+def test_formats_outside_the_listed_six_are_refused_by_name(digits, fmt):
+    if fmt == "EPS bytes":  # Pillow would hand these to Ghostscript
+        payload = EPS
+    elif fmt == "malformed DDS":  # Pillow raises NotImplementedError on it
+        payload = MALFORMED_DDS
+    else:
+        payload = encode(Image.fromarray(255 - digits[0]).convert("RGBA" if fmt in ("DDS", "ICNS") else "RGB")
+                         .resize((64, 64)), fmt)
+    with pytest.raises(ImageError, match=r"seven.png: not an image in a format digitrec reads \(PNG, JPEG, BMP, GIF, WebP, TIFF\)"):
+        prep(payload, "seven.png")
+
+
+def test_transparent_palette_png_with_white_paper_made_transparent_reads_like_the_opaque_one(digits):
+    opaque = Image.fromarray(255 - digits[6]).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")
+    noisy = Image.open(io.BytesIO(encode(opaque, "JPEG", quality=60)))  # paper that is near-white, not all 255
+    palette = noisy.quantize(32)
+    paper = int(np.bincount(np.asarray(palette).ravel()).argmax())
+    transparent = encode(palette, "PNG", transparency=paper)  # the commonest colour, the paper, made transparent
+    assert mean_difference(prep(transparent), prep(encode(palette, "PNG"))) < 0.01
+
+
+def test_pixel_count_is_checked_from_the_header_while_threads_decode_at_once(digits):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bomb = encode(Image.new("1", (6000, 6000)), "PNG")
+    fine = encode(Image.fromarray(255 - digits[0]).resize((280, 280)), "PNG")
+
+    def attempt(index: int) -> str:
+        try:
+            prep(bomb if index % 2 else fine)
+            return "read"
+        except ImageError as error:
+            return str(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: a race shows up at once
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(attempt, range(64)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert outcomes[0::2] == ["read"] * 32
+    assert set(outcomes[1::2]) == {"image: refused: 6000x6000 is more than 25,000,000 pixels (a decompression bomb?)"}
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(digits):
+    from digitrec.preprocess import load_image
+
+    photo = encode(Image.fromarray(255 - digits[0]).resize((4000, 3000)), "JPEG", quality=90)
+    assert load_image(photo, max_side=400).size == (1000, 750)  # 1/4: the smallest scale with both sides >= 400
+    assert load_image(photo).size == (4000, 3000)
+    assert mean_difference(prep(photo), prep(digits[0])) < 0.06
+
+
+def test_an_oversized_file_is_refused_without_reading_it_whole(tmp_path):
+    big = tmp_path / "big.png"
+    with big.open("wb") as file:
+        file.truncate(preprocess.MAX_FILE_BYTES + 1)  # sparse: takes no disk space
+    with pytest.raises(ImageError, match=f"big.png: refused: larger than {preprocess.MAX_FILE_BYTES // 1_000_000} MB"):
+        prep(big)
+
+
+def test_to_png_round_trips_the_preprocessed_view(digits):
+    view = prep(digits[0])
+    decoded = np.asarray(Image.open(io.BytesIO(preprocess.to_png(view))), dtype=np.float32) / 255
+    assert decoded.shape == (28, 28) and np.abs(decoded - view).max() <= 0.5 / 255 + 1e-6

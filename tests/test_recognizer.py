@@ -127,3 +127,116 @@ def test_predict_on_bad_files_reports_each_and_exits_non_zero(tmp_path):
     result = run("predict", tmp_path / "empty.png", tmp_path / "missing.png")
     assert result.exit_code == 1
     assert "empty file" in result.output and "cannot read" in result.output and "Traceback" not in result.output
+
+
+def test_any_failure_in_a_batch_is_that_image_s_error_and_the_rest_are_read(recognizer, digits):
+    images, labels = digits
+    odd = np.array([["not", "pixels"]], dtype=object)  # numpy itself fails on it, outside the image decoders
+    results = recognizer.predict_many([("a", images[1]), ("odd", odd), ("b", images[2])])
+    assert results[0].digit == labels[1] and results[2].digit == labels[2]
+    assert isinstance(results[1], ImageError) and str(results[1]).startswith("odd: ")
+
+
+class KillsItsProcess:
+    """A source whose unpickling, in a worker process, ends that process at once (as the OOM killer would)."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (9,)
+
+
+def test_a_worker_process_that_dies_fails_only_its_own_images(recognizer, digits):
+    images, labels = digits
+    inputs = [(str(i), images[i]) for i in range(255)] + [("killer", KillsItsProcess())]  # a full batch: a pool
+    results = recognizer.predict_many(inputs, workers=2)
+    assert len(results) == 256 and str(results[-1]) == "killer: the process reading it died"
+    assert all(isinstance(r, (Prediction, ImageError)) for r in results)
+    again = recognizer.predict_many(inputs[:255] + [("seven", images[0])], workers=2)  # in a fresh pool
+    assert sum(r.digit == d for r, d in zip(again, labels[:255])) >= 250 and again[-1].digit == 7
+
+
+def lab_tiff(digit: np.ndarray) -> bytes:
+    return encode(Image.fromarray(255 - digit).convert("RGB").convert("LAB"), "TIFF")
+
+
+def test_one_bad_file_in_a_large_folder_does_not_stop_predict(tmp_path, digits):
+    images, labels = digits
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(299):  # over one batch of 256: decoded in worker processes
+        Image.fromarray(255 - images[index]).save(folder / f"{index:03}.png")
+    (folder / "lab.tif").write_bytes(lab_tiff(images[0]))  # Pillow decodes it but cannot convert it
+    result = run("predict", folder, "--csv", tmp_path / "out.csv")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.splitlines()
+    errors = [line for line in lines[1:-1] if "  error: " in line]
+    assert len(lines[1:-1]) == 300 and len(errors) == 1
+    assert "lab.tif  error: " in errors[0] and "cannot read its LAB pixels" in errors[0]
+    assert lines[-1] == "1 of 300 images failed"
+    assert len(list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))) == 300
+
+
+def test_folder_scans_list_broken_links_and_loops_as_errors(folder):
+    (folder / "gone.png").symlink_to(folder / "never-existed.png")
+    (folder / "nested" / "back").symlink_to(folder)  # a loop
+    result = run("predict", folder, "--json")
+    assert result.exit_code == 1
+    records = {r["path"]: r for r in map(json.loads, result.output.splitlines()[:-1])}
+    assert records[str(folder / "gone.png")]["error"] == f"{folder / 'gone.png'}: a broken link"
+    assert "links to a folder already searched" in records[str(folder / "nested" / "back")]["error"]
+    assert sum(r["digit"] is not None for r in records.values()) == 4  # each image once, however it is reached
+    assert result.output.splitlines()[-1] == "2 of 6 images failed"
+
+
+def test_preview_names_never_overwrite_each_other(tmp_path, digits):
+    images, _ = digits
+    (tmp_path / "a").mkdir()
+    Image.fromarray(255 - images[0]).save(tmp_path / "a" / "b.png")  # a digit 7
+    Image.fromarray(255 - images[1]).save(tmp_path / "a_b.png")  # a 2: the same flat name as a/b.png
+    result = run("predict", tmp_path / "a" / "b.png", tmp_path / "a_b.png", "--show-preprocessed", tmp_path / "seen")
+    assert result.exit_code == 0, result.output
+    saved = sorted(path.name for path in (tmp_path / "seen").iterdir())
+    assert len(saved) == 2
+    views = [np.asarray(Image.open(tmp_path / "seen" / name)) for name in saved]
+    assert not np.array_equal(views[0], views[1])
+
+
+def test_stdin_over_the_size_limit_is_an_error_row(monkeypatch):
+    from click.testing import CliRunner
+
+    from digitrec import preprocess
+    from digitrec.cli import main
+
+    monkeypatch.setattr(preprocess, "MAX_FILE_BYTES", 1000)
+    result = CliRunner().invoke(main, ["predict", "-"], input=b"\0" * 1001)
+    assert result.exit_code == 1 and "-  error: -: refused: larger than 0 MB" in result.output
+
+
+def test_folders_and_files_this_user_cannot_open_are_error_rows(digits):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    images, _ = digits
+    with tempfile.TemporaryDirectory() as top:  # not under pytest's folders, which only their owner may enter
+        root = Path(top)
+        root.chmod(0o755)
+        Image.fromarray(255 - images[0]).save(root / "seven.png")
+        locked = root / "locked"
+        locked.mkdir()
+        Image.fromarray(255 - images[1]).save(locked / "two.png")
+        locked.chmod(0)
+        # root may open anything: the command runs as nobody then, to whom `locked` is closed
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        try:
+            result = subprocess.run([*as_nobody, sys.executable, "-m", "digitrec", "predict", str(root),
+                                     str(locked / "two.png"), "--json"], capture_output=True, text=True, timeout=120)
+        finally:
+            locked.chmod(0o755)
+    records = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert result.returncode == 1 and result.stderr.splitlines()[-1] == "2 of 3 images failed", result.stderr
+    assert records[str(root / "seven.png")]["digit"] == 7
+    assert records[str(locked)]["error"] == f"{locked}: cannot search this folder (Permission denied)"
+    assert records[str(locked / "two.png")]["error"] == f"{locked / 'two.png'}: cannot read (Permission denied)"

@@ -212,3 +212,65 @@ def test_serve_with_missing_model_is_one_line(tmp_path):
 
     result = run("serve", "--model", tmp_path / "none")
     assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output
+
+
+@pytest.mark.parametrize("body", [
+    b'{"image": ' * 1100 + b"1" + b"}" * 1100,  # nested 1,100 deep: 2.2 kB that once overflowed the parser
+    b"[" * 100_000,
+    b'{"image": "data:image/png;base64,' + b"A" * 1000 + b'"',  # cut short
+    b"\xff\xfe{}",  # not UTF-8
+    b'{"image": ' + b"9" * 5000 + b"}",  # an integer too long to convert
+    b'{"image": {"nested": ["a", 1]}}',
+    b"null",
+])
+def test_malformed_or_hostile_json_is_422(client, body):
+    response = client.post("/api/predict", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and isinstance(response.json()["detail"], str)
+    assert_healthy(client)
+
+
+def test_a_repeated_image_field_is_422_saying_so(client, seven_png):
+    files = [("image", ("a.png", seven_png, "image/png")), ("image", ("b.png", seven_png, "image/png"))]
+    response = client.post("/api/predict", files=files)
+    assert response.status_code == 422 and response.json()["detail"] == "the form has 2 image fields: send one, named 'image'"
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/model", "/", "/openapi.json", "/docs"])
+def test_head_on_get_routes_gives_the_headers_of_get(client, path):
+    got = client.get(path)
+    head = client.head(path)
+    assert head.status_code == got.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert int(head.headers["content-length"]) == len(got.content)
+
+
+@pytest.mark.parametrize("request_args, status", [
+    (("POST", "/api/predict?preprocessed=maybe"), 422),
+    (("GET", "/api/nowhere"), 404),
+    (("DELETE", "/api/health"), 405),
+])
+def test_every_error_detail_is_one_string(client, seven_png, request_args, status):
+    response = client.request(*request_args, content=seven_png, headers={"Content-Type": "image/png"})
+    assert response.status_code == status and isinstance(response.json()["detail"], str)
+    if status == 422:
+        assert response.json()["detail"] == "query preprocessed: Input should be a valid boolean, unable to interpret input"
+
+
+def test_the_api_docs_and_the_favicon_come_from_this_server(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assets = [part.split('"')[0] for part in html.split('src="')[1:] + html.split('href="')[1:]]
+        assert assets and all(asset.startswith("/") for asset in assets), assets  # nothing from a CDN
+        assert all(client.get(asset).status_code == 200 for asset in assets)
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml" and b"<svg" in icon.content
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/").text
+
+
+def test_the_documentation_says_the_limits_of_the_constants(client):
+    from digitrec.recognizer import UNSURE_BELOW
+    from digitrec.web.app import MAX_BODY_BYTES
+
+    predict = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
+    assert f"below {UNSURE_BELOW}" in predict["description"]
+    assert predict["responses"]["413"]["description"] == f"body over {MAX_BODY_BYTES // 2**20} MiB"

@@ -5,6 +5,7 @@ usage errors are Click's (exit status 2).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -220,24 +221,58 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def expand_inputs(paths: tuple[str, ...]) -> list[tuple[str, object]]:
-    """(name, source) pairs: files as given, folders searched recursively for images, "-" for stdin."""
+    """(name, source) pairs: files as given, folders searched recursively for images, "-" for stdin.
+
+    What cannot be read or searched (stdin over the size limit, a broken link, a link back into a folder
+    already searched, a folder that cannot be listed) comes as the `ImageError` saying so, in its place."""
+    from digitrec.preprocess import MAX_FILE_BYTES, MB
+
     inputs: list[tuple[str, object]] = []
     for given in paths:
         if given == "-":
-            inputs.append(("-", sys.stdin.buffer.read()))
-        elif Path(given).is_dir():
-            found = sorted(p for p in Path(given).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            inputs.extend((str(p), p) for p in found)
-        else:
-            inputs.append((given, Path(given)))
+            content = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+            too_big = len(content) > MAX_FILE_BYTES
+            inputs.append(("-", ImageError(f"-: refused: larger than {MAX_FILE_BYTES // MB} MB") if too_big else content))
+            continue
+        try:
+            is_folder = Path(given).is_dir()
+        except OSError as error:  # e.g. a folder on its way that this user may not enter
+            inputs.append((given, ImageError(f"{given}: cannot read ({error.strerror})")))
+            continue
+        inputs.extend(images_in(Path(given)) if is_folder else [(given, Path(given))])
     return inputs
 
 
-def preview_name(name: str) -> str:
-    """A flat file name for the preprocessed view of input `name` ("-" is stdin)."""
-    if name == "-":
-        return "stdin"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
+def images_in(folder: Path) -> list[tuple[str, object]]:
+    """The image files under `folder`, sorted, following links to folders but never into one twice."""
+    found: list[tuple[str, object]] = []
+    searched: set[tuple[int, int]] = set()
+
+    def unlisted(error: OSError) -> None:
+        found.append((error.filename, ImageError(f"{error.filename}: cannot search this folder ({error.strerror})")))
+
+    for directory, subfolders, files in os.walk(folder, onerror=unlisted, followlinks=True):
+        status = os.stat(directory)
+        if (status.st_dev, status.st_ino) in searched:
+            found.append((directory, ImageError(f"{directory}: links to a folder already searched (a loop?)")))
+            subfolders.clear()
+            continue
+        searched.add((status.st_dev, status.st_ino))
+        for path in (Path(directory, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES):
+            found.append((str(path), path if path.exists() else ImageError(f"{path}: a broken link")))
+    return sorted(found, key=lambda pair: Path(pair[0]))
+
+
+def preview_name(name: str, taken: set[str]) -> str:
+    """A flat file name for the preprocessed view of input `name` ("-" is stdin), unlike any in `taken`
+    (compared ignoring case, as some file systems do); it is added to `taken`."""
+    stem = "stdin" if name == "-" else "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
+    candidate, number = f"{stem}.png", 1
+    while candidate.lower() in taken:
+        number += 1
+        candidate = f"{stem}-{number}.png"
+    taken.add(candidate.lower())
+    return candidate
 
 
 @main.command("predict")
@@ -255,16 +290,18 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
     import csv
     import io
 
-    from PIL import Image
-
+    from digitrec.preprocess import to_png
     from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path)
     inputs = expand_inputs(paths)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
-    results = recognizer.predict_many(inputs)
+    predicted = iter(recognizer.predict_many([(name, source) for name, source in inputs
+                                              if not isinstance(source, ImageError)]))
+    results = [source if isinstance(source, ImageError) else next(predicted) for _, source in inputs]
     rows = []
+    previews: set[str] = set()
     for (name, _), result in zip(inputs, results):
         failed = isinstance(result, ImageError)
         rows.append({
@@ -276,9 +313,7 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
             "error": str(result) if failed else None,
         })
         if show_preprocessed is not None and not failed:
-            show_preprocessed.mkdir(parents=True, exist_ok=True)
-            pixels = (result.preprocessed * 255).round().astype("uint8")
-            Image.fromarray(pixels).save(show_preprocessed / f"{preview_name(name)}.png")
+            write_atomic(show_preprocessed / preview_name(name, previews), to_png(result.preprocessed))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -331,18 +366,17 @@ def export_command(path, export_format, out, data_dir):
               help="Server processes, each with its own copy of the model (one per core serves most).")
 def serve_command(host, port, model_path, workers):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
-    import os
-
     import uvicorn
 
     from digitrec.web.app import MODEL_VARIABLE, serving_app
+    from digitrec.web.server import uvicorn_settings
 
     os.environ[MODEL_VARIABLE] = str(model_path or "")
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
     # several workers are started by uvicorn from an import string, each building its own app
     uvicorn.run(app if workers == 1 else "digitrec.web:serving_app", factory=workers > 1, workers=workers,
-                host=host, port=port, log_level="warning")
+                host=host, port=port, log_level="warning", **uvicorn_settings())
 
 
 if __name__ == "__main__":

@@ -2,14 +2,13 @@
 
 MNIST digits are white ink on black, their bounding box scaled (keeping the aspect ratio, with
 anti-aliasing) so its longest side is 20 px, then pasted into 28x28 with the centre of mass at the
-centre. `preprocess` does the same to any image: decode (any common format and mode, EXIF orientation,
+centre. `preprocess` does the same to any image: decode (six common formats, any mode, EXIF orientation,
 transparency composited away), decide the polarity from the image itself, suppress paper texture and
 noise, thicken hairline strokes, crop, scale and centre. On an MNIST digit it is nearly the identity.
-Only numpy and Pillow: no torch here.
+Also the one PNG encoder of that 28x28 view (`to_png`). Only numpy and Pillow: no torch here.
 """
 
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,10 @@ from digitrec.errors import ImageError
 
 MAX_PIXELS = 25_000_000  # larger images are refused as possible decompression bombs
 MAX_SIDE = 20_000  # absurd dimensions (e.g. 1 x 1,000,000) are refused too
+MAX_FILE_BYTES = 4 * MAX_PIXELS  # 100 MB read from a file at most: any allowed image fits, even uncompressed RGBA
+# The formats the README promises, by their Pillow plugins' names (a camera's JPEG with a second picture, MPO,
+# opens as JPEG); no other plugin is tried, so no bytes start Ghostscript (EPS) or a rarely used decoder.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 WORKING_SIDE = 400  # larger images are first shrunk to this: plenty for a 20 px digit, and fast
 BOX_SIDE = 20  # MNIST's digit box
 FIELD_SIDE = 28
@@ -34,42 +37,62 @@ NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..
 NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed
 
 ORIENTATION = 0x0112  # the EXIF tag
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+MB = 1_000_000
 
 Source = str | Path | bytes | Image.Image | np.ndarray
 
 
-def load_image(source: Source, name: str = "image") -> Image.Image:
-    """Decode `source` (path, bytes, PIL image or array) into an upright PIL image, refusing bombs."""
+def load_image(source: Source, name: str = "image", max_side: int | None = None) -> Image.Image:
+    """Decode `source` (path, bytes, PIL image or array) into an upright PIL image, refusing bombs.
+
+    With `max_side`, a JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale that keeps both sides at
+    least that long (far less memory and time for a photo that will be shrunk anyway)."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
         return array_image(source, name)
     if isinstance(source, (str, Path)):
         name = str(source)
-        try:
-            source = Path(source).read_bytes()
-        except OSError as error:
-            raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+        source = read_file(Path(source), name)
     if not source:
         raise ImageError(f"{name}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source))
-            if max(image.size) > MAX_SIDE or min(image.size) < 1:
-                raise ImageError(f"{name}: absurd dimensions {image.width}x{image.height}")
-            image.seek(0)  # the first frame of an animation
-            image.load()
-            if image.getexif().get(ORIENTATION, 1) != 1:
-                image = ImageOps.exif_transpose(image)
-            return image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: refused: more than {MAX_PIXELS:,} pixels (a decompression bomb?)") from None
+        image = Image.open(io.BytesIO(source), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{name}: not an image in a format digitrec reads (PNG, JPEG, BMP, GIF, WebP, TIFF)") from None
+    except Exception as error:  # noqa: BLE001  (Pillow's plugins raise many types on malformed headers)
+        raise ImageError(f"{name}: corrupt image ({error})") from None
+    # checked here from the header, before anything is decoded (Pillow's own check only warns, and a
+    # warning cannot be turned into an error safely while other threads decode)
+    if max(image.size) > MAX_SIDE or min(image.size) < 1:
+        raise ImageError(f"{name}: absurd dimensions {image.width}x{image.height}")
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError(f"{name}: refused: {image.width}x{image.height} is more than {MAX_PIXELS:,} pixels "
+                         "(a decompression bomb?)")
+    try:
+        image.seek(0)  # the first frame of an animation
+        if max_side is not None:
+            image.draft(None, (max_side, max_side))
+        image.load()
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return image
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: refused: more than {MAX_PIXELS:,} pixels (a decompression bomb?)") from None
+    except Exception as error:  # noqa: BLE001  (decoders raise OSError, ValueError, NotImplementedError, ...)
         raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+
+
+def read_file(path: Path, name: str) -> bytes:
+    """The bytes of `path`, refusing to read more than MAX_FILE_BYTES."""
+    try:
+        with path.open("rb") as file:
+            content = file.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ImageError(f"{name}: cannot read ({error.strerror or error})") from None
+    if len(content) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: refused: larger than {MAX_FILE_BYTES // MB} MB")
+    return content
 
 
 def array_image(array: np.ndarray, name: str) -> Image.Image:
@@ -79,17 +102,27 @@ def array_image(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.dtype != np.uint8:
-        array = np.clip(np.nan_to_num(array.astype(np.float64)) * (255 if array.dtype.kind == "f" else 1), 0, 255)
+        array = np.clip(finite(array.astype(np.float64)) * (255 if array.dtype.kind == "f" else 1), 0, 255)
     return Image.fromarray(array.astype(np.uint8))
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """`values` with NaN and infinite pixels set to the median of the others: in a digit's image, the paper."""
+    usable = np.isfinite(values)
+    if usable.all():
+        return values
+    if not usable.any():
+        raise ImageError("no digit found (no pixel holds a finite value)")
+    return np.where(usable, values, np.median(values[usable]))
 
 
 def grey_levels(image: Image.Image) -> np.ndarray:
     """Luminance in 0..1 as float32; transparent parts are composited onto a background that contrasts
     with what is drawn (a canvas export is often dark or coloured strokes on nothing at all)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image.convert("F") if image.mode != "F" else image, dtype=np.float32)
+        values = finite(np.asarray(image.convert("F") if image.mode != "F" else image, dtype=np.float64))
         low, high = float(values.min()), float(values.max())
-        return (values - low) / (high - low) if high > low else np.zeros_like(values)
+        return ((values - low) / (high - low) if high > low else np.zeros_like(values)).astype(np.float32)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha and image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] == 255:
         has_alpha = False  # an opaque canvas export: its alpha says nothing
@@ -98,9 +131,13 @@ def grey_levels(image: Image.Image) -> np.ndarray:
     rgba = unit(image.convert("RGBA"))
     alpha = rgba[:, :, 3]
     luminance = 0.299 * rgba[:, :, 0] + 0.587 * rgba[:, :, 1] + 0.114 * rgba[:, :, 2]  # ITU-R 601, as Pillow's "L"
-    drawn = alpha > 0.5
-    ink_is_dark = not drawn.any() or luminance[drawn].mean() < 0.5
-    background = 1.0 if ink_is_dark else 0.0
+    drawn, hidden = alpha > 0.5, alpha == 0
+    hidden_colour = float(np.median(luminance[hidden])) if hidden.any() else None
+    if hidden_colour is not None and drawn.any() and np.percentile(np.abs(luminance[drawn] - hidden_colour), 99) > 0.5:
+        background = hidden_colour  # the paper made transparent kept its colour, and the drawing contrasts with it
+    else:
+        ink_is_dark = not drawn.any() or luminance[drawn].mean() < 0.5
+        background = 1.0 if ink_is_dark else 0.0
     return (alpha * luminance + (1 - alpha) * background).astype(np.float32)
 
 
@@ -140,12 +177,15 @@ def stroke_width(ink: np.ndarray) -> float:
 
 def preprocess(source: Source, name: str = "image") -> np.ndarray:
     """`source` as a (28, 28) float32 array in 0..1, white digit on black, framed as MNIST frames digits."""
-    image = load_image(source, name)
-    if max(image.size) > WORKING_SIDE:
-        image = image.copy()
-        image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+    image = load_image(source, name, max_side=WORKING_SIDE)
     try:
-        ink = ink_map(grey_levels(image))
+        grey = grey_levels(shrink(image))
+    except ImageError as error:
+        raise ImageError(f"{name}: {error}") from None
+    except Exception as error:  # noqa: BLE001  (Pillow cannot convert every mode it decodes, e.g. LAB)
+        raise ImageError(f"{name}: cannot read its {image.mode} pixels ({error})") from None
+    try:
+        ink = ink_map(grey)
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
     rows, cols = np.nonzero(ink.any(1))[0], np.nonzero(ink.any(0))[0]
@@ -162,6 +202,16 @@ def preprocess(source: Source, name: str = "image") -> np.ndarray:
         ink = np.clip(np.asarray(resized, dtype=np.float32), 0, None)
         ink /= max(float(ink.max()), 1e-6)
     return centre_by_mass(ink)
+
+
+def shrink(image: Image.Image) -> Image.Image:
+    """`image` with its longest side at most WORKING_SIDE, as `thumbnail` would make it, without copying it
+    first (a copy of a 25-megapixel RGBA image is another 100 MB)."""
+    if max(image.size) <= WORKING_SIDE:
+        return image
+    scale = WORKING_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
 def dilate(ink: np.ndarray, radius: int) -> np.ndarray:
@@ -184,3 +234,10 @@ def centre_by_mass(ink: np.ndarray) -> np.ndarray:
     field = np.zeros((FIELD_SIDE, FIELD_SIDE), dtype=np.float32)
     field[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
     return field
+
+
+def to_png(pixels: np.ndarray) -> bytes:
+    """A preprocessed (28, 28) array in 0..1 as PNG bytes: the view the model saw, for people to look at."""
+    buffer = io.BytesIO()
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

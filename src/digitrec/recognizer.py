@@ -15,6 +15,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,24 @@ def chunks(items: Iterable, size: int):
 
 
 def try_preprocess(name: str, image: Source) -> np.ndarray | ImageError:
+    """The preprocessed image, or whatever went wrong with it as an `ImageError` naming it."""
     try:
         return preprocess(image, name)
     except ImageError as error:
         return error
+    except Exception as error:  # noqa: BLE001  (a bug or an exhausted resource is still this image's failure alone)
+        return ImageError(f"{name}: {type(error).__name__}: {error}")
+
+
+def prepare_in(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> list[np.ndarray | ImageError]:
+    """`try_preprocess` over `chunk` in `pool`; fewer results than images when a worker process died."""
+    prepared: list[np.ndarray | ImageError] = []
+    try:
+        for result in pool.map(try_preprocess, *zip(*chunk), chunksize=16):
+            prepared.append(result)
+    except BrokenProcessPool:
+        pass
+    return prepared
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -71,8 +86,9 @@ class Recognizer:
     def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
         """The model at `path` (run directory, .safetensors or .onnx file), or the bundled default.
 
-        The bundled default runs on onnxruntime when it is installed (seven times faster than torch for
-        one image, and no torch needed), else on torch; both copies give the same digits (tests check).
+        The bundled default runs on onnxruntime when it is installed (several times faster than torch for
+        one image, see the README's runtimes table, and no torch needed), else on torch; both copies give
+        the same digits (tests check).
         `threads` is how many threads one forward pass may use (0: the runtime's default, one per core);
         a server that runs several requests at once does better with 1. On torch it sets the process's
         thread count.
@@ -91,8 +107,9 @@ class Recognizer:
 
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
-        place instead of stopping the rest. Decoding and preprocessing, the costly part, is spread over
-        `workers` processes (default: one per core) once there is at least a full batch of images."""
+        place instead of stopping the rest, whatever went wrong with it. Decoding and preprocessing, the
+        costly part, is spread over `workers` processes (default: one per core) once there is at least a
+        full batch of images."""
         workers = workers or os.cpu_count() or 1
         results: list[Prediction | ImageError] = []
         pool = None
@@ -101,8 +118,15 @@ class Recognizer:
                 if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
                     # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
                     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-                prepared = list(pool.map(try_preprocess, *zip(*chunk), chunksize=16) if pool else
-                                (try_preprocess(name, image) for name, image in chunk))
+                if pool is None:
+                    prepared = [try_preprocess(name, image) for name, image in chunk]
+                else:
+                    prepared = prepare_in(pool, chunk)
+                    if len(prepared) < len(chunk):  # a worker died (killed, out of memory): the pool is broken
+                        pool.shutdown()
+                        pool = None
+                        died = chunk[len(prepared):]
+                        prepared += [ImageError(f"{name}: the process reading it died") for name, _ in died]
                 good = [array for array in prepared if not isinstance(array, ImageError)]
                 predictions = iter(self.predict_arrays(good)) if good else iter(())
                 results.extend(item if isinstance(item, ImageError) else next(predictions) for item in prepared)

@@ -1,32 +1,51 @@
-"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, and the static drawing page.
+"""FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, the static drawing page, and the API
+documentation at `/docs` and `/redoc` with its scripts served from the `fastapi_offline` package (no CDN).
 
-Request bodies are capped at 2 MB by counting the bytes actually received (not only Content-Length);
-every bad request gets a 4xx with a JSON `detail`, never a 500.
+Request bodies are capped at MAX_BODY_BYTES by counting the bytes actually received (not only
+Content-Length), and at most MAX_BODIES_IN_FLIGHT are read at once; every bad request gets a 4xx with a
+JSON `detail` that is one string, never a 500. HEAD is answered on every GET route. The limits on
+connections (timeouts, header sizes, how many) are the server's: `web/server.py`.
 """
 
 import base64
 import binascii
 import ctypes
-import io
 import json
 import os
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from digitrec.errors import ImageError
+from digitrec.preprocess import to_png
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
-MAX_BODY_BYTES = 2 * 1024 * 1024
+MiB = 1024 * 1024
+MAX_BODY_BYTES = 2 * MiB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JPEG fits too
+MAX_BODIES_IN_FLIGHT = 16  # request bodies read at once; the others wait with their bytes in the socket
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEEP_FREED_BELOW = 4 << 20  # bytes: freed blocks up to this size stay in the process for reuse
+TRIM_ABOVE = 32 << 20  # bytes: free memory at the heap's top beyond this goes back to the kernel
 STATIC_DIR = Path(__file__).parent / "static"
+FAVICON_URL = "/static/favicon.svg"
 RAW_TYPES = ("image/", "application/octet-stream")
+# the OpenAPI description of a route that reads its image with `image_bytes`
+IMAGE_ERRORS = {413: {"description": f"body over {MAX_BODY_BYTES // MiB} MiB"},
+                415: {"description": "unsupported media type"},
+                422: {"description": "undecodable, empty or blank image, or a malformed request"}}
+IMAGE_BODY = {"requestBody": {"content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
+}, "required": True}}
 
 
 class PredictionOut(BaseModel):
@@ -37,31 +56,38 @@ class PredictionOut(BaseModel):
     preprocessed: str | None = None  # the 28x28 view as a PNG data URL, when asked for
 
 
-class BodyLimit:
-    """ASGI middleware: reads the whole request body, refusing it with 413 once it passes the limit."""
+class BodyTooLarge(Exception):
+    pass
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+
+class BodyLimit:
+    """ASGI middleware: reads the whole request body first, refusing it with 413 once it passes the limit.
+
+    At most `at_once` bodies are read at the same time: a crowd of slow or stalled uploads then holds at
+    most `at_once` x `limit` bytes here, while the rest wait unread (uvicorn stops reading a socket once
+    64 kB of a request are buffered)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, at_once: int = MAX_BODIES_IN_FLIGHT):
         self.app = app
         self.limit = limit
+        self.slots = anyio.Semaphore(at_once)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self.refuse(send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                return await self.refuse(send)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        if declared in (None, b"0") and b"transfer-encoding" not in headers:
+            return await self.app(scope, receive, send)  # no body to read
+        try:
+            async with self.slots:
+                body = await self.read(receive)
+        except BodyTooLarge:
+            return await self.refuse(send)
+        if body is None:
+            return  # the client went away
         replayed = False
 
         async def replay():
@@ -73,15 +99,41 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def read(self, receive) -> bytes | None:
+        """The whole body, or None if the client went away; raises `BodyTooLarge` once it passes the limit."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
     async def refuse(self, send):
-        response = JSONResponse({"detail": f"request body over {self.limit // (1024 * 1024)} MB"}, status_code=413)
+        response = JSONResponse({"detail": f"request body over {self.limit / MiB:g} MiB"}, status_code=413)
         await response({"type": "http"}, None, send)
 
 
+class HeadAsGet:
+    """ASGI middleware: HEAD on any GET route answers as GET would, headers only (the server drops the
+    body of a response to HEAD, as HTTP requires)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 def png_data_url(pixels) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray((pixels * 255).round().astype("uint8")).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(to_png(pixels)).decode()
 
 
 def decode_data_url(value: object) -> bytes:
@@ -103,15 +155,17 @@ async def image_bytes(request: Request) -> bytes:
             form = await request.form()
         except Exception:  # python-multipart raises several types for malformed forms
             raise HTTPException(422, "malformed multipart form") from None
-        upload = form.get("image") or form.get("file")
-        if upload is None or isinstance(upload, str):
+        uploads = form.getlist("image") + form.getlist("file")
+        if len(uploads) > 1:
+            raise HTTPException(422, f"the form has {len(uploads)} image fields: send one, named 'image'")
+        if not uploads or isinstance(uploads[0], str):
             raise HTTPException(422, "the form needs a file field named 'image' (or 'file')")
-        return await upload.read()
+        return await uploads[0].read()
     if content_type == "application/json":
         try:
             document = json.loads(await request.body())
-        except ValueError:
-            raise HTTPException(422, "the body is not valid JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+            raise HTTPException(422, "the body is not valid JSON (or is nested too deep)") from None
         if not isinstance(document, dict):
             raise HTTPException(422, "expected a JSON object")
         try:
@@ -123,88 +177,94 @@ async def image_bytes(request: Request) -> bytes:
     raise HTTPException(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
 
 
+routes = APIRouter()
+
+
+@routes.post("/api/predict", response_model=PredictionOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,
+          description=f"Recognize one digit. `unsure` is true when the top probability is below {UNSURE_BELOW}.")
+async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
+    raw = await image_bytes(request)
+    recognizer = request.app.state.recognizer
+    try:
+        result = await anyio.to_thread.run_sync(recognizer.predict, raw, "upload", limiter=request.app.state.limiter)
+    except ImageError as problem:
+        raise HTTPException(422, str(problem)) from None
+    return PredictionOut(
+        digit=result.digit,
+        confidence=result.confidence,
+        probabilities=result.probabilities,
+        unsure=result.unsure,
+        preprocessed=png_data_url(result.preprocessed) if preprocessed else None,
+    )
+
+
+@routes.get("/api/health")
+def health():
+    return {"status": "ok"}
+
+
+@routes.get("/api/model")
+def model(request: Request):
+    info = request.app.state.recognizer.info
+    return {
+        "name": info["name"],
+        "recipe": info.get("recipe"),
+        "parameters": info["parameters"],
+        "test_accuracy": info["metrics"].get("test_accuracy"),
+        "runtime": info["runtime"],
+        "unsure_below": UNSURE_BELOW,
+    }
+
+
+@routes.get("/", include_in_schema=False)
+def page():
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI lists each invalid parameter in a JSON list; here they become one string, the `detail` of
+    every other error."""
+    problems = "; ".join(f"{' '.join(map(str, problem['loc']))}: {problem['msg']}" for problem in error.errors())
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
 def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> FastAPI:
     """The app around `recognizer`; at most `threads` requests are recognized at once, in threads.
 
     Decoding an image releases the GIL, so a few threads overlap; many (anyio's default is 40) only
-    fight over the GIL and the cores: 8 concurrent clients measured p50 36 ms with 2 threads, 48 ms
-    with 40 (bench/serve_latency.py, 2 cores).
+    fight over the GIL and the cores (the README's serving table: p50 and throughput before and after).
     """
-    limiter = anyio.CapacityLimiter(threads)
-    app = FastAPI(
+    app = FastAPIOffline(
         title="digitrec",
         summary="Handwritten-digit recognition",
         description="POST an image of a handwritten digit to /api/predict; the page at / lets you draw one.",
+        favicon_url=FAVICON_URL,
     )
     app.state.recognizer = recognizer  # routes read it from here, so the model in use can be replaced
-    app.state.limiter = limiter  # at most `threads` recognitions at once, whichever route asks
-
-    @app.post(
-        "/api/predict",
-        response_model=PredictionOut,
-        responses={413: {"description": "body over 2 MB"}, 415: {"description": "unsupported media type"},
-                   422: {"description": "undecodable, empty or blank image, or a malformed request"}},
-        openapi_extra={"requestBody": {"content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "format": "binary"}}}},
-            "application/json": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
-        }, "required": True}},
-    )
-    async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
-        """Recognize one digit. `unsure` is true when the top probability is below 0.8."""
-        raw = await image_bytes(request)
-        recognizer = request.app.state.recognizer
-        try:
-            result = await anyio.to_thread.run_sync(recognizer.predict, raw, "upload", limiter=limiter)
-        except ImageError as problem:
-            raise HTTPException(422, str(problem)) from None
-        return PredictionOut(
-            digit=result.digit,
-            confidence=result.confidence,
-            probabilities=result.probabilities,
-            unsure=result.unsure,
-            preprocessed=png_data_url(result.preprocessed) if preprocessed else None,
-        )
-
-    @app.get("/api/health")
-    def health():
-        return {"status": "ok"}
-
-    @app.get("/api/model")
-    def model(request: Request):
-        info = request.app.state.recognizer.info
-        return {
-            "name": info["name"],
-            "recipe": info.get("recipe"),
-            "parameters": info["parameters"],
-            "test_accuracy": info["metrics"].get("test_accuracy"),
-            "runtime": info["runtime"],
-            "unsure_below": UNSURE_BELOW,
-        }
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC_DIR / "index.html")
-
+    app.state.limiter = anyio.CapacityLimiter(threads)  # at most `threads` recognitions at once, whichever route asks
+    app.include_router(routes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit)
+    app.add_middleware(HeadAsGet)
     return app
 
 
 def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
+    """Make glibc keep freed blocks of the sizes one ordinary image needs for reuse, and hand big ones back.
 
     By default every block over 128 KB (a 280x280 image as float32 is 313 KB) is mapped fresh from the
     kernel and unmapped when freed, so each image's arrays page-fault in anew: that cost more than the
-    arithmetic on them (one 280x280 canvas PNG: 4.1 -> 3.0 ms from bytes to prediction). For a process
-    that recognizes image after image (`serve`); a no-op where the C library is not glibc.
+    arithmetic on them (one 280x280 canvas PNG: 4.1 -> 3.0 ms from bytes to prediction). Blocks up to
+    KEEP_FREED_BELOW stay in the heap; larger ones (Pillow holds a big image in 16 MB blocks) are still
+    mapped and unmapped, and free heap above TRIM_ABOVE is returned, so that an image as large as allowed
+    (25 megapixels, 100 MB as RGBA) leaves nothing lasting behind. For a process that recognizes image
+    after image (`serve`); a no-op where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BELOW)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
     except (OSError, AttributeError):
         pass
 
