@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from digitrec import rundir
+import digitrec
+from digitrec import rundir, train
 from digitrec.errors import ModelError, OutputError
 
 from test_cli import assert_one_line_error, run
@@ -146,12 +147,20 @@ def test_provenance_records_versions_commit_command_and_cpu():
         assert record["cpu_flags"] == [flag for flag in rundir.CPU_FLAGS if flag in flags]
 
 
-def test_every_run_records_how_it_was_made(softmax_run):
+def test_every_run_records_how_it_was_made(softmax_run, mnist):
     recorded = json.loads((softmax_run.run_dir / "metrics.json").read_text())["provenance"]
-    assert recorded["torch"] == metadata.version("torch")
-    assert recorded["device"] == "cpu" and recorded["torch_threads"] == torch.get_num_threads()
-    assert recorded["precision"] == "float32" and recorded["processes"] == 1
-    assert recorded["digitrec"] and "command" in recorded
+    assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
+    assert recorded["device"] == "cpu" and recorded["precision"] == "float32" and recorded["processes"] == 1
+    assert recorded == {**rundir.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
+                                                                                  "precision", "processes")}}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        config = train.resolve_config("softmax", steps=10, log_every=10, eval_every=10)
+        result = train.train(config, mnist, torch.device("cpu"), show_progress=False, print_line=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.metrics["provenance"]["torch_threads"] == 1
 
 
 # ---- through the command line
