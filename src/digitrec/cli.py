@@ -4,6 +4,7 @@ Every error that is the input's fault (a `DigitrecError`) becomes one line on st
 usage errors are Click's (exit status 2).
 """
 
+import io
 import json
 import os
 import sys
@@ -82,6 +83,9 @@ def data_command(data_dir, as_json):
 @click.option("--seed", type=int, default=None, help="Seed for weights, batches and augmentation.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
               help="Save a resumable checkpoint into the run directory every N steps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=None, help="Steps between log rows (the recipe's: 100 or 50).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+              help="Steps between validation evaluations (a multiple of --log-every).")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue the stopped or killed run in this directory from its newest checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -92,8 +96,8 @@ def data_command(data_dir, as_json):
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
-def train_command(model, recipe, steps, batch_size, lr, width, seed, checkpoint_every, resume, device, out, overwrite,
-                  data_dir, quiet, tensorboard):
+def train_command(model, recipe, steps, batch_size, lr, width, seed, checkpoint_every, log_every, eval_every, resume,
+                  device, out, overwrite, data_dir, quiet, tensorboard):
     """Train a model, print the tutorial's log and the final test accuracy, and save the run.
 
     Ctrl-C stops after the current step and saves a checkpoint; `--resume RUN_DIR` continues from it.
@@ -102,8 +106,8 @@ def train_command(model, recipe, steps, batch_size, lr, width, seed, checkpoint_
     from digitrec import data, report, rundir, train
 
     settings = {"model": model, "recipe": recipe, "steps": steps, "batch_size": batch_size, "lr": lr,
-                "width": width, "seed": seed, "checkpoint_every": checkpoint_every, "out": out,
-                "overwrite": overwrite or None}
+                "width": width, "seed": seed, "checkpoint_every": checkpoint_every, "log_every": log_every,
+                "eval_every": eval_every, "out": out, "overwrite": overwrite or None}
     leader = train.World.from_env().leader
     echo = click.echo if leader else (lambda *args, **kwargs: None)
     state = None
@@ -116,7 +120,8 @@ def train_command(model, recipe, steps, batch_size, lr, width, seed, checkpoint_
         run_dir = resume
     else:
         config = train.resolve_config(model or "fast", recipe, steps=steps, batch_size=batch_size, lr=lr, width=width,
-                                      seed=seed, checkpoint_every=checkpoint_every)
+                                      seed=seed, checkpoint_every=checkpoint_every, log_every=log_every,
+                                      eval_every=eval_every)
         run_dir = out or train.default_run_dir(config)
         if leader:
             rundir.check_new_run_dir(run_dir, overwrite)
@@ -288,7 +293,6 @@ def preview_name(name: str, taken: set[str]) -> str:
 def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top):
     """Recognize the digit in each image (files, folders searched recursively, - for stdin)."""
     import csv
-    import io
 
     from digitrec.preprocess import to_png
     from digitrec.recognizer import Recognizer
@@ -341,6 +345,46 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         sys.exit(1)
 
 
+@main.command("explain")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the pictures, one NAME.explain.png per image.")
+def explain_command(paths, model_path, out):
+    """Show what the model computed for each image: the 28x28 input, the saliency of its answer (red: ink
+    for it, blue: against), the ten probabilities, each convolution stage's feature maps and the first
+    layer's filters (softmax: its ten weight templates), as one PNG per image."""
+    from digitrec import explain
+    from digitrec.recognizer import Recognizer
+
+    recognizer = Recognizer.load(model_path)
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no images found in the given folders")
+    failures = 0
+    pictures: set[str] = set()
+    for name, source in inputs:
+        try:
+            if isinstance(source, ImageError):
+                raise source
+            result = explain.explain(recognizer, source, name)
+        except ImageError as error:
+            click.echo(f"{name}  error: {error}")
+            failures += 1
+            continue
+        buffer = io.BytesIO()
+        explain.sheet(result, name).save(buffer, format="PNG")
+        path = out / Path(preview_name(name, pictures)).with_suffix(".explain.png")  # seven.png.explain.png
+        write_atomic(path, buffer.getvalue())
+        prediction = result.prediction
+        unsure = " unsure" if prediction.unsure else ""
+        click.echo(f"{name}  {prediction.digit}  {100 * prediction.confidence:.1f}%{unsure}  -> {path}")
+    if failures:
+        click.echo(f"{failures} of {len(inputs)} images failed", err=True)
+        sys.exit(1)
+
+
 @main.command("export")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
@@ -363,15 +407,21 @@ def export_command(path, export_format, out, data_dir):
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Run directory, .safetensors or .onnx file (default: the bundled model).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Server processes, each with its own copy of the model (one per core serves most).")
-def serve_command(host, port, model_path, workers):
+              help="Server processes, each with its own copy of the model (one per core serves most; training needs 1).")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Folder of the runs the page lists and trains.")
+@click.option("--allow-training", is_flag=True,
+              help="Offer training from the page on a non-loopback --host too (anyone who reaches it can use the CPU).")
+def serve_command(host, port, model_path, workers, runs_dir, allow_training):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
     import uvicorn
 
-    from digitrec.web.app import MODEL_VARIABLE, serving_app
+    from digitrec.web.app import MODEL_VARIABLE, TRAINING_VARIABLE, serving_app
     from digitrec.web.server import uvicorn_settings
 
     os.environ[MODEL_VARIABLE] = str(model_path or "")
+    os.environ[TRAINING_VARIABLE] = json.dumps(
+        {"runs_dir": str(runs_dir), "host": host, "allow_training": allow_training, "workers": workers})
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
     # several workers are started by uvicorn from an import string, each building its own app

@@ -2,7 +2,9 @@
 
 `load_onnx` imports only numpy and onnxruntime, so a deployment that serves or predicts from an `.onnx`
 file needs neither torch nor the training code. The export stores the model's config and metrics in the
-file's metadata and is checked against onnxruntime on the whole test set before it is kept.
+file's metadata and is checked against onnxruntime on the whole test set before it is kept. Next to
+`logits` it writes what the Inside view shows (`models.inside_outputs`: `activation:convN`, `filters:conv1`,
+`templates`) as extra outputs; plain prediction asks for `logits` alone.
 """
 
 import json
@@ -28,16 +30,23 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     from digitrec.files import write_atomic
 
     loaded = checkpoint.load(weights)
+    example = torch.zeros(1, 1, 28, 28)
+    names = list(models.inside_outputs(loaded.model, example))
+    batched = ["images"] + [name for name in names if name == "logits" or name.startswith("activation:")]
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter works offline; the newer one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            loaded.model, (torch.zeros(1, 1, 28, 28),), buffer, input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            models.InsideOutputs(loaded.model), (example,), buffer, input_names=["images"], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in batched}, dynamo=False,
         )
     import onnx
 
     model_proto = onnx.load_from_string(buffer.getvalue())
+    for output, name in zip(model_proto.graph.output, names):
+        if output.name != name:  # a weight output folded into a bare initializer keeps the initializer's name
+            model_proto.graph.node.append(onnx.helper.make_node("Identity", [output.name], [name]))
+            output.name = name
     for key, value in (("config", loaded.config), ("metrics", loaded.metrics)):
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -45,7 +54,7 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     parity = {}
     if check_images is not None:
         expected = models.logits_in_batches(loaded.model, torch.from_numpy(check_images)).numpy()
-        logits, _ = session_logits(exported, "export")
+        logits, _, _ = session_logits(exported, "export")
         got = np.concatenate([logits(check_images[i : i + 1000]) for i in range(0, len(check_images), 1000)])
         parity = {
             "images": len(check_images),
@@ -58,8 +67,13 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     return parity
 
 
-def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A logits function over an ONNX model and its metadata; `threads` per call (0: one per core)."""
+Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], Outputs, dict]:
+    """A logits function over an ONNX model, a function giving all its outputs by name (logits, and in files
+    exported since the Inside view: activations, filters, templates), and its metadata; `threads` per
+    call (0: one per core). Plain prediction asks for the logits only."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -75,18 +89,23 @@ def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Ca
     def logits(batch: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"images": batch})[0]
 
-    return logits, metadata
+    names = [output.name for output in session.get_outputs()]
+
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, {"images": batch})))
+
+    return logits, outputs, metadata
 
 
-def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A logits function and model info for an exported file, for `Recognizer`."""
+def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict, Outputs]:
+    """A logits function, model info and an all-outputs function for an exported file, for `Recognizer`."""
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX file")
-    logits, metadata = session_logits(str(path), str(path), threads)
+    logits, outputs, metadata = session_logits(str(path), str(path), threads)
     try:
         config, metrics = json.loads(metadata["config"]), json.loads(metadata.get("metrics", "{}"))
     except (KeyError, ValueError):
         raise ModelError(f"{path}: no digitrec model config in the ONNX metadata") from None
     info = {"name": config["model"], "recipe": config.get("recipe"), "parameters": metrics.get("parameters"),
             "metrics": metrics, "weights": str(path), "runtime": "onnxruntime"}
-    return logits, info
+    return logits, info, outputs

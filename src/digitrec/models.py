@@ -115,3 +115,42 @@ def logits_in_batches(model: nn.Module, images: torch.Tensor, batch_size: int = 
         return torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
     finally:
         model.train(was_training)
+
+
+def inside_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the Inside view shows, by the names the ONNX export gives them: `logits`; each convolution
+    stage's feature maps after its ReLU, `activation:conv1`, `activation:conv2`, ... (B, C, H, W); the first
+    layer's filters, `filters:conv1` (C, 1, k, k); and for `softmax` its ten 28x28 weight templates,
+    `templates` (10, 28, 28). The weights come back as they are (not folded into a batch norm)."""
+    stages: list[torch.Tensor] = []
+    hooks, first_conv, after_conv = [], None, False
+    for module in model.modules():  # a stage ends at the first ReLU after each Conv2d
+        if isinstance(module, nn.Conv2d):
+            first_conv = first_conv or module
+            after_conv = True
+        elif isinstance(module, nn.ReLU) and after_conv:
+            hooks.append(module.register_forward_hook(lambda _module, _input, output: stages.append(output)))
+            after_conv = False
+    try:
+        logits = model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outputs = {"logits": logits}
+    outputs.update((f"activation:conv{i}", maps) for i, maps in enumerate(stages, 1))
+    if first_conv is not None:
+        outputs["filters:conv1"] = first_conv.weight.detach()
+    if isinstance(model, Softmax):
+        outputs["templates"] = model.linear.weight.detach().view(CLASSES, 28, 28)  # (10, 784) -> (10, 28, 28)
+    return outputs
+
+
+class InsideOutputs(nn.Module):
+    """`model` returning all of `inside_outputs` as a tuple in its order: what the ONNX export traces."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(inside_outputs(self.model, images).values())

@@ -78,9 +78,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Recognizer:
     """Turns images into predictions with one model, loaded once."""
 
-    def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict):
+    def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
+                 outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None):
         self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
         self.info = info  # name, parameters, recorded metrics, weights path
+        # (B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
+        # `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`
+        self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
@@ -151,7 +155,7 @@ class Recognizer:
         ]
 
 
-def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dict, Callable]:
     import torch
 
     from digitrec import checkpoint, models
@@ -166,6 +170,10 @@ def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.
     def logits(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
 
+    @torch.inference_mode()
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value.float().numpy() for name, value in models.inside_outputs(model, torch.from_numpy(batch)).items()}
+
     info = {
         "name": loaded.config["model"],
         "recipe": loaded.config.get("recipe"),
@@ -174,5 +182,5 @@ def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.
         "weights": str(loaded.weights_path),
         "runtime": "torch",
     }
-    return logits, info
+    return logits, info, outputs
 

@@ -1,5 +1,6 @@
 """FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, the static drawing page, and the API
-documentation at `/docs` and `/redoc` with its scripts served from the `fastapi_offline` package (no CDN).
+documentation at `/docs` and `/redoc` with its scripts served from the `fastapi_offline` package (no CDN);
+`/api/explain` comes from `web/explain.py`.
 
 Request bodies are capped at MAX_BODY_BYTES by counting the bytes actually received (not only
 Content-Length), and at most MAX_BODIES_IN_FLIGHT are read at once; every bad request gets a 4xx with a
@@ -25,8 +26,10 @@ from pydantic import BaseModel
 from digitrec.errors import ImageError
 from digitrec.preprocess import to_png
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.web import training
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
+TRAINING_VARIABLE = "DIGITREC_SERVE_TRAINING"  # JSON: create_app's runs_dir, host, allow_training, workers
 MiB = 1024 * 1024
 MAX_BODY_BYTES = 2 * MiB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JPEG fits too
 MAX_BODIES_IN_FLIGHT = 16  # request bodies read at once; the others wait with their bytes in the socket
@@ -228,8 +231,12 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
     return JSONResponse({"detail": problems}, status_code=422)
 
 
-def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> FastAPI:
+def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_dir: Path | None = None,
+               host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1) -> FastAPI:
     """The app around `recognizer`; at most `threads` requests are recognized at once, in threads.
+
+    With `runs_dir`, the page lists the runs there and, when the server listens on a loopback `host` (or
+    `allow_training`) in one process (`workers`) with torch installed, trains new ones (web/training.py).
 
     Decoding an image releases the GIL, so a few threads overlap; many (anyio's default is 40) only
     fight over the GIL and the cores (the README's serving table: p50 and throughput before and after).
@@ -243,6 +250,10 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1) -> Fa
     app.state.recognizer = recognizer  # routes read it from here, so the model in use can be replaced
     app.state.limiter = anyio.CapacityLimiter(threads)  # at most `threads` recognitions at once, whichever route asks
     app.include_router(routes)
+    from digitrec.web.explain import router as explain_routes  # imported here: it imports this module
+
+    app.include_router(explain_routes)
+    app.include_router(training.router(runs_dir, host, allow_training, workers))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit)
@@ -271,7 +282,11 @@ def keep_freed_memory() -> None:
 
 def serving_app() -> FastAPI:
     """The app as each `digitrec serve` process builds it, from the model named in $DIGITREC_SERVE_MODEL
-    (empty: the bundled one). uvicorn starts its worker processes from an import string, so the model
-    path travels in the environment. One thread per forward pass: requests run side by side instead."""
+    (empty: the bundled one) and the training settings in $DIGITREC_SERVE_TRAINING. uvicorn starts its
+    worker processes from an import string, so these travel in the environment. One thread per forward
+    pass: requests run side by side instead."""
     keep_freed_memory()
-    return create_app(Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1))
+    settings = json.loads(os.environ.get(TRAINING_VARIABLE) or "{}")
+    runs_dir = settings.pop("runs_dir", None)
+    return create_app(Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1),
+                      runs_dir=Path(runs_dir) if runs_dir else None, **settings)

@@ -16,6 +16,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 READ_TIMEOUT_SECONDS = 10  # a request's line, headers and body must all arrive within this (408 and closed)
 KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
+SHUTDOWN_SECONDS = 5  # a stopping server ends responses still streaming (a run's live events) after this
 MAX_CONNECTIONS = 100  # open connections per server process; the next one is answered 503 and closed
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers together (431 and closed), as uvicorn's h11 parser
 MAX_HEADERS = 100  # header fields per request (431 and closed)
@@ -122,5 +123,6 @@ def uvicorn_settings() -> dict:
     return {
         "http": BoundedHttpToolsProtocol,
         "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "timeout_graceful_shutdown": SHUTDOWN_SECONDS,
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,  # the same cap should anyone choose h11
     }
