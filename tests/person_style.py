@@ -14,16 +14,17 @@ STYLES = ("dark-on-light jpeg", "light-on-dark png", "rgba transparent", "thick 
 
 
 def render(digit: np.ndarray, style: str, rng: np.random.Generator) -> bytes:
-    """`digit` (28x28 uint8, white on black) as encoded image bytes in the given style."""
+    """`digit` (28x28 uint8, white on black; or a wider row of digits) as encoded image bytes in the given style."""
     side = int(rng.integers(150, 320))
-    ink = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    width = round(side * digit.shape[1] / digit.shape[0])
+    ink = Image.fromarray(digit).resize((width, side), Image.Resampling.BICUBIC)
     if style == "thick pen":
         ink = ink.filter(ImageFilter.MaxFilter(int(side / 28) * 2 + 1))
     elif style == "thin pen":
         ink = ink.filter(ImageFilter.MinFilter(int(side / 56) * 2 + 1))
-    canvas_w, canvas_h = side + int(rng.integers(40, 300)), side + int(rng.integers(40, 300))
+    canvas_w, canvas_h = width + int(rng.integers(40, 300)), side + int(rng.integers(40, 300))
     canvas = Image.new("L", (canvas_w, canvas_h), 0)
-    canvas.paste(ink, (int(rng.integers(0, canvas_w - side)), int(rng.integers(0, canvas_h - side))))
+    canvas.paste(ink, (int(rng.integers(0, canvas_w - width)), int(rng.integers(0, canvas_h - side))))
     level = np.asarray(canvas, dtype=np.float32) / 255
     if style == "rgba transparent":
         rgba = np.zeros((canvas_h, canvas_w, 4), np.uint8)

@@ -36,9 +36,9 @@ def page(browser, live_server):  # noqa: F811
     page.close()
 
 
-def draw(page, strokes):
+def draw(page, strokes, pad="#pad"):
     """Each stroke is a list of (x, y) points in 0..1 of the canvas, drawn with the mouse."""
-    box = page.locator("#pad").bounding_box()
+    box = page.locator(pad).bounding_box()
     for stroke in strokes:
         x, y = stroke[0]
         page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])

@@ -109,3 +109,29 @@ def test_python_dash_m_runs_the_cli():
 
     result = subprocess.run([sys.executable, "-m", "digitrec", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "digitrec" in result.stdout
+
+
+def test_read_prints_each_number_writes_csv_and_segments_and_fails_on_a_bad_file(mnist, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from number_strings import compose
+
+    images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
+    row = compose([images[np.nonzero(labels == d)[0][0]] for d in (4, 7)], "separate", np.random.default_rng(0))
+    picture = Image.fromarray((255 - row * 255).round().astype(np.uint8)).resize((row.shape[1] * 4, row.shape[0] * 4))
+    picture.save(tmp_path / "47.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = run("read", tmp_path / "47.png", tmp_path / "broken.png", "--json", "--csv", tmp_path / "out.csv",
+                 "--show-segments", tmp_path / "segments")
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0]["text"] == "47" and len(rows[0]["digits"]) == 2 and rows[0]["error"] is None
+    assert rows[1]["text"] is None and rows[1]["error"].startswith(str(tmp_path / "broken.png"))
+    assert "1 of 2 images failed" in result.stderr
+    csv_lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("path,text,confidence") and ",47," in csv_lines[1] and "broken.png" in csv_lines[2]
+    segments = list((tmp_path / "segments").iterdir())
+    assert len(segments) == 1 and Image.open(segments[0]).size == picture.size
+    table = run("read", tmp_path / "47.png")
+    assert table.exit_code == 0 and table.output.splitlines()[1].split()[1] == "47"

@@ -345,6 +345,72 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         sys.exit(1)
 
 
+@main.command("read")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results to this CSV file.")
+@click.option("--show-segments", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Save each input with each digit's box and reading drawn on it into this folder.")
+def read_command(paths, model_path, as_json, csv_path, show_segments):
+    """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin)."""
+    import csv
+    import io
+
+    from digitrec.recognizer import Recognizer
+
+    recognizer = Recognizer.load(model_path)
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no images found in the given folders")
+    rows = []
+    previews: set[str] = set()
+    for name, source in inputs:
+        try:
+            if isinstance(source, ImageError):  # expand_inputs could not read it
+                raise source
+            reading = recognizer.read(source, name)
+        except ImageError as error:
+            rows.append({"path": name, "text": None, "confidence": None, "unsure": None, "digits": None,
+                         "error": str(error)})
+            continue
+        rows.append({"path": name, **reading.as_dict(), "error": None})
+        if show_segments is not None:
+            from digitrec.numbers import draw_segments
+
+            show_segments.mkdir(parents=True, exist_ok=True)
+            write_atomic(show_segments / preview_name(name, previews), draw_segments(source, reading))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        width = max(len(row["path"]) for row in rows)
+        click.echo(f"{'image':<{width}}  {'number':<12}  confidence  digits")
+        for row in rows:
+            if row["error"]:
+                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                continue
+            digits = " ".join(f"{d['digit']}:{100 * d['confidence']:.0f}%{'?' if d['unsure'] else ''}" for d in row["digits"])
+            flag = " unsure" if row["unsure"] else ""
+            click.echo(f"{row['path']:<{width}}  {row['text']:<12}  {100 * row['confidence']:>9.1f}%  {digits}{flag}")
+    if csv_path is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"])
+        for row in rows:
+            digits = row["digits"] or []
+            writer.writerow([row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if digits else "",
+                             " ".join(f"{d['confidence']:.4f}" for d in digits),
+                             " ".join("{},{},{},{}".format(*d["box"]) for d in digits), row["error"] or ""])
+        write_atomic(csv_path, buffer.getvalue())
+    failures = sum(1 for row in rows if row["error"])
+    if failures:
+        click.echo(f"{failures} of {len(rows)} images failed", err=True)
+        sys.exit(1)
+
+
 @main.command("explain")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,

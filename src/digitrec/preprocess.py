@@ -177,17 +177,25 @@ def stroke_width(ink: np.ndarray) -> float:
 
 def preprocess(source: Source, name: str = "image") -> np.ndarray:
     """`source` as a (28, 28) float32 array in 0..1, white digit on black, framed as MNIST frames digits."""
-    image = load_image(source, name, max_side=WORKING_SIDE)
+    return frame(ink_image(load_image(source, name, max_side=WORKING_SIDE), name, (WORKING_SIDE, WORKING_SIDE)))
+
+
+def ink_image(image: Image.Image, name: str, fit: tuple[int, int]) -> np.ndarray:
+    """`image` shrunk to fit within `fit` (width, height) if larger, as an ink map (see `ink_map`)."""
     try:
-        grey = grey_levels(shrink(image))
+        grey = grey_levels(shrink(image, fit))
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
     except Exception as error:  # noqa: BLE001  (Pillow cannot convert every mode it decodes, e.g. LAB)
         raise ImageError(f"{name}: cannot read its {image.mode} pixels ({error})") from None
     try:
-        ink = ink_map(grey)
+        return ink_map(grey)
     except ImageError as error:
         raise ImageError(f"{name}: {error}") from None
+
+
+def frame(ink: np.ndarray) -> np.ndarray:
+    """An ink map holding one digit, cropped, scaled and centred as MNIST's digits are: (28, 28) float32."""
     rows, cols = np.nonzero(ink.any(1))[0], np.nonzero(ink.any(0))[0]
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     scale = BOX_SIDE / max(ink.shape)
@@ -204,12 +212,12 @@ def preprocess(source: Source, name: str = "image") -> np.ndarray:
     return centre_by_mass(ink)
 
 
-def shrink(image: Image.Image) -> Image.Image:
-    """`image` with its longest side at most WORKING_SIDE, as `thumbnail` would make it, without copying it
-    first (a copy of a 25-megapixel RGBA image is another 100 MB)."""
-    if max(image.size) <= WORKING_SIDE:
+def shrink(image: Image.Image, fit: tuple[int, int]) -> Image.Image:
+    """`image` fitted within `fit` (width, height), as `thumbnail` would make it, without copying it first
+    (a copy of a 25-megapixel RGBA image is another 100 MB)."""
+    if image.width <= fit[0] and image.height <= fit[1]:
         return image
-    scale = WORKING_SIDE / max(image.size)
+    scale = min(fit[0] / image.width, fit[1] / image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 

@@ -4,6 +4,7 @@
     recognizer = Recognizer.load()            # the bundled default model
     result = recognizer.predict("seven.jpg")  # a path, bytes, a PIL image or a numpy array
     result.digit, result.confidence, result.probabilities, result.unsure
+    reading = recognizer.read("year.jpg")     # a whole number: reading.text == "2026", boxes, confidences
 
 Owns model loading for inference (torch weights, or an `.onnx` file run by onnxruntime without
 importing torch) and batching; the CLI and the web app both call it.
@@ -108,6 +109,13 @@ class Recognizer:
     def predict(self, image: Source, name: str = "image") -> Prediction:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
         return self.predict_arrays(preprocess(image, name)[None])[0]
+
+    def read(self, image: Source, name: str = "image"):
+        """The number written in one image ("2026"): a `numbers.Reading` with the text, its confidence
+        and each digit's box; raises `ImageError` when there is none. See digitrec/numbers.py."""
+        from digitrec.numbers import read  # numbers builds on this module
+
+        return read(self, image, name)
 
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its

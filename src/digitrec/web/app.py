@@ -1,6 +1,6 @@
 """FastAPI app factory: `/api/predict`, `/api/health`, `/api/model`, the static drawing page, and the API
 documentation at `/docs` and `/redoc` with its scripts served from the `fastapi_offline` package (no CDN);
-`/api/explain` comes from `web/explain.py`.
+`/api/explain` comes from `web/explain.py`, `/api/read` (a whole number) from `web/numbers.py`.
 
 Request bodies are capped at MAX_BODY_BYTES by counting the bytes actually received (not only
 Content-Length), and at most MAX_BODIES_IN_FLIGHT are read at once; every bad request gets a 4xx with a
@@ -251,8 +251,10 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
     app.state.limiter = anyio.CapacityLimiter(threads)  # at most `threads` recognitions at once, whichever route asks
     app.include_router(routes)
     from digitrec.web.explain import router as explain_routes  # imported here: it imports this module
+    from digitrec.web.numbers import router as number_routes  # the same
 
     app.include_router(explain_routes)
+    app.include_router(number_routes)
     app.include_router(training.router(runs_dir, host, allow_training, workers))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,0 +1,55 @@
+"""End to end: Chromium, driven by Playwright, writes a number on the Number mode's wide pad with the mouse."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_browser import browser, draw, page  # noqa: F401  (Chromium and a page of the live server)
+from test_web import live_server  # noqa: F401  (the session's real uvicorn server, which `page` opens)
+
+
+def cell(index: int, strokes):
+    """Strokes drawn in 0..1 of one digit's cell, placed as the `index`-th digit of the wide pad."""
+    left, width = 0.1 + index * 0.15, 0.1
+    return [[(left + x * width, 0.15 + y * 0.7) for x, y in stroke] for stroke in strokes]
+
+
+FOUR = [[(0.35, 0.0), (0.0, 0.65), (1.0, 0.65)], [(0.72, 0.3), (0.72, 1.0)]]  # two strokes
+FIVE = [[(0.15, 0.0), (0.1, 0.45), (0.5, 0.38), (0.85, 0.5), (0.9, 0.72), (0.6, 0.95), (0.1, 0.9)],
+        [(0.15, 0.0), (0.9, 0.0)]]  # the body, then the top bar
+SEVEN = [[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)], [(0.25, 0.5), (0.85, 0.5)]]  # with a bar across
+TWO = [[(0.05, 0.25), (0.3, 0.0), (0.7, 0.0), (0.95, 0.25), (0.8, 0.5), (0.0, 1.0), (1.0, 1.0)]]
+
+
+def shown_number(page, expected: str) -> str:  # noqa: F811
+    page.wait_for_function(f"document.getElementById('number-text').textContent === '{expected}'", timeout=15_000)
+    return page.locator("#number-text").text_content()
+
+
+def test_a_number_written_with_multi_stroke_digits_is_read_live(page, tmp_path):  # noqa: F811
+    page.click("#number-clear")
+    strokes = cell(0, FOUR) + cell(1, FIVE) + cell(2, SEVEN) + cell(3, TWO)
+    draw(page, strokes, pad="#number-pad")
+    assert shown_number(page, "4572") == "4572"
+    digits = page.locator("#number-digits li")
+    assert digits.count() == 4 and digits.nth(2).locator(".digit").text_content() == "7"
+    assert "sure of the whole" in page.locator("#number-confidence").text_content()
+    section = page.locator("section.number")
+    section.screenshot(path=str(tmp_path / "number-mode.png"))
+    # the overlay shows a box around each digit: coloured pixels where the ink pad has only black and white
+    overlay = page.locator("#number-boxes").screenshot(path=str(tmp_path / "boxes.png"))
+    pixels = np.asarray(Image.open(tmp_path / "boxes.png").convert("RGB")).reshape(-1, 3).astype(int)
+    assert overlay and ((pixels[:, 2] - pixels[:, 0]) > 100).sum() > 200  # blue box edges (or orange when unsure)
+    page.click("#number-undo")  # the 2 goes: three digits are left
+    assert shown_number(page, "457") == "457"
+    page.click("#number-clear")
+    page.wait_for_function("document.getElementById('number-text').textContent === '–'")
+
+
+def test_an_uploaded_number_is_read(page, mnist, tmp_path):  # noqa: F811
+    images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
+    row = np.concatenate([images[np.nonzero(labels == d)[0][0]] for d in (1, 9, 8, 4)], axis=1)
+    path = tmp_path / "1984.png"
+    Image.fromarray((255 - row * 255).astype(np.uint8)).resize((row.shape[1] * 5, row.shape[0] * 5)).save(path)
+    page.set_input_files("#number-file", str(path))
+    assert shown_number(page, "1984") == "1984"

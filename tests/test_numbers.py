@@ -1,0 +1,138 @@
+"""Reading whole numbers: strings of real MNIST test digits, blank and bad images, boxes, limits."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given
+from PIL import Image
+
+from digitrec.errors import ImageError
+from digitrec.numbers import MAX_DIGITS, Reading, draw_segments
+from digitrec.recognizer import Recognizer
+
+from number_strings import compose, number_image
+from person_style import encode
+from test_fuzz import DAMAGE, fuzzing, mutate, valid_images  # noqa: F401  (a digit in every accepted format)
+
+SCALE = 4  # test pictures: MNIST's 28 px digits drawn 112 px high
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> Recognizer:
+    return Recognizer.load()
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist) -> tuple[np.ndarray, np.ndarray]:
+    return mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
+
+
+def paper(row: np.ndarray, scale: int = SCALE) -> bytes:
+    """A row of white-on-black ink (0..1) as dark ink on white paper, scaled up, as PNG bytes."""
+    image = Image.fromarray((255 - row * 255).round().astype(np.uint8))
+    return encode(image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC), "PNG")
+
+
+def first_of(digits: str, images: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """The first test image of each digit in `digits`."""
+    return [images[np.nonzero(labels == int(d))[0][0]] for d in digits]
+
+
+def test_person_style_numbers_of_every_length_are_read(recognizer, test_digits):
+    rng = np.random.default_rng(13)
+    made = [number_image(*test_digits, length, "separate", rng) for length in range(1, 9) for _ in range(3)]
+    texts = [recognizer.read(image).text for image, _ in made]
+    right = sum(text == truth for text, (_, truth) in zip(texts, made))
+    assert right >= 23, [(text, truth) for text, (_, truth) in zip(texts, made) if text != truth]
+
+
+def test_a_reading_has_digits_confidences_alternatives_and_the_product_as_its_confidence(recognizer, test_digits):
+    rng = np.random.default_rng(0)
+    reading = recognizer.read(paper(compose(first_of("2026", *test_digits), "separate", rng)))
+    assert reading.text == "2026" and [d.digit for d in reading.digits] == [2, 0, 2, 6]
+    assert reading.confidence == pytest.approx(np.prod([d.confidence for d in reading.digits]))
+    for digit in reading.digits:
+        assert 0.5 < digit.confidence <= 1 and len(digit.alternatives) == 3
+        assert all(p <= digit.confidence for _, p in digit.alternatives) and digit.digit not in dict(digit.alternatives)
+    assert reading.unsure == any(d.unsure for d in reading.digits)
+    assert reading.as_dict()["digits"][0]["box"] == list(reading.digits[0].box)
+
+
+def test_boxes_are_in_the_original_images_pixels(recognizer, test_digits):
+    # three digits at known places on a 1600 x 500 page: far larger than the working resolution
+    page = np.zeros((500, 1600), np.float32)
+    places = [(100, 150), (700, 120), (1300, 260)]  # (left, top) of each 112 px digit
+    for digit, (left, top) in zip(first_of("905", *test_digits), places):
+        big = np.asarray(Image.fromarray(digit).resize((112, 112), Image.Resampling.BICUBIC))
+        page[top : top + 112, left : left + 112] = np.clip(big, 0, 1)
+    reading = recognizer.read(paper(page, scale=1))
+    assert reading.text == "905"
+    for (x, y, w, h), (left, top) in zip((d.box for d in reading.digits), places):
+        ink_rows, ink_cols = np.nonzero(page[top : top + 112, left : left + 112] > 0.25)
+        truth = (left + ink_cols.min(), top + ink_rows.min(), np.ptp(ink_cols) + 1, np.ptp(ink_rows) + 1)
+        assert abs(x - truth[0]) <= 6 and abs(y - truth[1]) <= 6, ((x, y, w, h), truth)
+        assert abs(x + w - truth[0] - truth[2]) <= 6 and abs(y + h - truth[1] - truth[3]) <= 6, ((x, y, w, h), truth)
+
+
+def test_a_speck_or_decimal_point_is_ignored(recognizer, test_digits):
+    rng = np.random.default_rng(1)
+    row = compose(first_of("3141", *test_digits), "separate", rng)
+    clean = recognizer.read(paper(row)).text
+    dotted = row.copy()
+    gap = np.nonzero(row[:, 20:].max(0) == 0)[0][0] + 20  # the first empty column after the first digit
+    dotted[29:32, gap : gap + 3] = 1.0  # a full stop on the baseline
+    dotted[2:4, -6:-4] = 1.0  # and a fleck of dust
+    assert clean == "3141" and recognizer.read(paper(dotted)).text == "3141"
+
+
+def test_a_blank_image_is_no_digits_not_a_guess(recognizer):
+    blank = encode(Image.new("L", (840, 280), 255), "PNG")
+    with pytest.raises(ImageError, match="no digit"):
+        recognizer.read(blank, "blank.png")
+
+
+def test_more_digits_than_the_limit_is_a_clear_error_not_a_hang(recognizer, test_digits):
+    images, labels = test_digits
+    rng = np.random.default_rng(2)
+    too_long = paper(compose([images[i] for i in range(MAX_DIGITS + 1)], "separate", rng), scale=2)
+    with pytest.raises(ImageError, match=f"{MAX_DIGITS + 1} digits found; at most {MAX_DIGITS}"):
+        recognizer.read(too_long, "long.png")
+    started = time.perf_counter()
+    with pytest.raises(ImageError, match=f"at most {MAX_DIGITS}"):
+        recognizer.read(paper(compose([images[i] for i in range(200)], "separate", rng), scale=1), "very-long.png")
+    assert time.perf_counter() - started < 10
+
+
+def test_a_20000_by_100_image_is_read_within_the_pixel_limit(recognizer, test_digits):
+    page = np.zeros((100, 20_000), np.float32)
+    for index, digit in enumerate(first_of("1987", *test_digits)):
+        big = np.asarray(Image.fromarray(digit).resize((90, 90), Image.Resampling.BICUBIC))
+        page[5:95, 9_000 + 100 * index : 9_090 + 100 * index] = np.clip(big, 0, 1)
+    reading = recognizer.read(paper(page, scale=1), "wide.png")
+    assert reading.text == "1987"
+    assert 8_990 <= reading.digits[0].box[0] <= 9_090 and 9_290 <= reading.digits[3].box[0] <= 9_390
+
+
+def test_segments_are_drawn_on_the_original_image(recognizer, test_digits):
+    rng = np.random.default_rng(3)
+    image = paper(compose(first_of("42", *test_digits), "separate", rng))
+    reading = recognizer.read(image)
+    drawn = Image.open(io.BytesIO(draw_segments(image, reading))).convert("RGB")
+    assert drawn.size == Image.open(io.BytesIO(image)).size
+    x, y, w, h = reading.digits[0].box
+    colours = {drawn.getpixel((x + w // 2, y)), drawn.getpixel((x, y + h // 2))}
+    assert colours <= {(37, 99, 235), (217, 72, 15)}  # the box's edge, blue (or orange when unsure)
+
+
+@fuzzing
+@given(**DAMAGE)
+def test_damaged_images_give_a_reading_or_an_image_error(recognizer, valid_images, index, mutations):  # noqa: F811
+    try:
+        reading = recognizer.read(mutate(valid_images[index], mutations), "fuzzed")
+    except ImageError as error:
+        assert str(error).startswith("fuzzed: ")
+        return
+    assert isinstance(reading, Reading) and reading.text.isdigit() and 1 <= len(reading.text) <= MAX_DIGITS
+    assert 0 <= reading.confidence <= 1 and all(d.box[2] > 0 and d.box[3] > 0 for d in reading.digits)
