@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from digitrec import data, train
+from digitrec import data, rundir, train
 
 
 def main():
@@ -30,8 +30,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)  # one thread: a loaded machine cannot stall it at OpenMP barriers
     mnist = data.load()
-    flags = train.cpu_flags()
-    print(f"CPU flags: {', '.join(sorted(flags & {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile'}))}; "
+    model_name, flags = rundir.cpu()
+    print(f"CPU: {model_name}, flags {', '.join(flags)}; "
           f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads; auto chooses {train.choose_precision('auto', torch.device('cpu'))}")
     results: dict[str, list[tuple[float, float, float]]] = {"fp32": [], "bf16": []}

@@ -11,7 +11,7 @@ import statistics
 
 import torch
 
-from digitrec import checkpoint, data, train
+from digitrec import data, rundir, train
 
 
 def main():
@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--runs", nargs="+", default=None, help="summarise these run directories instead")
     args = parser.parse_args()
     if args.runs:
-        records = [checkpoint.load_record(run)[1] for run in args.runs]
+        records = [rundir.read_record(run)[1] for run in args.runs]
     else:
         mnist = data.load()
         records = []

@@ -10,7 +10,8 @@ from digitrec.errors import ModelError
 
 def test_float16_storage_round_trips_closely(tmp_path):
     model = models.create("fast")
-    checkpoint.save_run(tmp_path, model, {"model": "fast"}, {"test_accuracy": 0.5}, dtype=torch.float16)
+    files.write_atomic(tmp_path / "weights.safetensors",
+                       checkpoint.weights_bytes(model, {"model": "fast"}, {"test_accuracy": 0.5}, dtype=torch.float16))
     loaded = checkpoint.load(tmp_path / "weights.safetensors")
     assert loaded.metrics == {"test_accuracy": 0.5}
     for name, tensor in model.state_dict().items():
@@ -74,7 +75,7 @@ def test_non_finite_weights_are_refused(tmp_path):
     model = models.create("fast", width=4)
     with torch.no_grad():
         model.layers[-1].weight[0, 0] = float("nan")
-    checkpoint.save_run(tmp_path, model, {"model": "fast", "width": 4}, {})
+    files.write_atomic(tmp_path / "weights.safetensors", checkpoint.weights_bytes(model, {"model": "fast", "width": 4}, {}))
     with pytest.raises(ModelError, match=r"the weights hold NaN or infinite values \(layers.7.weight\): the training that wrote them diverged"):
         checkpoint.load(tmp_path)
 
@@ -97,7 +98,7 @@ def test_a_model_that_overflows_to_nan_is_an_error_not_a_nan_answer(tmp_path):
     model = models.create("softmax")
     with torch.no_grad():
         model.linear.weight.fill_(3e38)  # finite, but the sum over 784 pixels is not
-    checkpoint.save_run(tmp_path, model, {"model": "softmax"}, {})
+    files.write_atomic(tmp_path / "weights.safetensors", checkpoint.weights_bytes(model, {"model": "softmax"}, {}))
     recognizer = Recognizer.load(tmp_path)
     with pytest.raises(ModelError, match="the model's answer is NaN or infinite"):
         recognizer.predict_arrays(np.ones((1, 28, 28), np.float32))

@@ -26,10 +26,16 @@ def assert_one_line_error(result, *fragments):
 
 
 def test_data_command_prints_location_sizes_and_checksums():
+    from digitrec import data
+
     result = run("data", "--data-dir", BUNDLED_MNIST)
     assert result.exit_code == 0
-    assert str(BUNDLED_MNIST) in result.output and "sha256 ok" in result.output
-    assert any(line.split()[:2] == ["test", "10000"] for line in result.output.splitlines())
+    lines = result.output.splitlines()
+    assert lines[0] == f"location: {BUNDLED_MNIST}"
+    for name, (sha256, _) in data.FILES.items():
+        assert f"{name:<28} sha256 {sha256[:16]}… verified" in result.output
+    assert next(line for line in lines if line.startswith("test")).split() == [
+        "test", "10000", "980", "1135", "1032", "1010", "982", "892", "958", "1028", "974", "1009"]
 
 
 def test_train_then_evaluate_json_agree(tmp_path):
@@ -44,11 +50,22 @@ def test_train_then_evaluate_json_agree(tmp_path):
     assert sum(map(sum, summary["confusion_matrix"])) == 10000
 
 
-def test_evaluate_prints_confusion_matrix_and_per_class_accuracy(softmax_run):
+def test_evaluate_prints_confusion_matrix_and_per_class_accuracy(softmax_run, mnist):
+    from digitrec import models
+
     result = run("evaluate", softmax_run.run_dir)
     assert result.exit_code == 0
-    assert "confusion matrix" in result.output and "accuracy" in result.output
-    assert len([line for line in result.output.splitlines() if line.strip().endswith("%")]) == 10  # one row per digit
+    predicted = models.logits_in_batches(softmax_run.model, mnist.test.images).argmax(1)
+    truth = mnist.test.labels
+    errors = int((predicted != truth).sum())
+    assert f"test accuracy {100 * (10000 - errors) / 10000:.2f}% ({errors} errors in 10000 images)" in result.output
+    rows = result.output.split("predicted)\n")[1].splitlines()[1:]
+    assert len(rows) == 10
+    for digit, row in enumerate(rows):  # digit, ten counts, the digit's accuracy (its recall)
+        cells = row.split()
+        expected_counts = [int(((truth == digit) & (predicted == other)).sum()) for other in range(10)]
+        assert [int(cell) for cell in cells[:11]] == [digit, *expected_counts]
+        assert cells[11] == f"{100 * expected_counts[digit] / int((truth == digit).sum()):.2f}%"
 
 
 def test_unknown_model_is_one_line(tmp_path):
@@ -77,7 +94,8 @@ def test_bad_data_directory_is_one_line(tmp_path, softmax_run):
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (tmp_path / name).write_bytes((BUNDLED_MNIST / name).read_bytes())
-    assert_one_line_error(run("evaluate", softmax_run.run_dir, "--data-dir", tmp_path), "t10k-images-idx3-ubyte.gz")
+    assert_one_line_error(run("evaluate", softmax_run.run_dir, "--data-dir", tmp_path),
+                          f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: ")  # the folder too: which copy is bad
 
 
 def test_non_numeric_flag_is_a_usage_error():

@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import re
 import http.server
 import shutil
 import threading
@@ -25,14 +27,15 @@ def test_splits_follow_the_tutorial(mnist):
     assert mnist.test.labels[:5].tolist() == [7, 2, 1, 0, 4]
 
 
-def test_describe_reports_per_class_counts(mnist):
+def test_describe_reports_per_class_counts_and_the_verified_checksums():
     info = data.describe(BUNDLED_MNIST)
     assert info["splits"]["test"]["per_class"] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert sum(info["splits"]["train"]["per_class"]) == 55000
-    assert set(info["checksums"].values()) == {"ok"}
+    for name, sha256 in info["sha256"].items():
+        assert hashlib.sha256(gzip.decompress((BUNDLED_MNIST / name).read_bytes())).hexdigest() == sha256
 
 
-def test_batches_are_seeded_and_cover_each_epoch_once(mnist):
+def test_batches_are_seeded_and_cover_each_epoch_once():
     split = data.Split(torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100))
     first = data.batches(split, 10, seed=3)
     epoch = torch.cat([next(first)[1] for _ in range(10)])
@@ -60,7 +63,7 @@ def test_checksum_mismatch_is_rejected_with_the_file_name(tmp_path):
     raw = bytearray(gzip.decompress((directory / "t10k-images-idx3-ubyte.gz").read_bytes()))
     raw[5000] ^= 0xFF  # one pixel, structure intact
     (directory / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: SHA-256 mismatch"):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(directory))}/t10k-images-idx3-ubyte\.gz: SHA-256 mismatch"):
         data.load(directory)
 
 
@@ -166,7 +169,7 @@ def test_first_failing_mirror_falls_back_to_the_next(tmp_path, mirror):
 
 
 def test_offline_with_no_files_anywhere_names_the_files_and_where_to_put_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "BUNDLED_DIR", tmp_path / "no-bundle")
+    monkeypatch.setattr(data, "CHECKOUT_DIR", tmp_path / "no-checkout")
     monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.delenv("DIGITREC_DATA", raising=False)
     closed_port = "http://127.0.0.1:9/"  # the discard port: nothing listens there
@@ -183,14 +186,49 @@ def test_lookup_prefers_the_environment_variable_over_the_bundled_copy(tmp_path,
     assert data.locate(BUNDLED_MNIST) == BUNDLED_MNIST  # the flag wins over the variable
 
 
-def test_random_affine_keeps_shape_and_is_reproducible(mnist):
+def moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: centre of mass (x, y) in pixels, orientation of the ink's long axis in degrees, radius of gyration."""
+    ink = images[:, 0].double()
+    rows, columns = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    total = ink.sum((1, 2))
+    x, y = (ink * columns).sum((1, 2)) / total, (ink * rows).sum((1, 2)) / total
+    dx, dy = columns - x[:, None, None], rows - y[:, None, None]
+    mu20, mu02, mu11 = [(ink * term).sum((1, 2)) / total for term in (dx * dx, dy * dy, dx * dy)]
+    return x, y, torch.rad2deg(0.5 * torch.atan2(2 * mu11, mu20 - mu02)), (mu20 + mu02).sqrt()
+
+
+def test_random_affine_is_reproducible_and_the_identity_when_all_ranges_are_zero(mnist):
     images = mnist.test.images[:64]
     first = data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1)
-    second = data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1)
-    assert first.shape == images.shape and torch.equal(first, second)
-    assert not torch.equal(first, images)
-    # a small affine keeps most of the ink
-    assert torch.allclose(first.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.35)
+    assert first.shape == images.shape and torch.equal(first, data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1))
+    assert torch.allclose(data.random_affine(images, torch.Generator().manual_seed(0), 0, 0, 0), images, atol=1e-5)
+
+
+def test_random_shift_moves_each_digit_by_at_most_the_given_share_of_its_size(mnist):
+    images = mnist.test.images[:500]
+    shifted = data.random_affine(images, torch.Generator().manual_seed(1), 0, 0.1, 0)
+    x0, y0, _, size0 = moments(images)
+    x1, y1, _, size1 = moments(shifted)
+    for moved in (x1 - x0, y1 - y0):
+        assert moved.abs().max() <= 0.1 * 28 + 0.3  # 2.8 px, and interpolation's blur
+        assert moved.min() < -2.2 and moved.max() > 2.2  # the whole range is used, both ways
+    assert (size1 - size0).abs().median() < 0.05  # moved, not resized (a digit pushed off the edge loses some ink)
+
+
+def test_random_rotation_turns_digits_by_at_most_the_given_degrees(mnist):
+    ones = mnist.test.images[mnist.test.labels == 1][:300]  # long thin strokes have a clear orientation
+    turned = data.random_affine(ones, torch.Generator().manual_seed(2), 10, 0, 0)
+    turn = (moments(turned)[2] - moments(ones)[2] + 90) % 180 - 90  # an axis at 89° turned by 2° is at -89°
+    assert turn.abs().max() <= 10 + 1.5
+    assert turn.min() < -8 and turn.max() > 8
+
+
+def test_random_scale_resizes_digits_within_the_given_share(mnist):
+    images = mnist.test.images[:500]
+    scaled = data.random_affine(images, torch.Generator().manual_seed(3), 0, 0, 0.1)
+    ratio = moments(scaled)[3] / moments(images)[3]
+    assert ratio.min() >= 0.9 - 0.03 and ratio.max() <= 1.1 + 0.03
+    assert ratio.min() < 0.93 and ratio.max() > 1.07
 
 
 def test_random_stroke_thickens_or_thins_within_dilation_and_erosion(mnist):

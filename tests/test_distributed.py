@@ -22,7 +22,7 @@ def test_two_processes_train_the_tutorial_softmax_to_the_same_weights(softmax_ru
     result = torchrun_train(tmp_path, "--model", "softmax")
     assert result.stdout.count("test accuracy") == 1  # only the leader reports
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["steps"] == 1000
+    assert metrics["provenance"]["processes"] == 2 and metrics["steps"] == 1000
     # Each process takes half of every batch of 100 and the gradients are averaged, so the steps are
     # the one-process steps up to float rounding in the sums.
     weights = load_file(tmp_path / "weights.safetensors")

@@ -6,12 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from digitrec import checkpoint, train
+from digitrec import rundir, train
 from digitrec.errors import ModelError
 
 from test_cli import assert_one_line_error, run
@@ -39,7 +40,7 @@ def wait_for(condition, seconds: float = 120) -> None:
 
 
 def newest_checkpoint_step(run_dir) -> int:
-    entries = checkpoint.checkpoint_entries(run_dir)
+    entries = rundir.checkpoint_entries(run_dir)
     return entries[-1]["step"] if entries else 0
 
 
@@ -109,8 +110,8 @@ def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist
 
     first = train.Training(config, mnist, torch.device("cpu"))
     first.advance(20)
-    checkpoint.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
-    resumed = train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=checkpoint.load_checkpoint(tmp_path), **quiet)
+    rundir.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
+    resumed = train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=rundir.load_checkpoint(tmp_path), **quiet)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
@@ -121,24 +122,35 @@ def fake_state(step: int) -> dict:
 
 def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(tmp_path):
     for step in (10, 20, 30):
-        checkpoint.save_checkpoint(tmp_path, fake_state(step))
+        rundir.save_checkpoint(tmp_path, fake_state(step))
     assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt", "checkpoint-0000030.pt"]
     newest = tmp_path / "checkpoint-0000030.pt"
     damaged = bytearray(newest.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     newest.write_bytes(bytes(damaged))
     warnings = []
-    assert checkpoint.load_checkpoint(tmp_path, warn=warnings.append)["step"] == 20
+    assert rundir.load_checkpoint(tmp_path, warn=warnings.append)["step"] == 20
     assert len(warnings) == 1 and "checkpoint-0000030.pt: the checkpoint is damaged" in warnings[0]
 
     (tmp_path / "checkpoint-0000020.pt").write_bytes(b"PK\x03\x04 half a zip")  # partial: cut off mid-write
     with pytest.raises(ModelError, match="every checkpoint is damaged or missing"):
-        checkpoint.load_checkpoint(tmp_path, warn=warnings.append)
+        rundir.load_checkpoint(tmp_path, warn=warnings.append)
 
 
 def test_resume_errors_are_one_line(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "no training checkpoint to resume from")
-    checkpoint.save_checkpoint(tmp_path, {**fake_state(5), "config": {"model": "fast", "colour": "red"}})
+    rundir.save_checkpoint(tmp_path, {**fake_state(5), "config": {"model": "fast", "colour": "red"}})
     assert_one_line_error(run("train", "--resume", tmp_path), "training config is not one this digitrec understands")
     result = run("train", "--resume", tmp_path, "--steps", "10")
     assert result.exit_code == 2 and "drop --steps" in result.output
+
+
+def test_resume_from_a_foreign_torch_checkpoint_is_one_line(tmp_path):
+    config = asdict(train.resolve_config("softmax"))
+    rundir.save_checkpoint(tmp_path, {"step": 5, "config": config, "model": {"linear.weight": torch.zeros(10, 784)}})
+    assert_one_line_error(run("train", "--resume", tmp_path), "not a digitrec training checkpoint",
+                          "it has no world_size, optimizer, scheduler, random_states, log, train_seconds")
+
+
+def test_resume_on_a_finished_run_says_it_is_finished(softmax_run):
+    assert_one_line_error(run("train", "--resume", softmax_run.run_dir), "this run is finished", "nothing to resume")

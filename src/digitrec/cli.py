@@ -15,7 +15,7 @@ import click
 
 from digitrec import __version__
 from digitrec.config import TrainConfig, describe_range
-from digitrec.errors import DigitrecError, ImageError
+from digitrec.errors import DigitrecError, ImageError, ModelError
 from digitrec.files import write_atomic
 
 DATA_DIR_OPTION = click.option(
@@ -58,7 +58,7 @@ def main():
 @DATA_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def data_command(data_dir, as_json):
-    """Show where MNIST is read from, the split sizes, per-class counts and checksum status."""
+    """Show where MNIST is read from, each file's verified SHA-256, the split sizes and per-class counts."""
     from digitrec import data
 
     info = data.describe(data_dir)
@@ -66,8 +66,8 @@ def data_command(data_dir, as_json):
         click.echo(json.dumps(info))
         return
     click.echo(f"location: {info['directory']}")
-    for name, status in info["checksums"].items():
-        click.echo(f"  {name:<28} sha256 {status}")
+    for name, sha256 in info["sha256"].items():
+        click.echo(f"  {name:<28} sha256 {sha256[:16]}… verified")
     click.echo(f"{'split':<12}{'images':>8}  " + " ".join(f"{digit:>5}" for digit in range(10)))
     for split_name, split in info["splits"].items():
         counts = " ".join(f"{count:>5}" for count in split["per_class"])
@@ -135,13 +135,15 @@ def config_options(command):
               help="Continue the stopped or killed run in this directory from its newest checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default: runs/MODEL-RECIPE-TIMESTAMP).")
+              help="Run directory (default: runs/MODEL-RECIPE-TIMESTAMP); refused if it holds a run or other files.")
+@click.option("--overwrite", is_flag=True,
+              help="Let --out replace the run (or other files) there, once the new run is saved; it trains in OUT.new.")
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
 @click.option("--dry-run", is_flag=True,
               help="Check the settings: a few steps on a slice of the data, every step logged; writes nothing.")
-def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **settings):
+def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, dry_run, **settings):
     """Train a model, print the tutorial's log and the final test accuracy, and save the run.
 
     Every setting below `--model` and `--recipe` overrides one value of the recipe (see README: the
@@ -149,26 +151,28 @@ def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **
     checkpoint; `--resume RUN_DIR` continues from it. Under `torchrun --nproc-per-node=N -m digitrec
     train ...` the processes train one model together.
     """
-    from digitrec import checkpoint, data, models, train
+    from digitrec import data, models, report, rundir, train
 
     settings = {name: value for name, value in settings.items() if value is not None}
     leader = train.World.from_env().leader
     echo = click.echo if leader else (lambda *args, **kwargs: None)
     state = None
     if resume is not None:
-        given = [f"--{name.replace('_', '-')}" for name in settings] + (["--out"] if out else [])
-        given += ["--dry-run"] if dry_run else []
+        given = [f"--{name.replace('_', '-')}" for name in settings]
+        given += [flag for flag, used in (("--out", out), ("--overwrite", overwrite), ("--dry-run", dry_run)) if used]
         if given:
             raise click.UsageError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
-        state = checkpoint.load_checkpoint(resume, warn=lambda line: echo(f"warning: {line}", err=True))
+        state = rundir.load_checkpoint(resume, warn=lambda line: echo(f"warning: {line}", err=True))
         config = train.config_from_checkpoint(state, resume)
         run_dir = resume
     else:
-        if dry_run and (out or tensorboard):
+        if dry_run and (out or overwrite or tensorboard):
             raise click.UsageError("--dry-run writes nothing; drop " + ", ".join(
-                flag for flag, given in (("--out", out), ("--tensorboard", tensorboard)) if given))
+                flag for flag, given in (("--out", out), ("--overwrite", overwrite), ("--tensorboard", tensorboard)) if given))
         config = train.resolve_config(settings.pop("model", models.DEFAULT_MODEL), settings.pop("recipe", None), **settings)
         run_dir = None if dry_run else out or train.default_run_dir(config)
+        if leader and run_dir is not None:
+            rundir.check_new_run_dir(run_dir, overwrite)
     target = train.pick_device(device)
     mnist = data.load(data_dir)
     if dry_run:
@@ -176,8 +180,8 @@ def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **
     precision = train.choose_precision(config.precision, target)
     echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}, "
          f"precision {precision}" + (" (dry run)" if dry_run else ""))
-    result = train.train(config, mnist, target, run_dir, print_line=click.echo,
-                         show_progress=not quiet, tensorboard=tensorboard, resume_from=state)
+    result = train.train(config, mnist, target, run_dir, print_line=click.echo, show_progress=not quiet,
+                         tensorboard=tensorboard, resume_from=state, overwrite=overwrite, draw_curves=report.curves_png)
     if not leader:
         return
     metrics = result.metrics
@@ -185,9 +189,6 @@ def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **
         echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% on "
              f"{len(mnist.test)} images; nothing written")
         return
-    from digitrec import report
-
-    write_atomic(run_dir / "curves.png", report.curves_png(result.log))
     echo(
         f"test accuracy {100 * metrics['test_accuracy']:.2f}% on 10,000 images "
         f"(validation {100 * metrics['validation_accuracy']:.2f}%, {metrics['train_seconds']:.1f} s of training)"
@@ -200,15 +201,22 @@ def train_command(resume, device, out, data_dir, quiet, tensorboard, dry_run, **
 @DATA_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--report", "with_report", is_flag=True,
-              help="Also write figures and report.html (into the run directory, or --out).")
+              help="Also write figures and report.html: into --out, else the run directory evaluated, else "
+                   "(the bundled models, several PATHS) ./report-NAME in the working directory.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where --report writes.")
 def evaluate_command(paths, data_dir, as_json, with_report, out):
     """Test accuracy, per-class accuracy and confusion matrix of a run (default: the bundled model).
 
     Several PATHS evaluate their ensemble: the average of the models' probabilities.
     """
-    from digitrec import checkpoint, data, evaluate
+    from digitrec import checkpoint, data, evaluate, files, rundir
 
+    for path in paths:
+        if path.suffix.lower() == ".onnx":
+            raise ModelError(f"{path}: evaluate reads a run directory or its .safetensors weights, not an ONNX export "
+                             "(an export is checked against its weights on the test set when it is made); evaluate "
+                             "the run it was exported from, or read images with: digitrec predict --model "
+                             f"{path} IMAGE...")
     loaded = [checkpoint.load(path) for path in paths or [None]]
     mnist = data.load(data_dir)
     if len(loaded) == 1:
@@ -222,9 +230,14 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
         from digitrec import report
 
         run_dir = loaded[0].weights_path.parent
-        log_path = run_dir / "log.jsonl"
-        log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() and len(loaded) == 1 else []
-        html_path = report.write_report(out or run_dir, loaded[0].config, loaded[0].metrics, log, logits,
+        log = rundir.read_log(run_dir) if len(loaded) == 1 else []
+        if out is None:  # a run's own folder, but never the installed package's bundled models
+            inside_package = files.BUNDLED_DIR in run_dir.resolve().parents
+            if len(loaded) == 1 and not inside_package:
+                out = run_dir
+            else:
+                out = Path("report-" + "+".join(run.weights_path.parent.name for run in loaded))
+        html_path = report.write_report(out, loaded[0].config, loaded[0].metrics, log, logits,
                                         mnist.test.images, mnist.test.labels)
         click.echo(f"report written to {html_path}", err=as_json)
     if as_json:
@@ -235,7 +248,7 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
     click.echo("\nconfusion matrix (rows: true digit, columns: predicted)")
     click.echo("      " + "".join(f"{digit:>6}" for digit in range(10)) + "  accuracy")
     for digit, row in enumerate(summary["confusion_matrix"]):
-        accuracy = summary["per_class"]["accuracy"][digit]
+        accuracy = summary["per_class"]["recall"][digit]  # a digit's accuracy is its recall
         click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row) + f"  {100 * accuracy:>7.2f}%")
 
 
@@ -248,11 +261,11 @@ COMPARE_COLUMNS = ("run", "model", "recipe", "steps", "train s", "validation", "
               help="Also write the table as Markdown to this file.")
 def compare_command(runs, markdown):
     """A table of runs: model, recipe, steps, training seconds, validation and test accuracy."""
-    from digitrec.checkpoint import load_record
+    from digitrec.rundir import read_record
 
     rows = []
     for run_dir in runs:
-        config, metrics = load_record(run_dir)
+        config, metrics = read_record(run_dir)
         rows.append([str(run_dir), config.get("model", "?"), config.get("recipe", "?"), metrics.get("steps", "?"),
                      f"{metrics.get('train_seconds', float('nan')):.1f}",
                      f"{100 * metrics.get('validation_accuracy', float('nan')):.2f}%",

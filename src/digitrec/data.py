@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 import torch
 
 from digitrec import idx
@@ -30,8 +31,8 @@ FILES = {
 }
 # The two mirrors torchvision downloads MNIST from, in its order.
 MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"  # present in a source checkout
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digitrec" / "mnist"
+CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"  # present in a source checkout, not in a wheel
+CACHE_DIR = Path(platformdirs.user_cache_dir("digitrec")) / "mnist"  # ~/.cache/digitrec/mnist on Linux
 VALIDATION_SIZE = 5000  # the tutorial's validation split: the first 5,000 training images
 DOWNLOAD_TIMEOUT_SECONDS = 30
 
@@ -43,7 +44,7 @@ def missing_files(directory: Path) -> list[str]:
 def locate(data_dir: str | Path | None = None, mirrors: tuple[str, ...] = MIRRORS) -> Path:
     """The directory to read MNIST from, downloading the files into it when none holds them.
 
-    Order: `data_dir`, then $DIGITREC_DATA, then the bundled copy, then the user cache. A directory
+    Order: `data_dir`, then $DIGITREC_DATA, then a source checkout's copy, then the user cache. A directory
     that is named explicitly is used as it is: missing files are downloaded into it.
     """
     explicit = data_dir or os.environ.get("DIGITREC_DATA")
@@ -52,7 +53,7 @@ def locate(data_dir: str | Path | None = None, mirrors: tuple[str, ...] = MIRROR
         if not directory.is_dir():
             raise DataError(f"{directory}: data directory does not exist")
     else:
-        directory = next((d for d in (BUNDLED_DIR, CACHE_DIR) if not missing_files(d)), CACHE_DIR)
+        directory = next((d for d in (CHECKOUT_DIR, CACHE_DIR) if not missing_files(d)), CACHE_DIR)
     if missing_files(directory):
         download(directory, mirrors)
     return directory
@@ -81,16 +82,23 @@ def fetch_verified(url: str, destination: Path) -> None:
     """Download `url` and write it to `destination` only once its checksum matches."""
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
         body = response.read()  # at most about 10 MB
-    check_bytes(body, destination.name)
+    verified_array_from_bytes(body, destination.name)
     write_atomic(destination, body)
 
 
-def check_file(path: Path) -> np.ndarray:
-    return check_bytes(idx.read_bytes(path), path.name)
+def verified_array(path: Path) -> np.ndarray:
+    """The array in MNIST file `path`, once its structure, shape and checksum are checked; errors name the path."""
+    try:
+        return verified_array_from_bytes(idx.read_bytes(path), path.name)
+    except DataError as error:  # the checks name the file; a person also needs to know which folder
+        message = str(error)
+        if not message.startswith(f"{path.name}:"):
+            raise
+        raise DataError(f"{path}{message[len(path.name):]}") from None
 
 
-def check_bytes(raw: bytes, name: str) -> np.ndarray:
-    """Check one MNIST file's structure, shape and checksum; returns its array."""
+def verified_array_from_bytes(raw: bytes, name: str) -> np.ndarray:
+    """The array in the bytes of MNIST file `name`, once its structure, shape and checksum are checked."""
     expected_sha256, expected_shape = FILES[name]
     raw = idx.gunzip(raw, name)
     array = idx.decode(raw, name)
@@ -131,7 +139,7 @@ class MNIST:
 def load(data_dir: str | Path | None = None) -> MNIST:
     """The three splits as tensors: train = training images 5,000 onwards, validation = the first 5,000."""
     directory = locate(data_dir)
-    arrays = {name: check_file(directory / name) for name in FILES}
+    arrays = {name: verified_array(directory / name) for name in FILES}
     train_images, train_labels = arrays["train-images-idx3-ubyte.gz"], arrays["train-labels-idx1-ubyte.gz"]
     test = to_split(arrays["t10k-images-idx3-ubyte.gz"], arrays["t10k-labels-idx1-ubyte.gz"])
     return MNIST(
@@ -175,11 +183,12 @@ def batches(
 
 
 def describe(data_dir: str | Path | None = None) -> dict:
-    """What `digitrec data` prints: location, split sizes, per-class counts and checksum status."""
-    mnist = load(data_dir)  # raises on any bad file, so every checksum below is verified
+    """What `digitrec data` prints: location, each file's verified SHA-256 (of its uncompressed bytes),
+    split sizes and per-class counts. Any file that fails its check raises instead."""
+    mnist = load(data_dir)
     return {
         "directory": str(mnist.directory),
-        "checksums": {name: "ok" for name in FILES},
+        "sha256": {name: expected_sha256 for name, (expected_sha256, _) in FILES.items()},
         "splits": {
             split_name: {
                 "size": len(split),

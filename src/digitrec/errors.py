@@ -32,3 +32,11 @@ class TrainingStopped(DigitrecError):
 
 class TrainingDiverged(DigitrecError):
     """A training step's loss was NaN or infinite: the weights are no longer usable (lower the learning rate)."""
+
+
+class OutputError(DigitrecError):
+    """A file or folder cannot be written: a read-only place, a full disk."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message  # the system's words, e.g. "No space left on device"

@@ -11,7 +11,8 @@ from digitrec.data import Split
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(1) == labels).float().mean().item()
+    """The share of right answers: the exact ratio of two counts (0.9957 for 9,957 of 10,000), as a float."""
+    return int((logits.argmax(1) == labels).sum()) / len(labels)
 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int = models.CLASSES) -> np.ndarray:
@@ -20,12 +21,12 @@ def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int = m
 
 
 def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
-    """Per-class accuracy (= recall), precision and F1 from a confusion matrix."""
+    """Per-class precision, recall (a digit's accuracy) and F1 from a confusion matrix."""
     true_positives = np.diag(confusion).astype(float)
     recall = true_positives / np.maximum(confusion.sum(1), 1)
     precision = true_positives / np.maximum(confusion.sum(0), 1)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    return {"accuracy": recall.tolist(), "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
 
 
 def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -35,7 +36,7 @@ def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     confusion = confusion_matrix(predicted, truth)
     return {
         "images": int(len(truth)),
-        "test_accuracy": float((predicted == truth).mean()),
+        "test_accuracy": accuracy(logits, labels),
         "errors": int((predicted != truth).sum()),
         "per_class": per_class(confusion),
         "confusion_matrix": confusion.tolist(),

@@ -5,6 +5,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from digitrec.errors import OutputError
+
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
 DEFAULT_ONNX = DEFAULT_MODEL / "model.onnx"
@@ -14,16 +16,24 @@ os.umask(UMASK)
 
 
 def write_atomic(path: Path, content: bytes | str) -> None:
-    """Write `content` to `path` via a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `content` to `path` via a temporary file in the same directory and an atomic rename.
+
+    A place that cannot be written (read-only, a full disk) is an `OutputError` naming `path`; the
+    previous file, if any, is then untouched.
+    """
     data = content.encode() if isinstance(content, str) else content
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
-        try:
-            part.write(data)
-            part.flush()
-            os.fsync(part.fileno())
-            part.close()
-            os.chmod(part.name, 0o666 & ~UMASK)  # temporary files are private; the result should not be
-            os.replace(part.name, path)
-        finally:
-            Path(part.name).unlink(missing_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as part:
+            try:
+                part.write(data)
+                part.flush()
+                os.fsync(part.fileno())
+                part.close()
+                os.chmod(part.name, 0o666 & ~UMASK)  # temporary files are private; the result should not be
+                os.replace(part.name, path)
+            finally:
+                Path(part.name).unlink(missing_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(f"{path}: cannot write ({reason})", reason) from None

@@ -3,8 +3,9 @@ the log, progress, the run directory.
 
 A run's settings are a frozen `TrainConfig` (config.py): a model's recipe (declared beside the model in
 models.py; the tutorial's settings for `softmax` and `cnn`) with command-line flags overriding single
-fields. `Training` owns the state of a run and advances it step by step; `train` drives it with logging
-and writes the run directory.
+fields. `Training` owns the state of a run and advances it step by step; `train` drives it in three
+steps — `prepare` (restore a resumed run, choose its folder), `loop` (steps, the log, checkpoints,
+stopping) and `finish` (measure, save) — and leaves the files of the run directory to rundir.py.
 """
 
 import contextlib
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -23,10 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from digitrec import checkpoint, data, evaluate, models
+from digitrec import checkpoint, data, evaluate, models, rundir
 from digitrec.config import TrainConfig
-from digitrec.errors import ConfigError, ModelError, TrainingDiverged, TrainingStopped
-from digitrec.files import write_atomic
+from digitrec.errors import ConfigError, DigitrecError, ModelError, OutputError, TrainingDiverged, TrainingStopped
 
 DRY_RUN_STEPS = 3
 
@@ -57,11 +58,19 @@ def dry_run(config: TrainConfig, mnist: data.MNIST) -> tuple[TrainConfig, data.M
     return replace(config, steps=steps, log_every=1, eval_every=steps, checkpoint_every=0), sliced
 
 
+CHECKPOINT_KEYS = ("config", "step", "world_size", "model", "optimizer", "scheduler", "random_states", "log", "train_seconds")
+
+
 def config_from_checkpoint(state: dict, run_dir: Path) -> TrainConfig:
+    """The training config of a checkpoint, once the checkpoint is known to be a digitrec training checkpoint."""
     try:
-        return TrainConfig.from_dict(state["config"])
+        config = TrainConfig.from_dict(state["config"])
     except (KeyError, TypeError, ConfigError):
         raise ModelError(f"{run_dir}: the checkpoint's training config is not one this digitrec understands") from None
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise ModelError(f"{run_dir}: the checkpoint is not a digitrec training checkpoint (it has no {', '.join(missing)})")
+    return config
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -78,18 +87,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_flags() -> set[str]:
-    """The instruction-set flags of this machine's CPU, from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def choose_precision(requested: str, device: torch.device, flags: set[str] | None = None) -> str:
     """"fp32" or "bf16" for a run's `precision` setting on `device` (CPU flags: `flags`, default this CPU's).
 
@@ -103,7 +100,7 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
         return requested
     if device.type == "cuda":
         return "bf16"
-    flags = cpu_flags() if flags is None else flags
+    flags = set(rundir.cpu()[1]) if flags is None else flags
     return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
@@ -167,14 +164,14 @@ class Training:
         self.device = device
         self.world = world
         torch.manual_seed(config.seed)  # initial weights and dropout masks
-        self.module = models.from_config(asdict(config)).to(device)
+        self.model = models.from_config(asdict(config)).to(device)  # what is evaluated and saved
         if config.channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self.model = self.module
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.stepped_model = self.model  # what the steps run: the model, or its DDP wrapper over several processes
         if world.size > 1:
             torch.manual_seed(config.seed + world.rank)  # each process its own dropout masks
-            self.model = torch.nn.parallel.DistributedDataParallel(self.module)  # averages gradients over processes
-        self.optimizer = make_optimizer(config, self.model.parameters())
+            self.stepped_model = torch.nn.parallel.DistributedDataParallel(self.model)  # averages gradients
+        self.optimizer = make_optimizer(config, self.stepped_model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
         self.mnist = mnist.to(device)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)
@@ -195,7 +192,7 @@ class Training:
         no longer usable.
         """
         config = self.config
-        self.model.train()
+        self.stepped_model.train()
         first_step, losses = self.step, []
         for _ in range(min(steps, config.steps - self.step)):
             images, labels = next(self.batches)
@@ -208,7 +205,7 @@ class Training:
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = self.model(images)
+                logits = self.stepped_model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -225,7 +222,7 @@ class Training:
                 f"training diverged: the loss was {losses[diverged_at].item()} at step {first_step + diverged_at + 1} "
                 f"(lr {config.lr:g}); try a lower --lr"
             )
-        return loss.item(), (logits.argmax(1) == labels).float().mean().item()
+        return loss.item(), evaluate.accuracy(logits, labels)
 
     def should_stop(self) -> bool:
         """Whether any process was asked to stop; all processes must agree, or the others would wait forever."""
@@ -237,14 +234,14 @@ class Training:
         return self.stop_requested
 
     def accuracy(self, split: data.Split) -> float:
-        return evaluate.accuracy(models.logits_in_batches(self.module, split.images), split.labels)
+        return evaluate.accuracy(models.logits_in_batches(self.model, split.images), split.labels)
 
     @property
     def done(self) -> bool:
         return self.step >= self.config.steps
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly where this run is, for `checkpoint.save_checkpoint`.
+        """Everything needed to continue exactly where this run is, for `rundir.save_checkpoint`.
 
         Random states are gathered from every process; the leader saves them all.
         """
@@ -260,7 +257,7 @@ class Training:
             "config": asdict(self.config),
             "step": self.step,
             "world_size": self.world.size,
-            "model": self.module.state_dict(),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "random_states": gathered,
@@ -271,15 +268,19 @@ class Training:
             raise ConfigError(
                 f"the checkpoint was written by {state['world_size']} process(es); resume it with as many, not {self.world.size}"
             )
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
-        random_states = state["random_states"][self.world.rank]
-        torch.set_rng_state(random_states["torch"])
-        self.augment_generator.set_state(random_states["augment"])
-        if "cuda" in random_states and self.device.type == "cuda":
-            torch.cuda.set_rng_state(random_states["cuda"], self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            random_states = state["random_states"][self.world.rank]
+            torch.set_rng_state(random_states["torch"])
+            self.augment_generator.set_state(random_states["augment"])
+            if "cuda" in random_states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(random_states["cuda"], self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"the checkpoint does not fit its own config: {first_line}") from None
         self.batches = self.batch_stream()
 
 
@@ -367,13 +368,17 @@ def train(
     show_progress: bool = True,
     tensorboard: bool = False,
     resume_from: dict | None = None,
+    overwrite: bool = False,
+    draw_curves: Callable[[list[dict]], bytes] | None = None,
 ) -> TrainResult:
-    """Train `config` on `mnist`, logging as the tutorial does, and write the run directory if given.
+    """Train `config` on `mnist`, logging as the tutorial does, and save the run directory if given.
 
-    `resume_from` is a checkpoint of this run (`checkpoint.load_checkpoint`): training continues from
-    its step with its random states, so it ends exactly as the uninterrupted run would have. Under
-    `torchrun`, every process calls this and only the leader logs and writes. With `tensorboard`, the
-    log records also go to TensorBoard event files in `run_dir/tensorboard`.
+    `resume_from` is a checkpoint of this run (`rundir.load_checkpoint`): training continues from its
+    step with its random states, so it ends exactly as the uninterrupted run would have. With
+    `overwrite`, the run that `run_dir` holds is replaced only once this one is saved (it trains beside
+    it, in `rundir.replacement_dir`). `draw_curves(log)` makes the run's `curves.png`. Under `torchrun`,
+    every process calls this and only the leader logs and writes. With `tensorboard`, the log records
+    also go to TensorBoard event files in the run directory's `tensorboard/`.
     """
     world = World.from_env()
     if device.type == "cuda" and device.index is None:
@@ -383,34 +388,63 @@ def train(
     with process_group(world, device):
         training = Training(config, mnist, device, world)
         with stop_on_signals(training, print_line):
-            return run_training(training, run_dir, print_line, show_progress, tensorboard, resume_from)
+            run = prepare(training, run_dir, resume_from, overwrite, print_line)
+            loop(training, run, print_line, show_progress, tensorboard)
+            return finish(training, run, draw_curves)
 
 
-def run_training(
-    training: Training, run_dir: Path | None, print_line, show_progress: bool, tensorboard: bool, resume_from: dict | None
-) -> TrainResult:
+@dataclass
+class Run:
+    """Where a run is written and what it has logged so far."""
+
+    run_dir: Path | None  # where the finished run is saved
+    folder: Path | None  # where it trains (log, checkpoints): run_dir, or beside it when replacing another run
+    log: list[dict]
+    train_seconds: float = 0.0
+    started_at_step: int = 0
+
+    def save_checkpoint(self, training: Training) -> None:
+        state = training.state_dict()  # on every process: it gathers their random states
+        if self.folder is not None:
+            rundir.save_checkpoint(self.folder, {**state, "log": self.log, "train_seconds": self.train_seconds})
+
+    def resume_hint(self) -> str:
+        """Where this run can be continued from, for an error message."""
+        entries = rundir.checkpoint_entries(self.folder) if self.folder is not None else []
+        if not entries:
+            return "no checkpoint of it was saved"
+        replaced = f"; {self.run_dir} still holds the run it was to replace" if self.folder != self.run_dir else ""
+        return (f"its checkpoint of step {entries[-1]['step']} is kept: digitrec train --resume {self.folder}{replaced}")
+
+
+def prepare(training: Training, run_dir: Path | None, resume_from: dict | None, overwrite: bool, print_line) -> Run:
+    """Restore a resumed run's state; choose the folder it trains in."""
+    folder = rundir.replacement_dir(run_dir) if overwrite and run_dir is not None else run_dir
+    run = Run(run_dir, folder, [])
+    if resume_from is not None:
+        training.load_state_dict(resume_from)
+        run.log, run.train_seconds = resume_from["log"], resume_from["train_seconds"]
+        print_line(f"resuming at step {training.step} of {training.config.steps}")
+    run.started_at_step = training.step
+    return run
+
+
+def loop(training: Training, run: Run, print_line, show_progress: bool, tensorboard: bool) -> None:
+    """Step until done, logging every `log_every` steps and checkpointing every `checkpoint_every`.
+
+    A stop request saves a checkpoint and raises TrainingStopped; an error from a step (a diverged loss)
+    keeps the checkpoints saved so far, saves none of the failed state, and says where to resume.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     config = training.config
-    log: list[dict] = []
-    train_seconds = 0.0
-    if resume_from is not None:
-        training.load_state_dict(resume_from)
-        log, train_seconds = resume_from["log"], resume_from["train_seconds"]
-        print_line(f"resuming at step {training.step} of {config.steps}")
+    created = run.folder is not None and not run.folder.exists()
     with contextlib.ExitStack() as closing:  # log file, TensorBoard and progress bar, however training ends
-        board = closing.enter_context(contextlib.closing(tensorboard_writer(run_dir))) if tensorboard else None
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(run_dir / "config.json", checkpoint.to_json(asdict(config)))
-            write_atomic(run_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in log))
-            log_file = closing.enter_context((run_dir / "log.jsonl").open("a"))
-
-        def save_checkpoint():
-            state = training.state_dict()  # on every process: it gathers their random states
-            if run_dir is not None:
-                checkpoint.save_checkpoint(run_dir, {**state, "log": log, "train_seconds": train_seconds})
-
+        # TensorBoard first: without it installed, the run stops before it has made its folder
+        board = closing.enter_context(contextlib.closing(tensorboard_writer(run.folder))) if tensorboard else None
+        log_file = None
+        if run.folder is not None:
+            log_file = closing.enter_context(rundir.open_log(run.folder, asdict(config), run.log))
         print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
         progress = closing.enter_context(Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
@@ -419,21 +453,31 @@ def run_training(
         while not training.done:
             boundaries = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_every else [])
             started = time.perf_counter()
-            loss, batch_accuracy = training.advance(min(every - training.step % every for every in boundaries))
-            train_seconds += time.perf_counter() - started
+            try:
+                loss, batch_accuracy = training.advance(min(every - training.step % every for every in boundaries))
+            except DigitrecError as error:
+                error.args = (f"{error}; {run.resume_hint()}",)
+                raise
+            except Exception:
+                if created and training.step == run.started_at_step:  # refused at its first step: leave no folder
+                    closing.close()
+                    shutil.rmtree(run.folder, ignore_errors=True)
+                raise
+            run.train_seconds += time.perf_counter() - started
             progress.update(task, completed=training.step)
             if training.stop_requested and not training.done:
-                save_checkpoint()
-                where = f"; resume with: digitrec train --resume {run_dir}" if run_dir is not None else ""
+                run.save_checkpoint(training)
+                where = f"; resume with: digitrec train --resume {run.folder}" if run.folder is not None else ""
+                if run.folder != run.run_dir:
+                    where += f" ({run.run_dir} still holds the run it was to replace)"
                 raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
             if training.step % config.log_every == 0 or training.done:
-                record = {"step": training.step, "loss": loss, "train_accuracy": batch_accuracy, "seconds": train_seconds}
+                record = {"step": training.step, "loss": loss, "train_accuracy": batch_accuracy, "seconds": run.train_seconds}
                 if training.world.leader and (training.step % config.eval_every == 0 or training.done):
                     record["validation_accuracy"] = training.accuracy(training.mnist.validation)
-                log.append(record)
-                if run_dir is not None:
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
+                run.log.append(record)
+                if log_file is not None:
+                    rundir.append_log(log_file, record)
                 if board is not None:
                     for key, value in record.items():
                         if key != "step":
@@ -443,25 +487,44 @@ def run_training(
                 else:
                     print_line(format_row(record))
             if config.checkpoint_every and training.step % config.checkpoint_every == 0 and not training.done:
-                save_checkpoint()
-    model = training.module
+                run.save_checkpoint(training)
+
+
+def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], bytes] | None) -> TrainResult:
+    """Measure the trained model and save the finished run: a checkpoint of the final state first, then
+    the run directory all at once, so a failed save (a full disk) loses no training."""
+    config = training.config
     metrics = {}
     if training.world.leader:
         metrics = {
             "model": config.model,
             "recipe": config.recipe,
-            "parameters": models.parameter_count(model),
+            "parameters": models.parameter_count(training.model),
             "steps": training.step,
-            "train_seconds": round(train_seconds, 3),
-            "validation_accuracy": log[-1]["validation_accuracy"],
+            "train_seconds": round(run.train_seconds, 3),
+            "validation_accuracy": run.log[-1]["validation_accuracy"],
             "test_accuracy": training.accuracy(training.mnist.test),
-            "device": str(training.device),
-            "precision": training.precision,
-            "torch_threads": torch.get_num_threads(),
-            "processes": training.world.size,
+            "provenance": rundir.provenance(
+                device=str(training.device), torch_threads=torch.get_num_threads(), processes=training.world.size,
+                precision=training.precision,
+            ),
         }
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    if run_dir is not None:
-        checkpoint.save_run(run_dir, model, asdict(config), metrics)
-        checkpoint.remove_checkpoints(run_dir)
-    return TrainResult(model, config, metrics, log, run_dir)
+    try:
+        run.save_checkpoint(training)
+    except OutputError:
+        pass  # the save below says what failed; the checkpoints saved before this one are kept
+    model = training.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    if run.run_dir is not None:
+        files = {
+            rundir.WEIGHTS_FILE: checkpoint.weights_bytes(model, asdict(config), metrics),
+            rundir.CONFIG_FILE: rundir.to_json(asdict(config)),
+            rundir.METRICS_FILE: rundir.to_json(metrics),
+            rundir.LOG_FILE: "".join(json.dumps(record) + "\n" for record in run.log),
+        }
+        if draw_curves is not None:
+            files[rundir.CURVES_FILE] = draw_curves(run.log)
+        try:
+            rundir.save_run(run.run_dir, files, run.folder)
+        except OutputError as error:
+            raise OutputError(f"{error}; the training is not lost: {run.resume_hint()}", error.reason) from None
+    return TrainResult(model, config, metrics, run.log, run.run_dir)

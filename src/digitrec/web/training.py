@@ -137,9 +137,9 @@ def read_json(path: Path) -> dict:
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
-    from digitrec import checkpoint
+    from digitrec import rundir
 
-    return [entry["step"] for entry in checkpoint.checkpoint_entries(run_dir)]
+    return [entry["step"] for entry in rundir.checkpoint_entries(run_dir)]
 
 
 def status_from_files(run_dir: Path) -> str:

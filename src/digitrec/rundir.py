@@ -1,0 +1,408 @@
+"""The run directory: the names of a run's files, and the one place that reads and writes them.
+
+A finished run holds `weights.safetensors` (the model; checkpoint.py owns its format), `config.json`
+(the resolved recipe), `metrics.json` (steps, accuracies, training seconds, and how the run was made:
+`provenance`), `log.jsonl` (one record per logged step) and `curves.png`. A run in progress holds its
+`config.json`, its `log.jsonl` so far and its training checkpoints: `checkpoint-STEP.pt` files
+(`torch.save`, read back with `weights_only=True`) listed with their SHA-256 in `checkpoints.json`.
+The newest `KEEP_CHECKPOINTS` are kept, so a damaged newest file falls back to the one before it.
+
+Nothing saved is lost or left half-written: every file is written to a temporary name and renamed;
+a finished run is assembled in a temporary sibling folder and renamed into place, so the folder holds
+either the previous state or the complete new run; and only files this module names itself
+(`checkpoint-STEP.pt` directly inside the run folder) are ever deleted, whatever `checkpoints.json` says.
+
+What goes into a checkpoint is train.py's business; this module stores and finds them. It imports
+torch only to save and load checkpoints, so listing and describing runs needs no torch.
+"""
+
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from digitrec import __version__
+from digitrec.errors import ConfigError, ModelError, OutputError
+from digitrec.files import UMASK, write_atomic
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+CURVES_FILE = "curves.png"
+CHECKPOINTS_FILE = "checkpoints.json"
+OUTPUT_FILE = "train-output.txt"  # what `digitrec train` printed, where its starter keeps it (the web server)
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{7})\.pt")  # the only files a run folder ever deletes
+KEEP_CHECKPOINTS = 2
+RUN_FILES = {WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LOG_FILE, CURVES_FILE, CHECKPOINTS_FILE}
+
+# what a folder is, for `status`
+FINISHED = "finished"  # weights and metrics: a complete run
+RESUMABLE = "resumable"  # stopped, killed or failed at its final save: `digitrec train --resume` continues it
+STARTED = "started"  # a log but no checkpoint yet: training now, or ended before its first checkpoint
+EMPTY = "empty"
+MISSING = "missing"
+NOT_A_RUN = "not a run"  # a folder with other files in it
+
+REPLACEMENT_SUFFIX = ".new"  # `--overwrite` trains beside the run it replaces, in NAME.new
+
+
+def to_json(value: dict) -> str:
+    return json.dumps(value, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: fail rather than write it
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read a run record ({getattr(error, 'strerror', None) or error})") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: cannot read a run record (not a JSON object)")
+    return value
+
+
+# ---- the record: config, metrics, log
+
+
+def read_record(run_dir: str | Path) -> tuple[dict, dict]:
+    """A finished run's config and metrics, without loading its weights."""
+    run_dir = Path(run_dir)
+    return read_json(run_dir / CONFIG_FILE), read_json(run_dir / METRICS_FILE)
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The run's log records, oldest first; none when it has no readable log (a line cut off mid-write is skipped)."""
+    try:
+        lines = (Path(run_dir) / LOG_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [record for record in records if isinstance(record, dict)]
+
+
+def open_log(run_dir: Path, config: dict, log: list[dict]):
+    """Create the run folder (if needed), write its config and its log so far; returns the log open for appending."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{run_dir}: cannot create the run folder ({error.strerror})", error.strerror) from None
+    write_atomic(run_dir / CONFIG_FILE, to_json(config))
+    write_atomic(run_dir / LOG_FILE, "".join(json.dumps(record) + "\n" for record in log))
+    return (run_dir / LOG_FILE).open("a")
+
+
+def append_log(log_file, record: dict) -> None:
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()  # a reader (the web page, `tail -f`) sees each record as it is logged
+
+
+# ---- training checkpoints
+
+
+def checkpoint_entries(run_dir: Path) -> list[dict]:
+    """The checkpoints listed in `run_dir`, oldest first; entries that do not name a checkpoint file of this
+    folder (`checkpoint-STEP.pt`, nothing else) are left out, and none when there is no readable list."""
+    try:
+        entries = json.loads((run_dir / CHECKPOINTS_FILE).read_text())["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [entry for entry in entries if isinstance(entry, dict) and CHECKPOINT_NAME.fullmatch(str(entry.get("file")))]
+
+
+def write_entries(run_dir: Path, entries: list[dict]) -> None:
+    write_atomic(run_dir / CHECKPOINTS_FILE, to_json({"checkpoints": entries}))
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> Path:
+    """Write the training `state` (tensors, numbers, strings, dicts and lists of them; its "step" names the
+    file) as the newest checkpoint, then drop the oldest beyond `KEEP_CHECKPOINTS`."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    path = run_dir / f"checkpoint-{int(state['step']):07d}.pt"
+    write_atomic(path, payload)
+    entries = [entry for entry in checkpoint_entries(run_dir) if entry["file"] != path.name]
+    entries.append({"file": path.name, "step": int(state["step"]), "sha256": hashlib.sha256(payload).hexdigest()})
+    kept, dropped = entries[-KEEP_CHECKPOINTS:], entries[:-KEEP_CHECKPOINTS]
+    write_entries(run_dir, kept)
+    for entry in dropped:  # only once the list no longer names them
+        (run_dir / entry["file"]).unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(run_dir: str | Path, warn=print) -> dict:
+    """The newest intact checkpoint of `run_dir`. A damaged one is reported through `warn`, skipped and
+    dropped from the list, so the intact one before it stays the one to resume from."""
+    import torch
+
+    run_dir = Path(run_dir)
+    entries = checkpoint_entries(run_dir)
+    if not entries:
+        found = status(run_dir)
+        if found == FINISHED:
+            raise ModelError(f"{run_dir}: this run is finished (it has its weights and metrics); nothing to resume. "
+                             "Train a new run with --out DIR")
+        raise ModelError(f"{run_dir}: no training checkpoint to resume from (the folder is {describe_status(found)})")
+    damaged = []
+    for entry in reversed(entries):
+        path = run_dir / entry["file"]
+        try:
+            payload = path.read_bytes()
+        except OSError as error:
+            warn(f"{path}: cannot read the checkpoint ({error.strerror}); trying the one before")
+            damaged.append(entry)
+            continue
+        if hashlib.sha256(payload).hexdigest() != entry.get("sha256"):
+            warn(f"{path}: the checkpoint is damaged (its SHA-256 does not match {CHECKPOINTS_FILE}); trying the one before")
+            damaged.append(entry)
+            continue
+        try:
+            state = torch.load(io.BytesIO(payload), weights_only=True)
+        except Exception as error:  # a file that passed its checksum but is not a torch checkpoint
+            warn(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]}); trying the one before")
+            damaged.append(entry)
+            continue
+        if damaged:
+            write_entries(run_dir, [entry for entry in entries if entry not in damaged])
+        return state
+    raise ModelError(f"{run_dir}: every checkpoint is damaged or missing; the run cannot be resumed")
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """Delete the run's checkpoints: the list first, then every `checkpoint-STEP.pt` directly inside `run_dir`."""
+    (run_dir / CHECKPOINTS_FILE).unlink(missing_ok=True)
+    for path in run_dir.iterdir():
+        if CHECKPOINT_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+# ---- what a folder holds
+
+
+def status(run_dir: str | Path) -> str:
+    """FINISHED, RESUMABLE, STARTED, EMPTY, MISSING or NOT_A_RUN (see their comments above)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return MISSING
+    names = {path.name for path in run_dir.iterdir()}
+    if checkpoint_entries(run_dir):
+        return RESUMABLE
+    if {WEIGHTS_FILE, METRICS_FILE} <= names:
+        return FINISHED
+    if {CONFIG_FILE, LOG_FILE} <= names:
+        return STARTED
+    return EMPTY if not names - {OUTPUT_FILE} else NOT_A_RUN  # a starter may open the output file first
+
+
+def describe_status(found: str) -> str:
+    return {FINISHED: "a finished run", RESUMABLE: "a stopped run", STARTED: "a run that has no checkpoint yet",
+            EMPTY: "empty", MISSING: "missing", NOT_A_RUN: "not a digitrec run"}[found]
+
+
+def describe(run_dir: str | Path) -> dict:
+    """One run for a list of runs: path, status, model, recipe, steps done of all, the newest validation
+    accuracy, the test accuracy (finished runs only), training seconds, when it last changed (Unix time)."""
+    run_dir = Path(run_dir)
+    found = status(run_dir)
+    summary = {"path": str(run_dir), "name": run_dir.name, "status": found, "model": None, "recipe": None,
+               "steps": None, "total_steps": None, "validation_accuracy": None, "test_accuracy": None,
+               "train_seconds": None, "updated": None}
+    if found in (MISSING, EMPTY, NOT_A_RUN):
+        return summary
+    config, metrics = {}, {}
+    try:
+        config = read_json(run_dir / CONFIG_FILE)
+        if found == FINISHED:
+            metrics = read_json(run_dir / METRICS_FILE)
+    except ModelError:
+        pass
+    log = read_log(run_dir)
+    validated = [record["validation_accuracy"] for record in log if record.get("validation_accuracy") is not None]
+    entries = checkpoint_entries(run_dir)
+    if found == RESUMABLE:
+        steps = entries[-1]["step"]
+    elif log:
+        steps = log[-1].get("step")
+    else:
+        steps = 0
+    summary.update(
+        model=config.get("model"), recipe=config.get("recipe"), total_steps=config.get("steps"),
+        steps=metrics.get("steps", steps),
+        validation_accuracy=metrics.get("validation_accuracy", validated[-1] if validated else None),
+        test_accuracy=metrics.get("test_accuracy"),
+        train_seconds=metrics.get("train_seconds", log[-1].get("seconds") if log else None),
+        updated=max(path.stat().st_mtime for path in run_dir.iterdir()),
+    )
+    return summary
+
+
+def list_runs(folder: str | Path) -> list[dict]:
+    """`describe` of every run directly inside `folder` (folders that hold no run are left out), by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    runs = [describe(path) for path in sorted(folder.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    return [run for run in runs if run["status"] not in (EMPTY, NOT_A_RUN)]
+
+
+def replacement_dir(run_dir: Path) -> Path:
+    """Where `--overwrite` trains the run that replaces `run_dir` once it is saved."""
+    return run_dir.with_name(run_dir.name + REPLACEMENT_SUFFIX)
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to start a run in `run_dir` when that would destroy something: a run (finished or not) or
+    other files, unless `overwrite`, and then only where the replacement's own training folder is free."""
+    found = status(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a folder")
+    if found in (MISSING, EMPTY):
+        return
+    if not overwrite:
+        replace = "add --overwrite to replace it once the new run is saved"
+        advice = {
+            RESUMABLE: f"continue it with --resume {run_dir}, choose another --out folder, or {replace}",
+            STARTED: f"it may be training now; choose another --out folder, or {replace}",
+            FINISHED: f"choose another --out folder, or {replace}",
+            NOT_A_RUN: "choose another --out folder, or add --overwrite to replace the folder and everything in it "
+                       "once the new run is saved",
+        }[found]
+        raise ConfigError(f"{run_dir} is {describe_status(found)}; {advice}")
+    replacement = replacement_dir(run_dir)
+    if status(replacement) not in (MISSING, EMPTY):
+        raise ConfigError(f"{replacement} (where --overwrite trains the run that replaces {run_dir.name}) is "
+                          f"{describe_status(status(replacement))}: resume it with --resume {replacement}, or delete it")
+
+
+# ---- saving a finished run
+
+
+def save_run(run_dir: Path, files: dict[str, bytes | str], training_dir: Path | None = None) -> Path:
+    """Make `run_dir` the finished run made of `files` (name -> content), all or nothing.
+
+    The files are written into a temporary sibling folder, joined by whatever else the training folder
+    holds besides its run files (a TensorBoard log); that folder is then renamed into place and the
+    training folder (`run_dir` itself, or the one `--overwrite` trained in) is removed with its
+    checkpoints. If anything fails, `run_dir` and the training folder are as they were and the
+    OutputError says why.
+    """
+    training_dir = training_dir or run_dir
+    try:
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.saving-"))
+    except OSError as error:
+        raise OutputError(f"{run_dir}: cannot save the finished run ({error.strerror})", error.strerror) from None
+    previous = run_dir.with_name(f".{run_dir.name}.previous-{staging.name.rsplit('-', 1)[-1]}")
+    moved: list[Path] = []
+    try:
+        for name, content in files.items():
+            write_atomic(staging / name, content)
+        os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes a private folder; a run folder should not be
+        extras = [path for path in training_dir.iterdir() if path.name not in RUN_FILES
+                  and not CHECKPOINT_NAME.fullmatch(path.name)] if training_dir.is_dir() else []
+        for path in extras:  # keep what else the run wrote, e.g. its TensorBoard log
+            path.rename(staging / path.name)
+            moved.append(path)
+        if run_dir.exists():
+            run_dir.rename(previous)
+        try:
+            staging.rename(run_dir)  # a crash between the two renames leaves both folders whole, beside each other
+        except OSError:
+            if previous.exists():
+                previous.rename(run_dir)
+            raise
+    except (OutputError, OSError) as error:
+        for path in moved:
+            (staging / path.name).rename(path)
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = error.reason if isinstance(error, OutputError) else error.strerror or str(error)
+        raise OutputError(f"{run_dir}: cannot save the finished run ({reason})", reason) from None
+    shutil.rmtree(previous, ignore_errors=True)
+    if training_dir != run_dir:
+        shutil.rmtree(training_dir, ignore_errors=True)
+    return run_dir
+
+
+# ---- how a run was made
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+GIT_TIMEOUT_SECONDS = 2
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu() -> tuple[str | None, list[str]]:
+    """The CPU's model name and which of `CPU_FLAGS` it has (from /proc/cpuinfo where there is one)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or None, []
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name"), [flag for flag in CPU_FLAGS if flag in flags]
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout digitrec runs from, or None (an installed package, no git, a slow git)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                                timeout=GIT_TIMEOUT_SECONDS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+def command_line() -> str:
+    """This process's command as a person would type it: `digitrec train ...`, `python -m digitrec ...`."""
+    program = sys.argv[0]
+    if Path(program).name == "__main__.py":
+        program = f"python -m {Path(program).parent.name}"
+    elif os.path.isabs(program):  # an installed script found on PATH
+        program = Path(program).name
+    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
+
+
+def provenance(**conditions) -> dict:
+    """How a run was made: versions, git commit, command line, CPU, and the `conditions` the caller knows
+    (device, torch threads, precision, processes)."""
+    cpu_model, cpu_flags = cpu()
+    return {
+        "digitrec": __version__,
+        "torch": package_version("torch"),
+        "onnxruntime": package_version("onnxruntime"),
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "command": command_line(),
+        "platform": platform.platform(),
+        "cpu": cpu_model,
+        "cpu_flags": cpu_flags,
+        **conditions,
+    }
