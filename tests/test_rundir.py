@@ -150,7 +150,7 @@ def test_provenance_records_versions_commit_command_and_cpu():
 def test_every_run_records_how_it_was_made(softmax_run, mnist):
     recorded = json.loads((softmax_run.run_dir / "metrics.json").read_text())["provenance"]
     assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
-    assert recorded["device"] == "cpu" and recorded["precision"] == "float32" and recorded["processes"] == 1
+    assert recorded["device"] == "cpu" and recorded["precision"] == "fp32" and recorded["processes"] == 1
     assert recorded == {**rundir.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
                                                                                   "precision", "processes")}}
     threads = torch.get_num_threads()
