@@ -92,9 +92,8 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
 
     auto: bf16 autocast on GPUs and on CPUs with bf16 arithmetic (AMX or AVX-512 BF16), float32 elsewhere.
     Measured with bench/precision.py, fast quick: on a 2-core AMD EPYC Zen 4 (AVX-512 BF16, no AMX),
-    bf16 trained 400 steps in 5.2 s against 6.4 s (fastest runs) at the same accuracy, and took 26 %
-    less CPU time on one thread; issue 14 saw 6.5-8.6 s -> 5.7-6.2 s on a 2-core Xeon with AMX; on an
-    AVX2-only EPYC it was 10x slower (README).
+    bf16 trained 400 steps in 6.2 s against 8.0 s (medians of 3 seeds) at the same accuracy; issue 14
+    saw 6.5-8.6 s -> 5.7-6.2 s on a 2-core Xeon with AMX; on an AVX2-only EPYC it was 10x slower (README).
     """
     if requested != "auto":
         return requested
