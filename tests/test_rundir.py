@@ -302,3 +302,20 @@ def test_evaluate_on_an_onnx_file_says_what_to_do(tmp_path):
     from digitrec import files
 
     assert_one_line_error(run("evaluate", files.DEFAULT_ONNX), "not an ONNX export", "digitrec predict --model")
+
+
+def test_a_log_read_in_pieces_gives_each_record_once_and_starts_over_when_a_resume_rewrites_it(tmp_path):
+    from digitrec.files import write_atomic
+
+    rows = [{"step": step, "loss": 1 / step} for step in (50, 100, 150)]
+    write_atomic(tmp_path / "log.jsonl", json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:10])  # a line half written
+    first, position, replaced = rundir.read_log_since(tmp_path)
+    assert first == rows[:1] and not replaced
+    write_atomic(tmp_path / "log.jsonl", "".join(json.dumps(row) + "\n" for row in rows[:1]))
+    with (tmp_path / "log.jsonl").open("a") as log:  # as train.py appends
+        log.write("".join(json.dumps(row) + "\n" for row in rows[1:]))
+    again, position, replaced = rundir.read_log_since(tmp_path, position)
+    assert again == rows and replaced  # another file: all of it, and the page is told to start over
+    with (tmp_path / "log.jsonl").open("a") as log:
+        log.write(json.dumps({"step": 200, "loss": 0.1}) + "\n")
+    assert rundir.read_log_since(tmp_path, position)[0] == [{"step": 200, "loss": 0.1}]

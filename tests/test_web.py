@@ -274,3 +274,18 @@ def test_the_documentation_says_the_limits_of_the_constants(client):
     predict = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
     assert f"below {UNSURE_BELOW}" in predict["description"]
     assert predict["responses"]["413"]["description"] == f"body over {MAX_BODY_BYTES // 2**20} MiB"
+
+
+def test_a_model_without_a_finite_answer_is_a_422_on_every_image_route_not_a_500(seven_png):
+    bundled = Recognizer.load()
+    overflowing = Recognizer(lambda batch: np.full((len(batch), 10), np.inf, np.float32), bundled.info)
+    server = LiveServer(create_app(overflowing))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for route in ("/api/predict", "/api/read", "/api/explain"):
+                response = client.post(route, content=seven_png, headers={"Content-Type": "image/png"})
+                assert response.status_code == 422, route
+                assert response.json() == {"detail": "the model's answer is NaN or infinite: it cannot be used"}, route
+            assert_healthy(client)
+    finally:
+        server.stop()

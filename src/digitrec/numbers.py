@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digitrec.errors import ImageError
 from digitrec.preprocess import Source, frame, ink_image, load_image
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.recognizer import Recognizer
 
 MAX_DIGITS = 12  # longer numbers are refused
 WORKING_HEIGHT = 128  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
@@ -54,7 +54,7 @@ class DigitReading:
     confidence: float  # the probability of `digit`
     alternatives: list[tuple[int, float]]  # the next likeliest digits with their probabilities
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
-    unsure: bool  # confidence < UNSURE_BELOW
+    unsure: bool  # confidence < recognizer.UNSURE_BELOW
 
 
 @dataclass(frozen=True)

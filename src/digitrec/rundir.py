@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -79,19 +80,70 @@ def read_record(run_dir: str | Path) -> tuple[dict, dict]:
     return read_json(run_dir / CONFIG_FILE), read_json(run_dir / METRICS_FILE)
 
 
-def read_log(run_dir: str | Path) -> list[dict]:
-    """The run's log records, oldest first; none when it has no readable log (a line cut off mid-write is skipped)."""
-    try:
-        lines = (Path(run_dir) / LOG_FILE).read_text().splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
+@dataclass(frozen=True)
+class LogPosition:
+    """How far a reader got in a run's `log.jsonl`: the file (a resume replaces it) and the byte offset."""
+
+    inode: int = 0
+    offset: int = 0
+
+    def __str__(self) -> str:  # e.g. an event stream's id, sent back by a reconnecting page
+        return f"{self.inode}-{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "LogPosition":
         try:
-            records.append(json.loads(line))
+            inode, offset = (int(part) for part in (text or "").split("-"))
+            return cls(inode, offset)
+        except ValueError:
+            return cls()
+
+
+def read_log_since(run_dir: str | Path, position: LogPosition = LogPosition()) -> tuple[list[dict], LogPosition, bool]:
+    """The whole records written to the run's log after `position`, the new position, and whether the file
+    was replaced since (a resume rewrites it with the checkpoint's log): then the records are all of it.
+    A line still being written is left for the next read; a line that is not a JSON object is skipped."""
+    try:
+        with (Path(run_dir) / LOG_FILE).open("rb") as log:
+            inode = os.fstat(log.fileno()).st_ino
+            replaced = inode != position.inode
+            log.seek(0 if replaced else position.offset)
+            chunk = log.read()
+    except OSError:
+        return [], position, False
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    records = []
+    for line in complete.splitlines():
+        try:
+            record = json.loads(line)
         except ValueError:
             continue
-    return [record for record in records if isinstance(record, dict)]
+        if isinstance(record, dict):
+            records.append(record)
+    start = 0 if replaced else position.offset
+    return records, LogPosition(inode, start + len(complete)), replaced and position.inode != 0
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The run's log records, oldest first; none when it has no readable log."""
+    return read_log_since(run_dir)[0]
+
+
+def read_json_if_any(path: Path) -> dict:
+    """A run record that may not be written yet (a run still starting): empty when missing or unreadable."""
+    try:
+        return read_json(path)
+    except ModelError:
+        return {}
+
+
+def last_output_line(run_dir: str | Path) -> str | None:
+    """The last line a run's starter kept of `digitrec train`'s output (OUTPUT_FILE), if any."""
+    try:
+        lines = (Path(run_dir) / OUTPUT_FILE).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1] if lines else None
 
 
 def open_log(run_dir: Path, config: dict, log: list[dict]):

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from digitrec.errors import ImageError
+from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import to_png
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 from digitrec.web import training
@@ -183,15 +183,22 @@ async def image_bytes(request: Request) -> bytes:
 routes = APIRouter()
 
 
+async def on_image(request: Request, work, *args):
+    """Read the request's image and run `work(recognizer, image_bytes, *args)` in a thread, at most
+    `app.state.limiter` at once, with the model in use now; an image that holds no answer, or a model
+    that gives none for it (a non-finite output), is a 422. Every route that reads an image runs here."""
+    raw = await image_bytes(request)
+    try:
+        return await anyio.to_thread.run_sync(work, request.app.state.recognizer, raw, *args,
+                                              limiter=request.app.state.limiter)
+    except (ImageError, ModelError) as problem:
+        raise HTTPException(422, str(problem)) from None
+
+
 @routes.post("/api/predict", response_model=PredictionOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,
           description=f"Recognize one digit. `unsure` is true when the top probability is below {UNSURE_BELOW}.")
 async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
-    raw = await image_bytes(request)
-    recognizer = request.app.state.recognizer
-    try:
-        result = await anyio.to_thread.run_sync(recognizer.predict, raw, "upload", limiter=request.app.state.limiter)
-    except ImageError as problem:
-        raise HTTPException(422, str(problem)) from None
+    result = await on_image(request, Recognizer.predict, "upload")
     return PredictionOut(
         digit=result.digit,
         confidence=result.confidence,

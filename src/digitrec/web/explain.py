@@ -1,14 +1,12 @@
 """`POST /api/explain`: what the model computed for one image (`digitrec.explain`), as JSON with PNG
 data URLs, for the page's Inside view. Same bodies, limits and errors as `/api/predict`."""
 
-import anyio
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from digitrec import explain
-from digitrec.errors import ImageError
 from digitrec.recognizer import Recognizer
-from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, image_bytes, png_data_url
+from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image, png_data_url
 
 router = APIRouter()
 
@@ -71,9 +69,4 @@ async def explain_image(request: Request, target: int | None = Query(
         None, ge=0, le=9, description="the digit whose saliency `caption` describes (default: the predicted one)")):
     """What the network computed for one digit: the input it saw, each convolution stage's feature maps,
     the first layer's filters, occlusion saliency for every class, and (softmax) the weight templates."""
-    raw = await image_bytes(request)
-    try:
-        return await anyio.to_thread.run_sync(explanation_out, request.app.state.recognizer, raw, target,
-                                              limiter=request.app.state.limiter)
-    except ImageError as problem:
-        raise HTTPException(422, str(problem)) from None
+    return await on_image(request, explanation_out, target)

@@ -3,12 +3,11 @@
 The same body forms and limits as `/api/predict` (`image_bytes`), the same recognizer and limiter.
 """
 
-import anyio
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from digitrec.errors import ImageError
-from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, image_bytes
+from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image
 
 router = APIRouter()
 
@@ -38,14 +37,9 @@ class ReadingOut(BaseModel):
     response_model=ReadingOut,
     responses=IMAGE_ERRORS,
     openapi_extra=IMAGE_BODY,
+    description=f"Read a whole number, left to right. Each digit has its box in the image's pixels; `unsure` "
+                f"marks a digit whose probability is below {UNSURE_BELOW}, and the reading when any digit is unsure.",
 )
 async def read(request: Request):
-    """Read a whole number, left to right. Each digit has its box in the image's pixels; `unsure` marks a
-    digit whose probability is below 0.8, and the reading when any digit is unsure."""
-    raw = await image_bytes(request)
-    recognizer = request.app.state.recognizer
-    try:
-        reading = await anyio.to_thread.run_sync(recognizer.read, raw, "upload", limiter=request.app.state.limiter)
-    except ImageError as problem:
-        raise HTTPException(422, str(problem)) from None
+    reading = await on_image(request, Recognizer.read, "upload")
     return reading.as_dict()

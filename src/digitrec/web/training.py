@@ -25,13 +25,11 @@ import ctypes
 import importlib.util
 import ipaddress
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -41,8 +39,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from digitrec import rundir
+
 INSTALL_TRAINING = "pip install 'digitrec[train]'"
-MODELS = ("softmax", "cnn", "fast")
 MAX_STEPS = 200_000  # ten times the longest recipe (cnn's 20,000); more is a typo, not a plan
 MAX_BATCH_SIZE = 8192
 LOG_EVERY = 50  # steps between log records of page runs: the chart gains a point at least this often
@@ -51,7 +50,6 @@ POLL_SECONDS = 0.2  # how often the event stream looks for new log records
 HEARTBEAT_SECONDS = 1.0  # the longest the page waits for a progress event
 STOP_WAIT_SECONDS = 60  # how long a closing server waits for its child to checkpoint
 MISTAKES_SHOWN = 12
-OUTPUT_FILE = "train-output.txt"  # the child's stdout and stderr
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
 
@@ -60,7 +58,7 @@ class StartIn(BaseModel):
     """A run to start; left out, a setting is the recipe's (the tutorial's for softmax and cnn)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-    model: Literal[MODELS]
+    model: str = Field(max_length=40)  # a registered model; resolve_config refuses any other
     recipe: str | None = Field(None, max_length=40)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
@@ -125,84 +123,20 @@ class ModelChoiceOut(BaseModel):
     test_accuracy: float | None
 
 
-# Run-folder reads: every read of a run's files in this module is here (digitrec.rundir will own them).
+# Run-folder reads go through digitrec.rundir; these map its answers to the page's terms.
 
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; empty when the file is missing or unreadable (a run still starting)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    from digitrec import rundir
-
-    return [entry["step"] for entry in rundir.checkpoint_entries(run_dir)]
+PAGE_STATUS = {rundir.FINISHED: "finished", rundir.RESUMABLE: "stopped"}  # any other: "failed"
 
 
 def status_from_files(run_dir: Path) -> str:
     """The status of a run no child of this server is training (see the module's docstring)."""
-    if (run_dir / "weights.safetensors").is_file() and (run_dir / "metrics.json").is_file():
-        return "finished"
-    return "stopped" if checkpoint_steps(run_dir) else "failed"
-
-
-@dataclass(frozen=True)
-class LogPosition:
-    """How far a reader got in a run's `log.jsonl`: the file (a resume replaces it) and the byte offset."""
-
-    inode: int = 0
-    offset: int = 0
-
-    def __str__(self) -> str:  # an event stream's id, sent back by a reconnecting page
-        return f"{self.inode}-{self.offset}"
-
-    @classmethod
-    def parse(cls, text: str | None) -> "LogPosition":
-        try:
-            inode, offset = (int(part) for part in (text or "").split("-"))
-            return cls(inode, offset)
-        except ValueError:
-            return cls()
-
-
-def read_log(run_dir: Path, position: LogPosition = LogPosition()) -> tuple[list[dict], LogPosition, bool]:
-    """The whole records written to `log.jsonl` after `position`, the new position, and whether the file
-    was replaced since (a resume rewrites it with the checkpoint's log): then the records are all of it."""
-    path = run_dir / "log.jsonl"
-    try:
-        with path.open("rb") as log:
-            inode = os.fstat(log.fileno()).st_ino
-            replaced = inode != position.inode
-            log.seek(0 if replaced else position.offset)
-            chunk = log.read()
-    except OSError:
-        return [], position, False
-    complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written is read next time
-    records = []
-    for line in complete.splitlines():
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
-    start = 0 if replaced else position.offset
-    return records, LogPosition(inode, start + len(complete)), replaced and position.inode != 0
+    return PAGE_STATUS.get(rundir.status(run_dir), "failed")
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:
-    """Every run directory in `runs_dir` (a folder with a config.json), the most recently changed first."""
-    if not runs_dir.is_dir():
-        return []
-    found = [path for path in runs_dir.iterdir() if path.is_dir() and (path / "config.json").is_file()]
-    return sorted(found, key=lambda path: path.stat().st_mtime, reverse=True)
-
-
-def last_output_line(run_dir: Path) -> str | None:
-    try:
-        lines = (run_dir / OUTPUT_FILE).read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return None
-    return lines[-1] if lines else None
+    """Every run directory in `runs_dir`, the most recently changed first."""
+    runs = sorted(rundir.list_runs(runs_dir), key=lambda run: run["updated"] or 0, reverse=True)
+    return [Path(run["path"]) for run in runs]
 
 
 # The runs manager.
@@ -275,17 +209,17 @@ class Runs:
         if self.runs_dir is None:
             raise HTTPException(404, f"no run named {name!r}: {self.refused}")
         run_dir = self.runs_dir / name
-        if not (run_dir / "config.json").is_file() and name != self.active():
+        if not (run_dir / rundir.CONFIG_FILE).is_file() and name != self.active():
             raise HTTPException(404, f"no run named {name!r} in {self.runs_dir}")
         return run_dir
 
     def describe(self, name: str) -> RunOut:
         run_dir = self.runs_dir / name
-        config = read_json(run_dir / "config.json")
-        metrics = read_json(run_dir / "metrics.json")
-        records, _, _ = read_log(run_dir)
+        config = rundir.read_json_if_any(run_dir / rundir.CONFIG_FILE)
+        metrics = rundir.read_json_if_any(run_dir / rundir.METRICS_FILE)
+        records = rundir.read_log(run_dir)
         validated = [record["validation_accuracy"] for record in records if "validation_accuracy" in record]
-        checkpoints = checkpoint_steps(run_dir)
+        checkpoints = [entry["step"] for entry in rundir.checkpoint_entries(run_dir)]
         if name == self.active():
             status = "stopping" if self.stop_sent else "running"
         else:
@@ -302,7 +236,7 @@ class Runs:
         code = self.child.returncode if self.child is not None and name == self.child_run else None
         if code is not None and code < 0:
             return f"its process was killed ({signal.Signals(-code).name})"
-        return last_output_line(self.runs_dir / name)
+        return rundir.last_output_line(self.runs_dir / name)
 
     def listing(self) -> list[RunOut]:
         if self.runs_dir is None:
@@ -376,7 +310,7 @@ class Runs:
         """
         run_dir = self.runs_dir / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        with (run_dir / OUTPUT_FILE).open("ab") as output:
+        with (run_dir / rundir.OUTPUT_FILE).open("ab") as output:
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "digitrec", "train", *arguments, "--quiet"],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
@@ -413,12 +347,12 @@ class Runs:
         change and at least every second, `reset` when a resume replaced the log, and `end` when the run is
         no longer training. A reconnecting page sends the last id it saw and continues from there."""
         run_dir = self.runs_dir / name
-        position = LogPosition.parse(last_event_id)
+        position = rundir.LogPosition.parse(last_event_id)
         recent: list[dict] = []
         last_progress, sent_at = None, 0.0
         while True:
             ended = self.describe(name).status not in ("running", "stopping")  # before reading: all it wrote is read
-            records, position, replaced = read_log(run_dir, position)
+            records, position, replaced = rundir.read_log_since(run_dir, position)
             if replaced:
                 recent = []
                 yield "event: reset\ndata: {}\n\n"
@@ -447,8 +381,8 @@ class Runs:
         if not ((run_dir / "report.json").is_file() and (run_dir / "report.html").is_file()):
             loaded = checkpoint.load(run_dir)
             logits = evaluate.model_logits(loaded.model, test)
-            report.write_report(run_dir, loaded.config, loaded.metrics, read_log(run_dir)[0], logits, test.images, test.labels)
-        written = read_json(run_dir / "report.json")
+            report.write_report(run_dir, loaded.config, loaded.metrics, rundir.read_log(run_dir), logits, test.images, test.labels)
+        written = rundir.read_json_if_any(run_dir / "report.json")
         mistakes = [{**entry, "image": png_data_url(test.images[entry["index"], 0].numpy())}
                     for entry in written["mistakes"][:MISTAKES_SHOWN]]
         self.summaries[name] = {key: written[key] for key in ("test_accuracy", "errors", "images", "confusion_matrix")}
@@ -461,7 +395,7 @@ class Runs:
         if run.status == "finished":
             async with self.summary_lock:  # computed once: evaluating 10,000 digits and drawing the report
                 summary = await anyio.to_thread.run_sync(self.summary, name)
-        return RunDetailOut(**run.model_dump(), config=read_json(self.runs_dir / name / "config.json"), summary=summary,
+        return RunDetailOut(**run.model_dump(), config=rundir.read_json_if_any(self.runs_dir / name / rundir.CONFIG_FILE), summary=summary,
                             report=f"/api/runs/{name}/report" if run.status == "finished" else None)
 
 
@@ -470,8 +404,7 @@ def recipes() -> dict[str, dict[str, dict]]:
     from digitrec import models, train
 
     chosen = {}
-    for model in MODELS:
-        spec = models.spec(model)
+    for model, spec in models.REGISTRY.items():
         ordered = [spec.default_recipe, *(name for name in spec.recipes if name != spec.default_recipe)]
         configs = {name: train.resolve_config(model, name) for name in ordered}
         chosen[model] = {name: {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
