@@ -89,9 +89,12 @@ def test_jpeg_body_is_recognized(client, mnist):
     assert response.json()["digit"] == 2
 
 
-def test_model_endpoint_describes_the_model(client):
+def test_model_endpoint_describes_the_bundled_model_with_its_recorded_figures(client):
+    from digitrec.recognizer import UNSURE_BELOW
+
     info = client.get("/api/model").json()
-    assert info["name"] and info["parameters"] > 0 and 0.99 < info["test_accuracy"] <= 1
+    assert info == {"name": "fast", "recipe": "full", "parameters": 104_938, "test_accuracy": 0.9957,
+                    "runtime": "onnxruntime", "unsure_below": UNSURE_BELOW}
 
 
 def test_openapi_docs_are_served(client):
