@@ -22,6 +22,10 @@ DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Directory holding the four MNIST files (default: $DIGITREC_DATA, the bundled copy, the cache).",
 )
+MODEL_OPTION = click.option(
+    "--model", "model_path", type=click.Path(path_type=Path), default=None,
+    help="Run directory, .safetensors or .onnx file (default: the bundled model).",
+)
 
 
 OPTIONAL_PACKAGES = {  # package -> the install extra that brings it
@@ -337,10 +341,27 @@ def preview_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def exit_if_any_failed(rows: list[dict]) -> None:
+    """Exit 1, saying how many, when any input's row is an error (after every row has been printed)."""
+    failures = sum(1 for row in rows if row["error"])
+    if failures:
+        click.echo(f"{failures} of {len(rows)} images failed", err=True)
+        sys.exit(1)
+
+
 @main.command("predict")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@MODEL_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results to this CSV file.")
@@ -349,8 +370,6 @@ def preview_name(name: str, taken: set[str]) -> str:
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True, help="Show the K likeliest digits.")
 def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top):
     """Recognize the digit in each image (files, folders searched recursively, - for stdin)."""
-    import csv
-
     from digitrec.preprocess import to_png
     from digitrec.recognizer import Recognizer
 
@@ -389,23 +408,15 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
             flag = " unsure" if row["unsure"] else ""
             click.echo(f"{row['path']:<{width}}  {row['digit']:>5}  {100 * row['confidence']:>9.1f}%{flag}  {others}".rstrip())
     if csv_path is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"])
-        for row in rows:
-            writer.writerow([row["path"], row["digit"], row["confidence"], row["unsure"],
-                             *(row["probabilities"] or [""] * 10), row["error"] or ""])
-        write_atomic(csv_path, buffer.getvalue())
-    failures = sum(1 for row in rows if row["error"])
-    if failures:
-        click.echo(f"{failures} of {len(rows)} images failed", err=True)
-        sys.exit(1)
+        write_csv(csv_path, ["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"],
+                  [[row["path"], row["digit"], row["confidence"], row["unsure"], *(row["probabilities"] or [""] * 10),
+                    row["error"] or ""] for row in rows])
+    exit_if_any_failed(rows)
 
 
 @main.command("read")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@MODEL_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results to this CSV file.")
@@ -413,9 +424,6 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
               help="Save each input with each digit's box and reading drawn on it into this folder.")
 def read_command(paths, model_path, as_json, csv_path, show_segments):
     """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin)."""
-    import csv
-    import io
-
     from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path)
@@ -453,25 +461,17 @@ def read_command(paths, model_path, as_json, csv_path, show_segments):
             flag = " unsure" if row["unsure"] else ""
             click.echo(f"{row['path']:<{width}}  {row['text']:<12}  {100 * row['confidence']:>9.1f}%  {digits}{flag}")
     if csv_path is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"])
-        for row in rows:
-            digits = row["digits"] or []
-            writer.writerow([row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if digits else "",
-                             " ".join(f"{d['confidence']:.4f}" for d in digits),
-                             " ".join("{},{},{},{}".format(*d["box"]) for d in digits), row["error"] or ""])
-        write_atomic(csv_path, buffer.getvalue())
-    failures = sum(1 for row in rows if row["error"])
-    if failures:
-        click.echo(f"{failures} of {len(rows)} images failed", err=True)
-        sys.exit(1)
+        write_csv(csv_path, ["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"], [
+            [row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if row["digits"] else "",
+             " ".join(f"{d['confidence']:.4f}" for d in row["digits"] or []),
+             " ".join("{},{},{},{}".format(*d["box"]) for d in row["digits"] or []), row["error"] or ""]
+            for row in rows])
+    exit_if_any_failed(rows)
 
 
 @main.command("explain")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@MODEL_OPTION
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder for the pictures, one NAME.explain.png per image.")
 def explain_command(paths, model_path, out):
@@ -528,8 +528,7 @@ def export_command(path, out, data_dir):
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Run directory, .safetensors or .onnx file (default: the bundled model).")
+@MODEL_OPTION
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes, each with its own copy of the model (one per core serves most; training needs 1).")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),

@@ -1,14 +1,12 @@
 // The drawing page: strokes on a canvas, debounced live prediction through /api/predict.
 "use strict";
 
-const pad = document.getElementById("pad");
-const context = pad.getContext("2d");
-const strokes = [];  // each stroke is a list of [x, y] points in canvas pixels, kept for undo
-let current = null;
-let timer = null;
 let inFlight = null;
 const BRUSH = 20;  // px on the 280 px canvas: about MNIST's stroke width once scaled to 20 px
 const DEBOUNCE_MS = 120;
+const pad = drawingPad(document.getElementById("pad"), {
+  brush: BRUSH, debounceMs: DEBOUNCE_MS, onDrawing: (blob) => send(blob, "image/png"), onFile: sendFile,
+});
 
 const bars = document.getElementById("bars");
 for (let digit = 0; digit < 10; digit++) {
@@ -17,57 +15,8 @@ for (let digit = 0; digit < 10; digit++) {
   bars.appendChild(item);
 }
 
-function redraw() {
-  context.fillStyle = "#fff";
-  context.fillRect(0, 0, pad.width, pad.height);
-  context.strokeStyle = "#000";
-  context.fillStyle = "#000";
-  context.lineWidth = BRUSH;
-  context.lineCap = "round";
-  context.lineJoin = "round";
-  for (const stroke of strokes) {
-    if (stroke.length === 1) {
-      context.beginPath();
-      context.arc(stroke[0][0], stroke[0][1], BRUSH / 2, 0, 2 * Math.PI);
-      context.fill();
-      continue;
-    }
-    context.beginPath();
-    context.moveTo(stroke[0][0], stroke[0][1]);
-    for (const [x, y] of stroke.slice(1)) context.lineTo(x, y);
-    context.stroke();
-  }
-}
-
-function point(event) {
-  const box = pad.getBoundingClientRect();
-  return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
-}
-
-pad.addEventListener("pointerdown", (event) => {
-  event.preventDefault();
-  pad.setPointerCapture(event.pointerId);
-  current = [point(event)];
-  strokes.push(current);
-  redraw();
-});
-pad.addEventListener("pointermove", (event) => {
-  if (!current) return;
-  for (const sample of event.getCoalescedEvents ? event.getCoalescedEvents() : [event]) current.push(point(sample));
-  redraw();
-  schedule();
-});
-for (const type of ["pointerup", "pointercancel"]) {
-  pad.addEventListener(type, () => { if (current) { current = null; schedule(); } });
-}
-
-function schedule() {
-  clearTimeout(timer);
-  timer = setTimeout(() => { if (strokes.length) pad.toBlob((blob) => send(blob, "image/png"), "image/png"); }, DEBOUNCE_MS);
-}
-
-function undo() { strokes.pop(); redraw(); strokes.length ? schedule() : reset(); }
-function clear() { strokes.length = 0; redraw(); reset(); }
+function undo() { if (!pad.undo()) reset(); }
+function clear() { pad.clear(); reset(); }
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("clear").addEventListener("click", clear);
 document.addEventListener("keydown", (event) => {
@@ -121,26 +70,13 @@ async function send(body, type) {
 
 function sendFile(file) {
   if (!file) return;
-  strokes.length = 0;
+  pad.clear();
   const picture = new Image();
-  picture.onload = () => {  // show the upload on the pad, fitted, then send the original file
-    redraw();
-    const scale = Math.min(pad.width / picture.width, pad.height / picture.height);
-    const w = picture.width * scale, h = picture.height * scale;
-    context.drawImage(picture, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
-    URL.revokeObjectURL(picture.src);
-  };
+  picture.onload = () => { pad.showPicture(picture); URL.revokeObjectURL(picture.src); };  // shown; the original is sent
   picture.src = URL.createObjectURL(file);
   send(file, file.type || "application/octet-stream");
 }
 document.getElementById("file").addEventListener("change", (event) => sendFile(event.target.files[0]));
-pad.addEventListener("dragover", (event) => { event.preventDefault(); pad.classList.add("dragging"); });
-pad.addEventListener("dragleave", () => pad.classList.remove("dragging"));
-pad.addEventListener("drop", (event) => {
-  event.preventDefault();
-  pad.classList.remove("dragging");
-  sendFile(event.dataTransfer.files[0]);
-});
 
 function showModel() {
   fetch("/api/model").then((r) => r.json()).then((model) => {
@@ -149,7 +85,6 @@ function showModel() {
   }).catch(() => {});
 }
 // another panel that switches the server's model announces it; the pad then reads the drawing again
-document.addEventListener("digitrec:model-changed", () => { showModel(); if (strokes.length) schedule(); });
+document.addEventListener("digitrec:model-changed", () => { showModel(); if (pad.strokes.length) pad.schedule(); });
 showModel();
-redraw();
 reset();

@@ -2,65 +2,17 @@
 "use strict";
 
 (() => {
-  const pad = document.getElementById("number-pad");
   const boxes = document.getElementById("number-boxes");
-  const ink = pad.getContext("2d");
   const overlay = boxes.getContext("2d");
-  const strokes = [];  // each stroke is a list of [x, y] points in canvas pixels, kept for undo
-  let current = null;
-  let timer = null;
   let inFlight = null;
   let placement = { x: 0, y: 0, scale: 1 };  // where the image sent sits on the pad (an upload is fitted)
   const BRUSH = 18;  // px on the 280 px high pad, as on the single-digit pad
   const DEBOUNCE_MS = 150;
   const SURE = "#2563eb", UNSURE = "#d9480f";
-
-  function redraw() {
-    ink.fillStyle = "#fff";
-    ink.fillRect(0, 0, pad.width, pad.height);
-    ink.strokeStyle = ink.fillStyle = "#000";
-    ink.lineWidth = BRUSH;
-    ink.lineCap = ink.lineJoin = "round";
-    for (const stroke of strokes) {
-      ink.beginPath();
-      if (stroke.length === 1) {
-        ink.arc(stroke[0][0], stroke[0][1], BRUSH / 2, 0, 2 * Math.PI);
-        ink.fill();
-        continue;
-      }
-      ink.moveTo(stroke[0][0], stroke[0][1]);
-      for (const [x, y] of stroke.slice(1)) ink.lineTo(x, y);
-      ink.stroke();
-    }
-  }
-
-  function point(event) {
-    const box = pad.getBoundingClientRect();
-    return [(event.clientX - box.left) * pad.width / box.width, (event.clientY - box.top) * pad.height / box.height];
-  }
-
-  pad.addEventListener("pointerdown", (event) => {
-    event.preventDefault();
-    pad.setPointerCapture(event.pointerId);
-    if (placement.scale !== 1 || placement.x || placement.y) { strokes.length = 0; placement = { x: 0, y: 0, scale: 1 }; }
-    current = [point(event)];
-    strokes.push(current);
-    redraw();
+  const pad = drawingPad(document.getElementById("number-pad"), {
+    brush: BRUSH, debounceMs: DEBOUNCE_MS, onDrawing: (blob) => send(blob, "image/png"), onFile: sendFile,
+    onStrokeStart: () => { placement = { x: 0, y: 0, scale: 1 }; },  // drawing replaces an upload
   });
-  pad.addEventListener("pointermove", (event) => {
-    if (!current) return;
-    for (const sample of event.getCoalescedEvents ? event.getCoalescedEvents() : [event]) current.push(point(sample));
-    redraw();
-    schedule();
-  });
-  for (const type of ["pointerup", "pointercancel"]) {
-    pad.addEventListener(type, () => { if (current) { current = null; schedule(); } });
-  }
-
-  function schedule() {
-    clearTimeout(timer);
-    timer = setTimeout(() => { if (strokes.length) pad.toBlob((blob) => send(blob, "image/png"), "image/png"); }, DEBOUNCE_MS);
-  }
 
   function reset(message = "") {
     if (inFlight) inFlight.abort();
@@ -72,11 +24,9 @@
     overlay.clearRect(0, 0, boxes.width, boxes.height);
   }
 
-  document.getElementById("number-undo").addEventListener("click", () => {
-    strokes.pop(); redraw(); strokes.length ? schedule() : reset();
-  });
+  document.getElementById("number-undo").addEventListener("click", () => { if (!pad.undo()) reset(); });
   document.getElementById("number-clear").addEventListener("click", () => {
-    strokes.length = 0; placement = { x: 0, y: 0, scale: 1 }; redraw(); reset();
+    placement = { x: 0, y: 0, scale: 1 }; pad.clear(); reset();
   });
 
   function percent(value) { return `${(100 * value).toFixed(0)}%`; }
@@ -126,14 +76,11 @@
 
   function sendFile(file) {
     if (!file) return;
-    strokes.length = 0;
+    pad.clear();
     reset();
     const picture = new Image();
-    picture.onload = () => {  // show the upload on the pad, fitted; boxes come back in its own pixels
-      redraw();
-      const scale = Math.min(pad.width / picture.width, pad.height / picture.height);
-      placement = { x: (pad.width - picture.width * scale) / 2, y: (pad.height - picture.height * scale) / 2, scale };
-      ink.drawImage(picture, placement.x, placement.y, picture.width * scale, picture.height * scale);
+    picture.onload = () => {  // boxes come back in the picture's own pixels: place them where it is shown
+      placement = pad.showPicture(picture);
       URL.revokeObjectURL(picture.src);
       send(file, file.type || "application/octet-stream");
     };
@@ -141,14 +88,6 @@
     picture.src = URL.createObjectURL(file);
   }
   document.getElementById("number-file").addEventListener("change", (event) => sendFile(event.target.files[0]));
-  pad.addEventListener("dragover", (event) => { event.preventDefault(); pad.classList.add("dragging"); });
-  pad.addEventListener("dragleave", () => pad.classList.remove("dragging"));
-  pad.addEventListener("drop", (event) => {
-    event.preventDefault();
-    pad.classList.remove("dragging");
-    sendFile(event.dataTransfer.files[0]);
-  });
   // another panel that switches the server's model announces it; read the number again
-  document.addEventListener("digitrec:model-changed", () => { if (strokes.length) schedule(); });
-  redraw();
+  document.addEventListener("digitrec:model-changed", () => { if (pad.strokes.length) pad.schedule(); });
 })();
