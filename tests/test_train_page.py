@@ -3,7 +3,6 @@ watches its live curve, uses it on the drawing pad, and stops and resumes a run;
 
 import io
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,9 @@ from PIL import Image
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
 
-from test_browser import CHROMIUM, SEVEN, draw
+from test_browser import SEVEN, browser, draw  # noqa: F401  (browser: a fixture)
 from test_training import LONG_STEPS, one_thread_children  # noqa: F401  (a fixture)
 from test_web import LiveServer
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 def screenshot(locator, name: str, tmp_path: Path) -> Path:
@@ -34,20 +31,6 @@ def training_server(tmp_path_factory, one_thread_children):  # noqa: F811
     live.runs_dir = runs_dir
     yield live
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which("chromium"):
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
