@@ -213,28 +213,27 @@ def test_stdin_over_the_size_limit_is_an_error_row(monkeypatch):
     assert result.exit_code == 1 and "-  error: -: refused: larger than 0 MB" in result.output
 
 
-def test_folders_and_files_this_user_cannot_open_are_error_rows(digits):
+def test_folders_and_files_this_user_cannot_open_are_error_rows(digits, tmp_path):
     import os
     import subprocess
     import sys
-    import tempfile
 
     images, _ = digits
-    with tempfile.TemporaryDirectory() as top:  # not under pytest's folders, which only their owner may enter
-        root = Path(top)
-        root.chmod(0o755)
-        Image.fromarray(255 - images[0]).save(root / "seven.png")
-        locked = root / "locked"
-        locked.mkdir()
-        Image.fromarray(255 - images[1]).save(locked / "two.png")
-        locked.chmod(0)
-        # root may open anything: the command runs as nobody then, to whom `locked` is closed
-        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
-        try:
-            result = subprocess.run([*as_nobody, sys.executable, "-m", "digitrec", "predict", str(root),
-                                     str(locked / "two.png"), "--json"], capture_output=True, text=True, timeout=120)
-        finally:
-            locked.chmod(0o755)
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.fromarray(255 - images[0]).save(root / "seven.png")
+    locked = root / "locked"
+    locked.mkdir()
+    Image.fromarray(255 - images[1]).save(locked / "two.png")
+    locked.chmod(0)
+    # root may open anything: the command then runs without the capabilities that let it, so `locked` is closed
+    # to it as to any user (and the checkout, owned by root, stays readable wherever CI cloned it)
+    as_plain_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    try:
+        result = subprocess.run([*as_plain_user, sys.executable, "-m", "digitrec", "predict", str(root),
+                                 str(locked / "two.png"), "--json"], capture_output=True, text=True, timeout=120)
+    finally:
+        locked.chmod(0o755)
     records = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert result.returncode == 1 and result.stderr.splitlines()[-1] == "2 of 3 images failed", result.stderr
     assert records[str(root / "seven.png")]["digit"] == 7
