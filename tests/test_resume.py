@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from digitrec import rundir, train
-from digitrec.errors import ModelError
 
 from test_cli import assert_one_line_error, run
+from test_rundir import fake_state
 
 # one thread in every process, so the runs being compared do their arithmetic in the same order
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -114,27 +114,6 @@ def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist
     resumed = train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=rundir.load_checkpoint(tmp_path), **quiet)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-
-
-def fake_state(step: int) -> dict:
-    return {"step": step, "weights": torch.full((3,), float(step))}
-
-
-def test_damaged_newest_checkpoint_is_refused_and_the_previous_one_used(tmp_path):
-    for step in (10, 20, 30):
-        rundir.save_checkpoint(tmp_path, fake_state(step))
-    assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt", "checkpoint-0000030.pt"]
-    newest = tmp_path / "checkpoint-0000030.pt"
-    damaged = bytearray(newest.read_bytes())
-    damaged[len(damaged) // 2] ^= 0xFF
-    newest.write_bytes(bytes(damaged))
-    warnings = []
-    assert rundir.load_checkpoint(tmp_path, warn=warnings.append)["step"] == 20
-    assert len(warnings) == 1 and "checkpoint-0000030.pt: the checkpoint is damaged" in warnings[0]
-
-    (tmp_path / "checkpoint-0000020.pt").write_bytes(b"PK\x03\x04 half a zip")  # partial: cut off mid-write
-    with pytest.raises(ModelError, match="every checkpoint is damaged or missing"):
-        rundir.load_checkpoint(tmp_path, warn=warnings.append)
 
 
 def test_resume_errors_are_one_line(tmp_path):

@@ -67,6 +67,7 @@ def test_a_list_naming_files_elsewhere_is_no_checkpoint_to_resume_from(tmp_path)
 def test_damaged_newest_checkpoint_falls_back_keeps_the_intact_one_and_drops_the_damaged_one(tmp_path):
     for step in (10, 20, 30):
         rundir.save_checkpoint(tmp_path, fake_state(step))
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt", "checkpoint-0000030.pt"]
     newest = tmp_path / "checkpoint-0000030.pt"
     damaged = bytearray(newest.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
@@ -78,6 +79,11 @@ def test_damaged_newest_checkpoint_falls_back_keeps_the_intact_one_and_drops_the
     rundir.save_checkpoint(tmp_path, fake_state(25))  # the resumed run's next checkpoint
     assert checkpoint_steps(tmp_path) == [20, 25]
     assert rundir.load_checkpoint(tmp_path)["step"] == 25
+
+    for name in ("checkpoint-0000020.pt", "checkpoint-0000025.pt"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04 half a zip")  # partial: cut off mid-write
+    with pytest.raises(ModelError, match="every checkpoint is damaged or missing"):
+        rundir.load_checkpoint(tmp_path, warn=warnings.append)
     assert (tmp_path / "checkpoint-0000020.pt").is_file()  # the intact one is still there to fall back to
 
 

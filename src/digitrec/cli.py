@@ -22,6 +22,9 @@ DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Directory holding the four MNIST files (default: $DIGITREC_DATA, the bundled copy, the cache).",
 )
+JSON_LINES_OPTION = click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+CSV_OPTION = click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                          help="Also write the results to this CSV file.")
 MODEL_OPTION = click.option(
     "--model", "model_path", type=click.Path(path_type=Path), default=None,
     help="Run directory, .safetensors or .onnx file (default: the bundled model).",
@@ -362,9 +365,8 @@ def exit_if_any_failed(rows: list[dict]) -> None:
 @main.command("predict")
 @click.argument("paths", nargs=-1, required=True)
 @MODEL_OPTION
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the results to this CSV file.")
+@JSON_LINES_OPTION
+@CSV_OPTION
 @click.option("--show-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save the 28x28 image the model saw for each input into this folder.")
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True, help="Show the K likeliest digits.")
@@ -417,9 +419,8 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
 @main.command("read")
 @click.argument("paths", nargs=-1, required=True)
 @MODEL_OPTION
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the results to this CSV file.")
+@JSON_LINES_OPTION
+@CSV_OPTION
 @click.option("--show-segments", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save each input with each digit's box and reading drawn on it into this folder.")
 def read_command(paths, model_path, as_json, csv_path, show_segments):
