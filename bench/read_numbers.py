@@ -7,7 +7,7 @@ by position, where the reading has the right length), mean edit distance; for si
 `predict` on the same images. Then numbers/s end to end (JPEG bytes -> text) for 4-digit strings, in
 one process and in one worker process per core.
 
-    nice python bench/read_numbers.py [--model PATH] [--count 200] [--lengths 1,2,3,4,5,6,7,8] [--split test|validation]
+    nice python bench/read_numbers.py [--model PATH] [--reader PATH] [--count 200] [--lengths 1,2,3,4,5,6,7,8] [--split test|validation]
 
 Choose with `--split validation`; report with the test split (never tuned on).
 """
@@ -48,16 +48,16 @@ def read_text(image: bytes) -> str:
         return ""
 
 
-def start_worker(model):
+def start_worker(model, reader):
     global recognizer
-    recognizer = Recognizer.load(model, threads=1)
+    recognizer = Recognizer.load(model, threads=1, reader=reader)
 
 
-def numbers_per_second(images: list[bytes], model, workers: int, repeats: int = 3) -> float:
+def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats: int = 3) -> float:
     """Median over `repeats` of reading all `images` in `workers` processes (1: this process)."""
     rates = []
     if workers == 1:
-        start_worker(model)
+        start_worker(model, reader)
         read_text(images[0])  # warm-up
         for _ in range(repeats):
             started = time.perf_counter()
@@ -66,7 +66,7 @@ def numbers_per_second(images: list[bytes], model, workers: int, repeats: int = 
             rates.append(len(images) / (time.perf_counter() - started))
         return statistics.median(rates)
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=start_worker, initargs=(model,)) as pool:
+    with context.Pool(workers, initializer=start_worker, initargs=(model, reader)) as pool:
         pool.map(read_text, images[: 4 * workers], chunksize=1)  # warm-up: every worker loaded
         for _ in range(repeats):
             started = time.perf_counter()
@@ -79,6 +79,7 @@ def main():
     global recognizer
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--reader", default=None)
     parser.add_argument("--count", type=int, default=200, help="strings per spacing and length")
     parser.add_argument("--lengths", default="1,2,3,4,5,6,7,8")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
@@ -86,7 +87,7 @@ def main():
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
-    recognizer = Recognizer.load(args.model)
+    recognizer = Recognizer.load(args.model, reader=args.reader)
     lengths = [int(n) for n in args.lengths.split(",")]
     print(f"{'spacing':<12}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}"
           f"{'predict':>9}{'s':>7}")
@@ -114,8 +115,8 @@ def main():
     if speed_set:
         cores = os.cpu_count() or 1
         print(f"\n4-digit strings, JPEG bytes -> text ({len(speed_set)} strings, all spacings, median of 3):")
-        print(f"  1 process:            {numbers_per_second(speed_set, args.model, 1):7.1f} numbers/s")
-        print(f"  {cores} worker processes:  {numbers_per_second(speed_set, args.model, cores):7.1f} numbers/s")
+        print(f"  1 process:            {numbers_per_second(speed_set, args.model, args.reader, 1):7.1f} numbers/s")
+        print(f"  {cores} worker processes:  {numbers_per_second(speed_set, args.model, args.reader, cores):7.1f} numbers/s")
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def test_train_help_lists_every_setting_with_its_range_and_default():
         assert f"--{field.name.replace('_', '-')}" in help_text, field.name
     assert "--lr FLOAT Learning rate (the peak under warmup_cosine), per step of one batch. Range (0, 10]." in help_text
     assert "--precision [auto|fp32|bf16]" in help_text and "--dry-run" in help_text
-    assert "Architecture: softmax, cnn, fast. [default: fast]" in help_text
+    assert "Architecture: softmax, cnn, fast, reader. [default: fast]" in help_text
     assert "fast: quick, full" in help_text
 
 
@@ -150,7 +150,8 @@ def test_dry_run_trains_a_few_logged_steps_of_each_model_and_writes_nothing(mode
     assert result.exit_code == 0, result.output
     steps = [int(line.split()[0]) for line in result.output.splitlines() if line.split() and line.split()[0].isdigit()]
     assert steps == [1, 2, 3]
-    assert "(dry run)" in result.output and "dry run done: 3 steps" in result.output and "on 500 images" in result.output
+    measured = "on 500 images" if models.spec(model).task == "digits" else "of 1,000 made from test digits"
+    assert "(dry run)" in result.output and "dry run done: 3 steps" in result.output and measured in result.output
     assert list(tmp_path.iterdir()) == []
 
 

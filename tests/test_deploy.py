@@ -10,11 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from digitrec import strings
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
-from digitrec.recognizer import Recognizer
+from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
+from digitrec.recognizer import Recognizer, load_reader
 
+from number_strings import number_image
 from test_cli import assert_one_line_error, run
 
 
@@ -155,3 +157,44 @@ def test_the_export_parity_check_fails_on_nan(tmp_path, mnist):
     with pytest.raises(ModelError, match="the ONNX export disagrees with torch"):
         export_onnx(None, tmp_path / "m.onnx", check_images=images)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def exported_reader(tmp_path_factory, mnist):
+    path = tmp_path_factory.mktemp("onnx") / "reader.onnx"
+    parity = export_onnx(DEFAULT_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy())
+    return path, parity
+
+
+def test_the_number_reader_exports_with_a_free_width_and_reads_as_torch_does(exported_reader, mnist):
+    path, parity = exported_reader
+    assert parity["strings"] == parity["same_readings"] == 200 and parity["max_logit_difference"] <= PARITY_TOLERANCE
+    images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
+    rng = np.random.default_rng(4)
+    pictures = [number_image(images, labels, length, "touching", rng)[0] for length in (1, 3, 7)]  # three widths
+    on_torch = Recognizer.load(reader=DEFAULT_READER)
+    on_onnx = Recognizer.load(reader=path)
+    assert [on_onnx.read(p).text for p in pictures] == [on_torch.read(p).text for p in pictures]
+
+
+def test_the_bundled_reader_onnx_copy_is_the_bundled_reader(mnist):
+    """`read` runs the bundled reader's .onnx when onnxruntime is installed: it must not go stale."""
+    made = strings.fixed_set(mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy(), 50)
+    onnx_scores, info = load_reader(None)
+    torch_scores, _ = load_reader(DEFAULT_READER)
+    assert info["weights"] == str(DEFAULT_READER_ONNX)
+    assert np.abs(onnx_scores(made.pixels) - torch_scores(made.pixels)).max() <= PARITY_TOLERANCE
+
+
+def test_a_reader_given_as_the_digit_model_and_a_digit_model_given_as_the_reader_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="model 'reader' reads numbers, not digits: give it as --reader"):
+        Recognizer.load(DEFAULT_READER)
+    with pytest.raises(ModelError, match="model 'fast' reads digits, not numbers: give it as --model"):
+        load_reader(DEFAULT_MODEL)
+    with pytest.raises(ModelError, match="not a digitrec number reader"):
+        load_reader(DEFAULT_ONNX)
+    with pytest.raises(ModelError, match="not a digitrec model"):
+        Recognizer.load(DEFAULT_READER_ONNX)
+    picture = tmp_path / "n.png"
+    Image.new("L", (60, 28), 255).save(picture)
+    assert_one_line_error(run("read", "--reader", DEFAULT_MODEL, picture), "give it as --model")

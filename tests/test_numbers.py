@@ -48,6 +48,18 @@ def test_person_style_numbers_of_every_length_are_read(recognizer, test_digits):
     assert right >= 23, [(text, truth) for text, (_, truth) in zip(texts, made) if text != truth]
 
 
+@pytest.mark.parametrize("spacing", ["touching", "overlapping"])
+def test_touching_and_overlapping_digits_are_read_without_cutting_them(recognizer, test_digits, spacing):
+    rng = np.random.default_rng(21)
+    made = [number_image(*test_digits, 4, spacing, rng) for _ in range(20)]
+    readings = [recognizer.read(image) for image, _ in made]
+    right = sum(reading.text == truth for reading, (_, truth) in zip(readings, made))
+    assert right >= 16, [(reading.text, truth) for reading, (_, truth) in zip(readings, made) if reading.text != truth]
+    for reading in readings:  # boxes left to right, each overlapping its neighbour at most partly
+        lefts = [digit.box[0] for digit in reading.digits]
+        assert lefts == sorted(lefts)
+
+
 def test_a_reading_has_digits_confidences_alternatives_and_the_product_as_its_confidence(recognizer, test_digits):
     rng = np.random.default_rng(0)
     reading = recognizer.read(paper(compose(first_of("2026", *test_digits), "separate", rng)))

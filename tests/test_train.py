@@ -144,3 +144,42 @@ def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
     assert lines[1] == "resuming at step 10 of 40"
     assert lines[-1].startswith("error: training diverged: the loss was nan at step 11 (lr 0.2); try a lower --lr")
     assert not (tmp_path / "weights.safetensors").exists()
+
+
+def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path):
+    from test_cli import run
+
+    out = tmp_path / "reader"
+    result = run("train", "--model", "reader", "--width", 4, "--steps", 6, "--batch-size", 8, "--log-every", 3,
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "training reader (default) for 6 steps of 8" in result.output
+    assert "whole strings read right of 1,000 made from test digits" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "reader" and 0 <= metrics["test_accuracy"] <= 1
+    loaded = checkpoint.load(out, task="numbers")
+    assert loaded.config["model"] == "reader" and loaded.config["width"] == 4
+
+
+def test_digit_augmentations_are_refused_for_the_number_reader():
+    with pytest.raises(ConfigError, match="reads whole numbers: --augment-degrees, --label-smoothing apply to digit models only"):
+        train.resolve_config("reader", augment_degrees=5, label_smoothing=0.1)
+
+
+def test_a_resumed_reader_sees_the_same_strings_and_ends_with_the_same_weights(mnist):
+    config = train.resolve_config("reader", width=4, steps=6, batch_size=8, precision="fp32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same order of arithmetic in both runs
+    try:
+        straight = train.Training(config, mnist, CPU)
+        straight.advance(6)
+        first = train.Training(config, mnist, CPU)
+        first.advance(3)
+        state = first.state_dict()
+        resumed = train.Training(config, mnist, CPU)
+        resumed.load_state_dict(state)
+        resumed.advance(3)
+    finally:
+        torch.set_num_threads(threads)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

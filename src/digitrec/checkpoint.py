@@ -37,9 +37,9 @@ class Loaded:
     weights_path: Path
 
 
-def weights_path(path: str | Path | None) -> Path:
-    """The weights file named by `path`: a run directory, a weights file, or None for the bundled model."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
+def weights_path(path: str | Path | None, default: Path = DEFAULT_MODEL) -> Path:
+    """The weights file named by `path`: a run directory, a weights file, or None for the bundled `default`."""
+    path = Path(path) if path is not None else default
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():
@@ -47,9 +47,10 @@ def weights_path(path: str | Path | None) -> Path:
     return path
 
 
-def load(path: str | Path | None = None) -> Loaded:
-    """Rebuild the model saved at `path` (see `weights_path`), in eval mode on the CPU, as float32."""
-    path = weights_path(path)
+def load(path: str | Path | None = None, task: str | None = None, default: Path = DEFAULT_MODEL) -> Loaded:
+    """Rebuild the model saved at `path` (see `weights_path`), in eval mode on the CPU, as float32; with
+    `task`, refuse a model of another task (a number reader where a digit model is wanted, or the reverse)."""
+    path = weights_path(path, default)
     try:
         with safe_open(str(path), framework="pt") as weights:
             metadata = weights.metadata() or {}
@@ -61,6 +62,8 @@ def load(path: str | Path | None = None) -> Loaded:
         model = models.from_config(config)  # the size is bounded before anything is allocated
     except ConfigError as error:
         raise ModelError(f"{path}: {error}") from None
+    if task is not None:
+        check_task(config["model"], task, path)
     check_fits(model, state, config["model"], path)
     non_finite = sorted(name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all())
     if non_finite:
@@ -68,6 +71,13 @@ def load(path: str | Path | None = None) -> Loaded:
                          f"{', ...' if len(non_finite) > 3 else ''}): the training that wrote them diverged")
     model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()})
     return Loaded(model.eval(), config, metrics, path)
+
+
+def check_task(model: str, task: str, path: Path) -> None:
+    found = models.spec(model).task
+    if found != task:
+        use = "give it as --reader to digitrec read" if found == "numbers" else "give it as --model"
+        raise ModelError(f"{path}: model {model!r} reads {found}, not {task}: {use}")
 
 
 def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:

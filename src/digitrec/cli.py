@@ -29,6 +29,10 @@ MODEL_OPTION = click.option(
     "--model", "model_path", type=click.Path(path_type=Path), default=None,
     help="Run directory, .safetensors or .onnx file (default: the bundled model).",
 )
+READER_OPTION = click.option(
+    "--reader", "reader_path", type=click.Path(path_type=Path), default=None,
+    help="The number reader: a run of `digitrec train --model reader`, its .safetensors or .onnx (default: the bundled one).",
+)
 
 
 OPTIONAL_PACKAGES = {  # package -> the install extra that brings it
@@ -192,13 +196,17 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     if not leader:
         return
     metrics = result.metrics
+    if models.spec(config.model).task == "numbers":
+        measured = f"whole strings read right of {train.EVALUATION_STRINGS:,} made from test digits"
+    else:
+        measured = f"on {len(mnist.test):,} images"
     if dry_run:
-        echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% on "
-             f"{len(mnist.test)} images; nothing written")
+        echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% "
+             f"({measured}); nothing written")
         return
     echo(
-        f"test accuracy {100 * metrics['test_accuracy']:.2f}% on 10,000 images "
-        f"(validation {100 * metrics['validation_accuracy']:.2f}%, {metrics['train_seconds']:.1f} s of training)"
+        f"test accuracy {100 * metrics['test_accuracy']:.2f}% ({measured}; "
+        f"validation {100 * metrics['validation_accuracy']:.2f}%, {metrics['train_seconds']:.1f} s of training)"
     )
     echo(f"saved to {run_dir}")
 
@@ -224,7 +232,7 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
                              "(an export is checked against its weights on the test set when it is made); evaluate "
                              "the run it was exported from, or read images with: digitrec predict --model "
                              f"{path} IMAGE...")
-    loaded = [checkpoint.load(path) for path in paths or [None]]
+    loaded = [checkpoint.load(path, task="digits") for path in paths or [None]]
     mnist = data.load(data_dir)
     if len(loaded) == 1:
         logits = evaluate.model_logits(loaded[0].model, mnist.test)
@@ -419,15 +427,19 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
 @main.command("read")
 @click.argument("paths", nargs=-1, required=True)
 @MODEL_OPTION
+@READER_OPTION
 @JSON_LINES_OPTION
 @CSV_OPTION
 @click.option("--show-segments", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save each input with each digit's box and reading drawn on it into this folder.")
-def read_command(paths, model_path, as_json, csv_path, show_segments):
-    """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin)."""
-    from digitrec.recognizer import Recognizer
+def read_command(paths, model_path, reader_path, as_json, csv_path, show_segments):
+    """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin).
 
-    recognizer = Recognizer.load(model_path)
+    The number reader reads the digits; the digit model (--model) reads again each digit that stands apart."""
+    from digitrec.recognizer import Recognizer, load_reader
+
+    recognizer = Recognizer.load(model_path, reader=reader_path)
+    recognizer.reader = load_reader(reader_path)  # now: a bad reader is one error, not one per image
     inputs = expand_inputs(paths)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
@@ -516,13 +528,18 @@ def explain_command(paths, model_path, out):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
 @DATA_DIR_OPTION
 def export_command(path, out, data_dir):
-    """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set."""
+    """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set (a number
+    reader: on strings of test digits)."""
     from digitrec import data
     from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 
-    test_images = data.load(data_dir).test.images.numpy()
-    parity = export_onnx(path, out, check_images=test_images)
-    click.echo(f"wrote {out}: onnxruntime gives the same digit on {parity['same_digits']}/{parity['images']} test images, "
+    test = data.load(data_dir).test
+    parity = export_onnx(path, out, check_images=test.images.numpy(), check_labels=test.labels.numpy())
+    if "strings" in parity:
+        same = f"the same reading of {parity['same_readings']}/{parity['strings']} strings of test digits"
+    else:
+        same = f"the same digit on {parity['same_digits']}/{parity['images']} test images"
+    click.echo(f"wrote {out}: onnxruntime gives {same}, "
                f"largest logit difference {parity['max_logit_difference']:.2e} (limit {PARITY_TOLERANCE:g})")
 
 
@@ -530,20 +547,22 @@ def export_command(path, out, data_dir):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @MODEL_OPTION
+@READER_OPTION
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes, each with its own copy of the model (one per core serves most; training needs 1).")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Folder of the runs the page lists and trains.")
 @click.option("--allow-training", is_flag=True,
               help="Offer training from the page on a non-loopback --host too (anyone who reaches it can use the CPU).")
-def serve_command(host, port, model_path, workers, runs_dir, allow_training):
+def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_training):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
     import uvicorn
 
-    from digitrec.web.app import MODEL_VARIABLE, TRAINING_VARIABLE, serving_app
+    from digitrec.web.app import MODEL_VARIABLE, READER_VARIABLE, TRAINING_VARIABLE, serving_app
     from digitrec.web.server import uvicorn_settings
 
     os.environ[MODEL_VARIABLE] = str(model_path or "")
+    os.environ[READER_VARIABLE] = str(reader_path or "")
     os.environ[TRAINING_VARIABLE] = json.dumps(
         {"runs_dir": str(runs_dir), "host": host, "allow_training": allow_training, "workers": workers})
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker

@@ -29,7 +29,7 @@ def setting(default, help: str, low=None, high=None, low_open=False, high_open=F
 class TrainConfig:
     model: str = setting("softmax", "Architecture (a registered model name).")
     recipe: str = setting("default", "Named recipe of the model: its preset values for every other setting.")
-    width: int | None = setting(None, "Channels of the first layer, for models with a width (fast: 1..256); none: the recipe's.")
+    width: int | None = setting(None, "Channels of the first layer, for models with a width (fast: 1..256, reader: 1..128); none: the recipe's.")
     steps: int = setting(1000, "Optimisation steps.", low=1, high=MAX_STEPS)
     batch_size: int = setting(100, "Images per step (under torchrun: in all processes together).", low=1, high=TRAIN_IMAGES)
     optimizer: str = setting("sgd", "sgd, nesterov (SGD with momentum 0.9) or adam.", choices=("sgd", "nesterov", "adam"))

@@ -15,6 +15,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return int((logits.argmax(1) == labels).sum()) / len(labels)
 
 
+def string_accuracy(read: list[str], truths: list[str]) -> float:
+    """The share of whole strings read exactly right."""
+    return sum(r == t for r, t in zip(read, truths, strict=True)) / len(truths)
+
+
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int = models.CLASSES) -> np.ndarray:
     """counts[true, predicted]."""
     return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)

@@ -10,6 +10,8 @@ from digitrec.errors import OutputError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
 DEFAULT_ONNX = DEFAULT_MODEL / "model.onnx"
+DEFAULT_READER = BUNDLED_DIR / "reader"  # the number reader (numbers.py), as weights.safetensors and model.onnx
+DEFAULT_READER_ONNX = DEFAULT_READER / "model.onnx"
 
 UMASK = os.umask(0)
 os.umask(UMASK)

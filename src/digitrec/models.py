@@ -1,7 +1,8 @@
-"""Every model digitrec trains: (B, 1, 28, 28) pixels in [0, 1] -> (B, 10) logits.
+"""Every model digitrec trains. Digit models: (B, 1, 28, 28) pixels in [0, 1] -> (B, 10) logits. The
+number reader: a strip of digits (B, 1, 32, W) -> (B, 11, W/2) per-column scores over blank and ten digits.
 
 Owns the architectures, their initialisation, and one `ModelSpec` per model declared beside its class:
-its size parameters and its training recipes. The registry of specs is what training, the CLI's
+its task, its size parameters and its training recipes. The registry of specs is what training, the CLI's
 choices, checkpoint loading and the ONNX export read; adding a model is one class and one `register`
 call. Nothing here about optimisers, data files or checkpoints.
 """
@@ -17,6 +18,7 @@ from digitrec.errors import ConfigError
 
 IMAGE_PIXELS = 28 * 28
 CLASSES = 10
+TASKS = ("digits", "numbers")  # one digit per 28x28 image; a whole number per strip (see strings.py)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ModelSpec:
     recipes: dict[str, dict]  # recipe name -> the TrainConfig values it sets; the rest keep TrainConfig's defaults
     default_recipe: str = "default"
     size: type | None = None  # frozen dataclass of the size parameters (TrainConfig fields of the same names)
+    task: str = "digits"  # one of TASKS: what the model reads, so what it trains on and is measured by
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -35,6 +38,8 @@ DEFAULT_MODEL = "fast"  # what `digitrec train` trains without --model
 
 def register(name: str, spec: ModelSpec) -> None:
     """Make model `name` known to training, the CLI, checkpoint loading and export."""
+    if spec.task not in TASKS:
+        raise ConfigError(f"model {name!r}: task {spec.task!r} is not one of {', '.join(TASKS)}")
     if spec.default_recipe not in spec.recipes:
         raise ConfigError(f"model {name!r}: default recipe {spec.default_recipe!r} is not one of its recipes")
     unsettable = size_names(spec) - {field.name for field in fields(TrainConfig)}
@@ -160,6 +165,59 @@ register("fast", ModelSpec(FastCNN, size=FastSize, default_recipe="quick", recip
         width=32, steps=6000, batch_size=128, optimizer="nesterov", lr=0.1, schedule="warmup_cosine",
         warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1,
         augment_scale=0.1, augment_stroke=1.0, channels_last=True, eval_every=1000,
+    ),
+}))
+
+
+@dataclass(frozen=True)
+class ReaderSize:
+    width: int = setting(16, "Channels of the first conv block; the others have 2x, 3x and 4x.", low=1, high=128)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+class NumberReader(nn.Module):
+    """Reads a whole number without cutting it into digits: a CNN that slides along the strip and scores,
+    for each 2-px column step, blank or one of ten digits; trained with CTC, so touching and overlapping
+    digits need no segmentation. Its height is pooled away (32 -> 2) while the width keeps one column per
+    2 px, enough for two narrow 1s side by side to get a blank between them; the 1-D convolutions then
+    see about 40 px along the row, two digits' width."""
+
+    def __init__(self, size: ReaderSize = ReaderSize()):
+        super().__init__()
+        width = size.width
+        self.columns = nn.Sequential(
+            conv_block(1, width, 3),  # (B, 1, 32, W) -> (B, w, 32, W)
+            nn.MaxPool2d(2),  # -> (B, w, 16, W/2)
+            conv_block(width, 2 * width, 3),
+            nn.MaxPool2d((2, 1)),  # -> (B, 2w, 8, W/2)
+            conv_block(2 * width, 3 * width, 3),
+            conv_block(3 * width, 3 * width, 3),
+            nn.MaxPool2d((2, 1)),  # -> (B, 3w, 4, W/2)
+            conv_block(3 * width, 4 * width, 3),
+            nn.MaxPool2d((2, 1)),  # -> (B, 4w, 2, W/2)
+        )
+        features = 4 * width * 2  # channels x the 2 rows left after four halvings of 32
+        self.along = nn.Sequential(
+            nn.Conv1d(features, 12 * width, 3, padding=1, bias=False),
+            nn.BatchNorm1d(12 * width),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(12 * width, 12 * width, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm1d(12 * width),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(12 * width, CLASSES + 1, 1),  # blank + ten digits
+        )
+
+    def forward(self, strips: torch.Tensor) -> torch.Tensor:
+        return self.along(self.columns(strips).flatten(1, 2))  # (B, 4w, 2, W/2) -> (B, 8w, W/2) -> (B, 11, W/2)
+
+
+register("reader", ModelSpec(NumberReader, size=ReaderSize, task="numbers", recipes={
+    # each step: 64 random strings of training digits (strings.random_batch); chosen on validation strings
+    "default": dict(
+        width=16, steps=10000, batch_size=64, optimizer="adam", lr=2e-3, schedule="warmup_cosine", warmup_fraction=0.1,
+        weight_decay=1e-4, channels_last=True, log_every=100, eval_every=1000,
     ),
 }))
 

@@ -1,50 +1,41 @@
-"""A picture of a number -> digit segments -> one reading ("2026"), by segmentation by recognition.
+"""A picture of a number -> its digits, each with a box and confidences: one reading ("2026").
 
     reading = Recognizer.load().read("meter.jpg")
     reading.text, reading.confidence, reading.unsure, reading.digits[0].box
 
-Owns finding the digits of a written number: the ink's connected components at a working resolution,
-specks dropped, components too wide for one digit cut along the top-to-bottom paths that cross the
-least ink, and the choice, by dynamic programming over the resulting pieces (left to right), of the grouping into digits
-that the model scores best: each candidate digit (one piece, or neighbouring pieces together, such as
-a 5's detached bar or a 4 drawn in two strokes) costs its -log probability plus priors on its shape.
-Each candidate is framed by `preprocess.frame`, the same preparation `predict` gives a lone digit, and
-all are scored in one batch. Not owned here: decoding and the ink map (preprocess), the model
-(recognizer).
+Owns finding the number in a person's image and turning the number reader's answer into digits with
+boxes: the ink map (preprocess) at a working resolution, its 8-connected components, specks dropped;
+the rest framed as one strip (strings.strip) and read whole by the number reader, a CNN trained with
+CTC on strings of training digits (models.NumberReader), so touching and overlapping digits need no
+cutting; each digit it reads is then given the ink around its place in the strip (whole components
+where one lies mostly within it) as its box. A digit that is one or more whole components of its own is
+also read by the digit model, framed as `predict` frames a lone digit (preprocess.frame, one code
+path), and the two readings' probabilities are multiplied (chosen on strings of validation digits:
+see the README). Not owned here: decoding images and the ink
+map (preprocess), strips and CTC decoding (strings), the models (recognizer).
 """
 
 import io
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from digitrec import strings
 from digitrec.errors import ImageError
-from digitrec.preprocess import Source, frame, ink_image, load_image
-from digitrec.recognizer import Recognizer
+from digitrec.preprocess import Source, dilate, frame, ink_image, load_image
+from digitrec.recognizer import UNSURE_BELOW, Recognizer
 
 MAX_DIGITS = 12  # longer numbers are refused
+MAX_MARKS = 4 * MAX_DIGITS  # separate marks (not specks) beyond this are refused before anything is read
 WORKING_HEIGHT = 128  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
 MAX_WORKING_PIXELS = 1_000_000  # and very wide ones until they hold at most this many pixels
+MAX_STRIP_WIDTH = 3 * strings.DIGIT_HEIGHT * MAX_DIGITS  # px: a strip wider than this holds too long a number
 INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding components
-# The sizes below are shares of the number's height: the median height of its taller components.
+# a share of the number's height (the median height of its taller components):
 SPECK_SIDE = 0.25  # a component smaller than this both ways is a speck (dust, a decimal point): ignored
-CUT_FROM = 0.9  # a component wider than this may hold several digits: it is cut into pieces
-MIN_PIECE = 0.15  # no cut closer than this to a component's edge or to another cut
-SIDESTEP_COST = 0.3  # a cut's cost for each step sideways, in ink pixels crossed
-CUTS_PER_HEIGHT = 2.0  # cuts per height of a component's width, at most: its cheapest paths through the ink
-MAX_GAP = 0.15  # pieces further apart than this are never one digit
-MAX_PIECES = 4  # pieces one digit may be made of
-MAX_WIDTH = 1.3  # no digit is wider than this
-# Priors, in the units of -log probability, added to each candidate digit's cost
-# per digit: negative, a small bonus for each digit found, which on validation strings recovered more
-# touching digits than it cost in wide single digits split in two
-SEGMENT_COST = -0.4
-WIDE_FROM, WIDE_COST = 1.1, 2.0  # per unit of width beyond WIDE_FROM
-CUT_COST = 0.3  # per cut through ink that the reading uses: a split of a component must earn it
-SHORT_FROM, SHORT_COST = 0.6, 8.0  # per unit of height below SHORT_FROM (a bar alone is no digit)
+WHOLE_SHARE = 0.75  # a component with at least this share of its ink in one digit's place is that digit's, whole
 ALTERNATIVES = 3  # the likeliest other digits reported for each digit
 
 
@@ -70,23 +61,6 @@ class Reading:
              "alternatives": [{"digit": a, "confidence": p} for a, p in d.alternatives]} for d in self.digits]}
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Part of the ink: one component, or the part of one between two cuts."""
-    component: int
-    top: int
-    left: int
-    mask: np.ndarray  # bool, the piece's pixels within its box
-
-    @property
-    def bottom(self) -> int:
-        return self.top + self.mask.shape[0]
-
-    @property
-    def right(self) -> int:
-        return self.left + self.mask.shape[1]
-
-
 def read(recognizer: Recognizer, source: Source, name: str = "image") -> Reading:
     """The number written in `source`; raises `ImageError` when there is none or it is too long."""
     image = load_image(source, name)
@@ -96,15 +70,30 @@ def read(recognizer: Recognizer, source: Source, name: str = "image") -> Reading
         raise ImageError(f"{name}: no digits found (the image is blank or nearly blank)")
     height = number_height(boxes)
     kept = keep(boxes, height)
-    if len(kept) > MAX_PIECES * MAX_DIGITS:  # before any is cut or read: noise must not cost minutes
+    if len(kept) > MAX_MARKS:  # before anything is read: noise must not cost minutes
         raise ImageError(f"{name}: {len(kept)} separate marks: too many for a number of at most {MAX_DIGITS} digits")
-    pieces = [piece for index in kept for piece in cut(labels, boxes, index, height)]
-    chosen, predictions = segment(recognizer, ink, pieces, height)
-    if len(chosen) > MAX_DIGITS:
-        raise ImageError(f"{name}: {len(chosen)} digits found; at most {MAX_DIGITS} are read")
+    labels = np.where(np.isin(labels, kept), labels, -1)
+    near_kept = dilate((labels >= 0).astype(np.float32), 1) > 0  # with the faint edge of each stroke
+    framed = strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
+    if framed.pixels.shape[1] > MAX_STRIP_WIDTH:
+        raise ImageError(f"{name}: the writing is too long for a number of at most {MAX_DIGITS} digits")
+    found = strings.decode(recognizer.reader_scores(framed.pixels[None, None])[0])
+    if not found:
+        raise ImageError(f"{name}: no digits found (the marks read as no digit)")
+    if len(found) > MAX_DIGITS:
+        raise ImageError(f"{name}: {len(found)} digits found; at most {MAX_DIGITS} are read")
+    masks, alone = digit_masks(labels, framed, found)
+    probabilities = [one.probabilities for one in found]
+    confidences = [one.confidence for one in found]
+    if any(alone):  # a digit of its own also goes to the digit model, as predict would read it
+        predictions = iter(recognizer.predict_arrays([frame(np.where(mask, ink, 0).astype(np.float32))
+                                                      for mask, whole in zip(masks, alone) if whole]))
+        for index in np.nonzero(alone)[0]:
+            joint = probabilities[index] * np.asarray(next(predictions).probabilities)
+            probabilities[index] = joint / joint.sum()
+            confidences[index] = float(probabilities[index].max())
     to_original = (image.width / ink.shape[1], image.height / ink.shape[0])
-    digits = [digit_reading(prediction, pieces[start:stop], to_original)
-              for (start, stop), prediction in zip(chosen, predictions)]
+    digits = [digit_reading(p, c, mask, to_original) for p, c, mask in zip(probabilities, confidences, masks)]
     return Reading(text="".join(str(d.digit) for d in digits), confidence=math.prod(d.confidence for d in digits),
                    unsure=any(d.unsure for d in digits), digits=digits)
 
@@ -115,19 +104,33 @@ def working_ink(image: Image.Image, name: str) -> np.ndarray:
     return ink_image(image, name, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
-def segment(recognizer: Recognizer, ink: np.ndarray, pieces: list[Piece], height: float) -> tuple[list, list]:
-    """The grouping of `pieces` into digits of least total cost: the chosen (start, stop) spans of pieces
-    and the model's prediction for each. Every candidate is scored in one batch."""
-    spans = [(i, j) for i in range(len(pieces)) for j in range(i + 1, min(i + MAX_PIECES, len(pieces)) + 1)
-             if joinable(pieces[i:j], height)]
-    predictions = dict(zip(spans, recognizer.predict_arrays([frame(segment_ink(ink, pieces[i:j])) for i, j in spans])))
-    costs = {}
-    for start, stop in spans:
-        ends_in_a_cut = stop < len(pieces) and pieces[stop - 1].component == pieces[stop].component
-        costs[start, stop] = (-math.log(max(predictions[start, stop].confidence, 1e-12))
-                              + prior(pieces[start:stop], height) + (CUT_COST if ends_in_a_cut else 0.0))
-    chosen = best_path(len(pieces), costs)
-    return chosen, [predictions[span] for span in chosen]
+def digit_masks(labels: np.ndarray, framed: strings.Strip, found: list[strings.Read]) -> tuple[list[np.ndarray], list[bool]]:
+    """Each digit's ink (a mask over the working ink) and whether it is whole components of its own.
+
+    Digit i's place is the ink columns between the midpoints of its and its neighbours' columns in the
+    strip; a component lies in one place (WHOLE_SHARE of its ink) or is cut along the places' edges."""
+    centres = [(one.first + one.last + 1) / 2 * strings.COLUMN_STEP for one in found]
+    edges = np.array([framed.to_ink_column((a + b) / 2) for a, b in zip(centres, centres[1:])])
+    columns = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+    place = np.searchsorted(edges, columns)  # each pixel's digit, by its column alone
+    masks = [np.zeros(labels.shape, bool) for _ in found]
+    alone = [True] * len(found)
+    for component in np.unique(labels[labels >= 0]):
+        pixels = labels == component
+        shares = np.bincount(place[pixels], minlength=len(found)) / pixels.sum()
+        if shares.max() >= WHOLE_SHARE:
+            masks[int(shares.argmax())] |= pixels
+        else:
+            for index in np.nonzero(shares)[0]:
+                masks[index] |= pixels & (place == index)
+                alone[index] = False
+    for index, mask in enumerate(masks):
+        if not mask.any():  # read where no ink lies in its place: box it by its place, never by the digit model
+            low = edges[index - 1] if index else 0
+            high = edges[index] if index < len(edges) else labels.shape[1]
+            mask[labels.shape[0] // 2, int(np.clip(low, 0, labels.shape[1] - 1)) : max(int(high), int(low) + 1)] = True
+            alone[index] = False
+    return masks, alone
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,111 +190,15 @@ def keep(boxes: np.ndarray, height: float) -> list[int]:
     return sorted(kept.tolist(), key=lambda i: boxes[i, 2] + boxes[i, 3])
 
 
-def cut(labels: np.ndarray, boxes: np.ndarray, index: int, height: float) -> list[Piece]:
-    """Component `index` as pieces: whole, or, when wider than one digit may be, cut along the top-to-bottom
-    paths that cross the least ink (touching digits meet where the ink is thinnest, often on a slant)."""
-    top, bottom, left, right, _ = boxes[index]
-    own = labels[top:bottom, left:right] == index
-    width = right - left
-    if width <= CUT_FROM * height:
-        return [Piece(index, top, left, own)]
-    margin = max(1, round(MIN_PIECE * height))
-    seams: list[np.ndarray] = []
-    for path in cheapest_paths(own):
-        if len(seams) >= CUTS_PER_HEIGHT * width / height:
-            break
-        middle = path.mean()
-        if margin <= middle <= width - margin and all(abs(middle - other.mean()) >= margin for other in seams):
-            seams.append(path)
-    seams.sort(key=np.mean)
-    bounds = np.maximum.accumulate(np.stack([np.zeros(len(own), int), *seams, np.full(len(own), width)]), axis=0)
-    columns = np.arange(width)
-    pieces = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        part = own & (columns >= start[:, None]) & (columns < stop[:, None])
-        rows, cols = np.nonzero(part.any(1))[0], np.nonzero(part.any(0))[0]
-        if len(rows):
-            pieces.append(Piece(index, top + rows[0], left + cols[0], part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
-    return pieces
-
-
-def cheapest_paths(own: np.ndarray) -> Iterator[np.ndarray]:
-    """Top-to-bottom paths through `own` (moving at most one column per row), cheapest first, one ending
-    in each column where the cost is a local minimum: each as the column it takes in every row. Cost: ink pixels crossed, plus a little
-    for each sideways step."""
-    rows, width = own.shape
-    came_from = np.zeros((rows, width), np.int64)
-    columns = np.arange(width)
-    above = np.full(width + 2, np.inf)  # the costs so far, with a wall either side
-    above[1:-1] = own[0]
-    for row in range(1, rows):
-        options = np.stack([above[:-2] + SIDESTEP_COST, above[1:-1], above[2:] + SIDESTEP_COST])
-        choice = options.argmin(0)  # 0: from the column to the left, 1: straight above, 2: from the right
-        came_from[row] = columns + choice - 1
-        above[1:-1] = options[choice, columns] + own[row]
-    total = above[1:-1]
-    ends = np.nonzero((total <= above[:-2]) & (total <= above[2:]))[0]  # only paths to a local minimum compete
-    for end in ends[np.argsort(total[ends], kind="stable")]:
-        path = np.empty(rows, np.int64)
-        path[-1] = end
-        for row in range(rows - 1, 0, -1):
-            path[row - 1] = came_from[row, path[row]]
-        yield path
-
-
-def joinable(pieces: list[Piece], height: float) -> bool:
-    """Whether these neighbouring pieces may be one digit: not too wide, no wide gap between them."""
-    if len({p.component for p in pieces}) == 1:
-        return True  # even when too wide: a component may always be read whole, and the path must pass it
-    if max(p.right for p in pieces) - min(p.left for p in pieces) > MAX_WIDTH * height:
-        return False
-    reach = pieces[0].right
-    for piece in pieces[1:]:
-        if piece.left - reach > MAX_GAP * height:
-            return False
-        reach = max(reach, piece.right)
-    return True
-
-
-def prior(pieces: list[Piece], height: float) -> float:
-    """The shape cost of reading these pieces as one digit."""
-    width = (max(p.right for p in pieces) - min(p.left for p in pieces)) / height
-    tall = (max(p.bottom for p in pieces) - min(p.top for p in pieces)) / height
-    return SEGMENT_COST + WIDE_COST * max(0.0, width - WIDE_FROM) + SHORT_COST * max(0.0, SHORT_FROM - tall)
-
-
-def segment_ink(ink: np.ndarray, pieces: list[Piece]) -> np.ndarray:
-    """The ink of these pieces alone, cropped to their box."""
-    top, bottom = min(p.top for p in pieces), max(p.bottom for p in pieces)
-    left, right = min(p.left for p in pieces), max(p.right for p in pieces)
-    own = np.zeros((bottom - top, right - left), bool)
-    for p in pieces:
-        own[p.top - top : p.bottom - top, p.left - left : p.right - left] |= p.mask
-    return np.where(own, ink[top:bottom, left:right], 0).astype(np.float32)
-
-
-def best_path(count: int, costs: dict[tuple[int, int], float]) -> list[tuple[int, int]]:
-    """The spans covering pieces 0..count-1 in order with the least total cost (dynamic programming)."""
-    best = [0.0] + [math.inf] * count
-    back = [0] * (count + 1)
-    for (start, stop), cost in sorted(costs.items(), key=lambda item: item[0][1]):
-        if best[start] + cost < best[stop]:
-            best[stop], back[stop] = best[start] + cost, start
-    spans, stop = [], count
-    while stop:
-        spans.append((back[stop], stop))
-        stop = back[stop]
-    return spans[::-1]
-
-
-def digit_reading(prediction, pieces: list[Piece], to_original: tuple[float, float]) -> DigitReading:
+def digit_reading(probabilities: np.ndarray, confidence: float, mask: np.ndarray,
+                  to_original: tuple[float, float]) -> DigitReading:
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     x_scale, y_scale = to_original
-    left, top = min(p.left for p in pieces), min(p.top for p in pieces)
-    right, bottom = max(p.right for p in pieces), max(p.bottom for p in pieces)
-    x, y = math.floor(left * x_scale), math.floor(top * y_scale)
-    box = (x, y, math.ceil(right * x_scale) - x, math.ceil(bottom * y_scale) - y)
-    return DigitReading(digit=prediction.digit, confidence=prediction.confidence,
-                        alternatives=prediction.top(ALTERNATIVES + 1)[1:], box=box, unsure=prediction.unsure)
+    x, y = math.floor(cols[0] * x_scale), math.floor(rows[0] * y_scale)
+    box = (x, y, math.ceil((cols[-1] + 1) * x_scale) - x, math.ceil((rows[-1] + 1) * y_scale) - y)
+    order = np.argsort(probabilities)[::-1]
+    return DigitReading(digit=int(order[0]), confidence=confidence, box=box, unsure=confidence < UNSURE_BELOW,
+                        alternatives=[(int(d), float(probabilities[d])) for d in order[1 : ALTERNATIVES + 1]])
 
 
 SURE_COLOUR, UNSURE_COLOUR = (37, 99, 235), (217, 72, 15)  # blue, and orange for an unsure digit

@@ -7,7 +7,8 @@
     reading = recognizer.read("year.jpg")     # a whole number: reading.text == "2026", boxes, confidences
 
 Owns model loading for inference (torch weights, or an `.onnx` file run by onnxruntime without
-importing torch) and batching; the CLI and the web app both call it.
+importing torch) and batching, for the digit model and for the number reader that `read` uses (loaded on
+the first `read`); the CLI and the web app both call it.
 """
 
 import importlib.util
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from digitrec.deploy import softmax
 from digitrec.errors import ImageError, ModelError
-from digitrec.files import DEFAULT_ONNX
+from digitrec.files import DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
 from digitrec.metadata import model_info
 from digitrec.preprocess import Source, preprocess
 
@@ -72,25 +74,28 @@ def prepare_in(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> li
     return prepared
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
+def onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class Recognizer:
     """Turns images into predictions with one model, loaded once."""
 
     def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
-                 outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None):
+                 outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+                 reader_path: str | Path | None = None, threads: int = 0):
         self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
         self.info = info  # name, parameters, recorded metrics, weights path
         # (B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
         # `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`
         self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
+        self.reader_path, self.threads = reader_path, threads
+        self.reader: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None  # scores function, info
 
     @classmethod
-    def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
-        """The model at `path` (run directory, .safetensors or .onnx file), or the bundled default.
+    def load(cls, path: str | Path | None = None, threads: int = 0, reader: str | Path | None = None) -> "Recognizer":
+        """The model at `path` (run directory, .safetensors or .onnx file), or the bundled default; `reader`:
+        the number reader `read` uses (the same kinds of path; None: the bundled one), loaded when first used.
 
         The bundled default runs on onnxruntime when it is installed (several times faster than torch for
         one image, see the README's runtimes table, and no torch needed), else on torch; both copies give
@@ -99,13 +104,22 @@ class Recognizer:
         a server that runs several requests at once does better with 1. On torch it sets the process's
         thread count.
         """
-        if path is None and importlib.util.find_spec("onnxruntime") is not None:
+        if path is None and onnxruntime_installed():
             path = DEFAULT_ONNX
         if path is not None and Path(path).suffix == ".onnx":
             from digitrec.deploy import load_onnx
 
-            return cls(*load_onnx(Path(path), threads))
-        return cls(*load_torch(path, threads))
+            return cls(*load_onnx(Path(path), threads), reader_path=reader, threads=threads)
+        return cls(*load_torch(path, threads), reader_path=reader, threads=threads)
+
+    def reader_scores(self, strips: np.ndarray) -> np.ndarray:
+        """The number reader's per-column probabilities (B, 11, W/2) for strips (B, 1, 32, W); see strings.py."""
+        if self.reader is None:
+            self.reader = load_reader(self.reader_path, self.threads)
+        scores = self.reader[0](strips)
+        if not np.isfinite(scores).all():
+            raise ModelError("the number reader's answer is NaN or infinite: it cannot be used")
+        return softmax(scores.astype(np.float64), 1)
 
     def predict(self, image: Source, name: str = "image") -> Prediction:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
@@ -154,7 +168,7 @@ class Recognizer:
         logits = self.logits(batch)
         if not np.isfinite(logits).all():  # loading refuses NaN weights; this catches an overflow
             raise ModelError("the model's answer is NaN or infinite: it cannot be used")
-        probabilities = softmax(logits.astype(np.float64))
+        probabilities = softmax(logits.astype(np.float64), 1)
         return [
             Prediction(
                 digit=int(p.argmax()),
@@ -175,7 +189,7 @@ def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dic
     if threads:
         torch.set_num_threads(threads)
 
-    loaded = checkpoint.load(path)
+    loaded = checkpoint.load(path, task="digits")
     model = loaded.model
 
     @torch.inference_mode()
@@ -189,3 +203,28 @@ def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dic
     info = model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch")
     return logits, info, outputs
 
+
+
+def load_reader(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """The number reader at `path` (run directory, .safetensors or .onnx file; None: the bundled one, on
+    onnxruntime when installed): its scores function, (B, 1, 32, W) -> (B, 11, W/2), and its info."""
+    if path is None and onnxruntime_installed():
+        path = DEFAULT_READER_ONNX
+    if path is not None and Path(path).suffix == ".onnx":
+        from digitrec.deploy import load_reader_onnx
+
+        return load_reader_onnx(Path(path), threads)
+    import torch
+
+    from digitrec import checkpoint, models
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = checkpoint.load(path, task="numbers", default=DEFAULT_READER)
+    model = loaded.model
+
+    @torch.inference_mode()
+    def scores(strips: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(strips)).float().numpy()
+
+    return scores, model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch")

@@ -25,10 +25,11 @@ from pydantic import BaseModel
 
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import to_png
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.recognizer import UNSURE_BELOW, Recognizer, load_reader
 from digitrec.web import training
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
+READER_VARIABLE = "DIGITREC_SERVE_READER"  # the number reader's path
 TRAINING_VARIABLE = "DIGITREC_SERVE_TRAINING"  # JSON: create_app's runs_dir, host, allow_training, workers
 MiB = 1024 * 1024
 MAX_BODY_BYTES = 2 * MiB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JPEG fits too
@@ -297,5 +298,8 @@ def serving_app() -> FastAPI:
     keep_freed_memory()
     settings = json.loads(os.environ.get(TRAINING_VARIABLE) or "{}")
     runs_dir = settings.pop("runs_dir", None)
-    return create_app(Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1),
+    recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1,
+                                 reader=os.environ.get(READER_VARIABLE) or None)
+    recognizer.reader = load_reader(recognizer.reader_path, threads=1)  # loaded with the app: a bad one fails at start
+    return create_app(recognizer,
                       runs_dir=Path(runs_dir) if runs_dir else None, **settings)

@@ -40,6 +40,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from digitrec import rundir
+from digitrec.errors import ModelError
 
 INSTALL_TRAINING = "pip install 'digitrec[train]'"
 MAX_STEPS = 200_000  # ten times the longest recipe (cnn's 20,000); more is a typo, not a plan
@@ -249,9 +250,12 @@ class Runs:
     @staticmethod
     def resolve(settings: StartIn):
         """The run's `TrainConfig`: the recipe with the given settings (imports torch: call it in a thread)."""
-        from digitrec import train
+        from digitrec import models, train
         from digitrec.errors import ConfigError
 
+        if settings.model in models.REGISTRY and models.spec(settings.model).task != "digits":
+            raise HTTPException(422, f"model {settings.model!r} reads whole numbers: train it with digitrec train "
+                                     f"--model {settings.model}; the page trains digit models")
         try:
             return train.resolve_config(settings.model, settings.recipe, steps=settings.steps,
                                         batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
@@ -368,15 +372,18 @@ class Runs:
                 last_progress, sent_at = progress, time.monotonic()
             await asyncio.sleep(POLL_SECONDS)
 
-    def summary(self, name: str) -> dict:
+    def summary(self, name: str) -> dict | None:
         """A finished run's test accuracy, confusion matrix and most confident mistakes (with their images),
         from its report; the report is written first (as `digitrec evaluate RUN --report` does) if missing."""
         if name in self.summaries:
             return self.summaries[name]
-        from digitrec import checkpoint, data, evaluate, report
+        from digitrec import checkpoint, data, evaluate, models, report
         from digitrec.web.app import png_data_url
 
         run_dir = self.runs_dir / name
+        model = rundir.read_json_if_any(run_dir / rundir.CONFIG_FILE).get("model")
+        if model not in models.REGISTRY or models.spec(model).task != "digits":
+            return None  # a number reader (trained from the command line) has no digit report
         test = data.load().test
         if not ((run_dir / "report.json").is_file() and (run_dir / "report.html").is_file()):
             loaded = checkpoint.load(run_dir)
@@ -400,11 +407,14 @@ class Runs:
 
 
 def recipes() -> dict[str, dict[str, dict]]:
-    """Each model's recipes, its default first, with the settings the page shows."""
+    """Each digit model's recipes, its default first, with the settings the page shows. (The number reader
+    trains from the command line: the page shows and uses digit models.)"""
     from digitrec import models, train
 
     chosen = {}
     for model, spec in models.REGISTRY.items():
+        if spec.task != "digits":
+            continue
         ordered = [spec.default_recipe, *(name for name in spec.recipes if name != spec.default_recipe)]
         configs = {name: train.resolve_config(model, name) for name in ordered}
         chosen[model] = {name: {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
@@ -514,7 +524,11 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
             path, selected = runs.runs_dir / choice.run, {"run": choice.run}
         else:
             path, selected = (None if choice.bundled == "default" else BUNDLED_DIR / choice.bundled), {"bundled": choice.bundled}
-        recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1)
+        try:
+            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1, request.app.state.recognizer.reader_path)
+        except ModelError as problem:  # e.g. a number reader's run: not a digit model
+            raise HTTPException(422, str(problem)) from None
+        recognizer.reader = request.app.state.recognizer.reader  # the number reader stays as it was
         request.app.state.recognizer = recognizer
         runs.selected = selected
         return ModelChoiceOut(selected=selected, name=recognizer.info["name"],
