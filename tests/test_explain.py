@@ -11,7 +11,8 @@ from digitrec.deploy import export_onnx
 from digitrec.explain import explain, explain_array
 from digitrec.files import BUNDLED_DIR, DEFAULT_MODEL, DEFAULT_ONNX
 from digitrec.preprocess import dilate
-from digitrec.recognizer import Recognizer, softmax
+from digitrec.deploy import softmax
+from digitrec.recognizer import Recognizer
 
 from test_cli import run
 
@@ -53,7 +54,7 @@ def test_blanking_the_reddest_ink_costs_the_answer_more_than_blanking_random_ink
         for blanked, losses in ((reddest, ranked_losses), (generator.choice(ink, count, replace=False), random_losses)):
             copy = digit.copy().ravel()
             copy[blanked] = 0
-            probability = softmax(bundled.logits(copy.reshape(1, 1, 28, 28)).astype(np.float64))[0, answer]
+            probability = softmax(bundled.logits(copy.reshape(1, 1, 28, 28)).astype(np.float64), 1)[0, answer]
             losses.append(explanation.prediction.confidence - probability)
     assert np.mean(ranked_losses) > 0.25 and np.mean(ranked_losses) > 3 * np.mean(random_losses)
 

@@ -1,18 +1,19 @@
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from digitrec import checkpoint, models, train
+from digitrec import checkpoint, models, strings, train
 from digitrec.config import check_fields, setting
 from digitrec.errors import ConfigError
 
 from test_cli import run
 
 
-@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+@pytest.mark.parametrize("name", sorted(name for name, spec in models.REGISTRY.items() if spec.task == "digits"))
 def test_every_model_maps_images_to_ten_logits_and_learns_from_one_step(name, mnist):
     torch.manual_seed(0)
     model = models.create(name).train()
@@ -28,6 +29,26 @@ def test_every_model_maps_images_to_ten_logits_and_learns_from_one_step(name, mn
     optimizer.step()
     torch.manual_seed(1)
     assert F.cross_entropy(model(images), labels) < before
+
+
+def test_the_number_reader_scores_every_column_of_a_strip_and_learns_from_one_step(mnist):
+    images, labels = mnist.train.images[:, 0].numpy(), mnist.train.labels.numpy()
+    made = strings.random_batch(images, labels, 16, np.random.default_rng(0))
+    torch.manual_seed(0)
+    reader = models.create("reader").train()
+    optimizer = train.make_optimizer(train.resolve_config("reader", lr=2e-4), reader.parameters())
+    strips = torch.from_numpy(made.pixels)
+
+    def loss() -> torch.Tensor:
+        scores = reader(strips).log_softmax(1)
+        assert scores.shape == (16, 11, strips.shape[3] // strings.COLUMN_STEP)
+        return F.ctc_loss(scores.permute(2, 0, 1), torch.from_numpy(made.digits + 1), torch.from_numpy(made.columns),
+                          torch.from_numpy(made.lengths), blank=strings.BLANK)
+
+    before = loss()
+    before.backward()
+    optimizer.step()
+    assert loss() < before
 
 
 def test_tutorial_models_start_as_the_tutorial_does():
@@ -85,7 +106,7 @@ def toy(monkeypatch):
 
 
 def test_a_model_added_with_one_spec_trains_from_the_cli_and_loads_back(toy, tmp_path):
-    assert "Architecture: softmax, cnn, fast, toy." in " ".join(run("train", "--help").output.split())
+    assert "Architecture: softmax, cnn, fast, reader, toy." in " ".join(run("train", "--help").output.split())
     out = tmp_path / "toy"
     result = run("train", "--model", "toy", "--width", 8, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
@@ -102,5 +123,5 @@ def test_a_model_added_with_one_spec_trains_from_the_cli_and_loads_back(toy, tmp
 
 
 def test_size_parameters_are_refused_by_models_without_them():
-    with pytest.raises(ConfigError, match="model 'cnn' has a fixed size: --width applies to fast only"):
+    with pytest.raises(ConfigError, match="model 'cnn' has a fixed size: --width applies to fast, reader only"):
         models.create("cnn", width=8)

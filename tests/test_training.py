@@ -114,7 +114,8 @@ def test_the_training_api_is_documented_with_its_bodies(client):
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ({"model": "resnet"}, "unknown model 'resnet' (choose from softmax, cnn, fast)"),
+    ({"model": "resnet"}, "unknown model 'resnet' (choose from softmax, cnn, fast, reader)"),
+    ({"model": "reader"}, "model 'reader' reads whole numbers: train it with digitrec train --model reader"),
     ({}, "model: Field required"),
     ({"model": "softmax", "steps": 0}, "steps: Input should be greater than or equal to 1"),
     ({"model": "softmax", "steps": -5}, "steps: Input should be greater than or equal to 1"),
