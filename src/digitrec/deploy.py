@@ -86,7 +86,10 @@ def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Ca
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads
     try:
-        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        # an int8 copy (digitrec.quantize) keeps its first block float, quantizing after the pool; propagating
+        # that quantization up through the pool would run the pool on uint8 in the slow NCHW layout
+        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"],
+                                               disabled_optimizers=["QDQPropagationTransformer"])
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
     check_signature(session, name)

@@ -10,6 +10,7 @@ from digitrec.errors import OutputError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
 DEFAULT_ONNX = DEFAULT_MODEL / "model.onnx"
+DEFAULT_INT8 = DEFAULT_MODEL / "model.int8.onnx"  # its int8 copy, for batched prediction (digitrec.quantize)
 
 UMASK = os.umask(0)
 os.umask(UMASK)
