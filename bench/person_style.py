@@ -2,8 +2,10 @@
 
 Each of the 10,000 test digits is rendered in each style of tests/person_style.py (scaled up, off-centre,
 dark on light or light on dark, paper noise, blur, JPEG, transparent RGBA, thick and thin pens) and
-recognized through `Recognizer`; the table compares each style's accuracy with the same model on the
-original 28x28 images, and with the originals passed through the preprocessing.
+recognized through `Recognizer.predict_many`, as `digitrec predict` reads files (the bundled model on
+onnxruntime runs its int8 copy there, and here on the originals too); the table compares each style's
+accuracy with the same model on the original 28x28 images, and with the originals passed through the
+preprocessing. bench/inference.py compares the int8 copy with the float model on the same renderings.
 
     python bench/person_style.py [--model PATH] [--count 10000] [--split test|validation]
 
@@ -35,7 +37,7 @@ def main():
     images = split.images[: args.count, 0].numpy()
     labels = split.labels[: args.count].numpy()
     recognizer = Recognizer.load(args.model)
-    original = np.mean([p.digit for p in recognizer.predict_arrays(images)] == labels)
+    original = np.mean([p.digit for p in recognizer.predict_arrays(images, recognizer.batch_logits)] == labels)
     digits = (images * 255).round().astype(np.uint8)
     preprocessed = np.mean([r.digit for r in recognizer.predict_many((str(i), d) for i, d in enumerate(digits))] == labels)
     print(f"{'input':<24}{'accuracy':>10}{'vs original':>13}{'seconds':>9}")

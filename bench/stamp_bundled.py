@@ -2,7 +2,7 @@
 
 For each bundled digit model (`src/digitrec/bundled/*`; not the number reader), measures the stored weights (as `predict` and `serve`
 load them) on the validation and test sets with `evaluate.accuracy`, and rewrites `metrics.json`, the
-metrics in `weights.safetensors`' metadata and, where there is one, in `model.onnx`'s metadata: the
+metrics in `weights.safetensors`' metadata and, where they are, in `model.onnx`'s and `model.int8.onnx`'s: the
 training facts from the run's own `config.json` and `log.jsonl`, what the model was trained on from its
 previous record, and `provenance` of this measurement (versions, commit, CPU). The weights themselves
 are left bit-identical (checked before anything is written), and so is the ONNX graph. Prints a table.
@@ -91,8 +91,9 @@ def main():
         assert rewritten.keys() == tensors.keys()
         assert all(rewritten[k].numpy().tobytes() == tensors[k].numpy().tobytes() for k in tensors)  # bit-identical
         write_atomic(run_dir / rundir.METRICS_FILE, rundir.to_json(metrics))
-        if (run_dir / "model.onnx").is_file():
-            write_atomic(run_dir / "model.onnx", restamp_onnx(run_dir / "model.onnx", config, metrics))
+        for name in ("model.onnx", "model.int8.onnx"):
+            if (run_dir / name).is_file():
+                write_atomic(run_dir / name, restamp_onnx(run_dir / name, config, metrics))
 
 
 if __name__ == "__main__":

@@ -239,3 +239,18 @@ def test_folders_and_files_this_user_cannot_open_are_error_rows(digits, tmp_path
     assert records[str(root / "seven.png")]["digit"] == 7
     assert records[str(locked)]["error"] == f"{locked}: cannot search this folder (Permission denied)"
     assert records[str(locked / "two.png")]["error"] == f"{locked / 'two.png'}: cannot read (Permission denied)"
+
+
+def test_several_batches_read_in_worker_processes_match_reading_each_image_alone(recognizer, digits, tmp_path):
+    """predict_many decodes in worker processes and runs each batch while the next is decoded: the views and
+    the digits must be what reading one image at a time gives (through the same int8 copy)."""
+    images, labels = digits
+    for index in range(300):  # two batches of 256
+        Image.fromarray(255 - images[index]).resize((112, 112)).save(tmp_path / f"{index:03}.png")
+    paths = sorted(tmp_path.iterdir())
+    results = recognizer.predict_many([(str(path), path) for path in paths], workers=2)
+    alone = [recognizer.predict(path) for path in paths]
+    assert all(np.array_equal(r.preprocessed, a.preprocessed) for r, a in zip(results, alone))
+    views = [a.preprocessed for a in alone]
+    assert [r.digit for r in results] == [p.digit for p in recognizer.predict_arrays(views, recognizer.batch_logits)]
+    assert np.mean([r.digit == label for r, label in zip(results, labels)]) >= 0.99

@@ -110,7 +110,10 @@ def open_session(source: bytes | str, name: str, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads
     try:
-        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        # an int8 copy (digitrec.quantize) keeps its first block float, quantizing after the pool; propagating
+        # that quantization up through the pool would run the pool on uint8 in the slow NCHW layout
+        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=["QDQPropagationTransformer"])
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
 

@@ -10,6 +10,7 @@ from digitrec.errors import OutputError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
 DEFAULT_ONNX = DEFAULT_MODEL / "model.onnx"
+DEFAULT_INT8 = DEFAULT_MODEL / "model.int8.onnx"  # its int8 copy, for batched prediction (digitrec.quantize)
 DEFAULT_READER = BUNDLED_DIR / "reader"  # the number reader (numbers.py), as weights.safetensors and model.onnx
 DEFAULT_READER_ONNX = DEFAULT_READER / "model.onnx"
 

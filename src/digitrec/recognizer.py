@@ -16,7 +16,7 @@ import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,9 @@ import numpy as np
 
 from digitrec.deploy import softmax
 from digitrec.errors import ImageError, ModelError
-from digitrec.files import DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
+from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
 from digitrec.metadata import model_info
-from digitrec.preprocess import Source, preprocess
+from digitrec.preprocess import Source, keep_freed_memory, preprocess
 
 UNSURE_BELOW = 0.80  # a prediction whose top probability is below this is flagged as unsure
 BATCH_SIZE = 256  # images per forward pass in batched prediction
@@ -83,8 +83,11 @@ class Recognizer:
 
     def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
                  outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+                 batch_logits: Callable[[np.ndarray], np.ndarray] | None = None,
                  reader_path: str | Path | None = None, threads: int = 0):
         self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
+        # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `logits`
+        self.batch_logits = batch_logits or logits
         self.info = info  # name, parameters, recorded metrics, weights path
         # (B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
         # `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`
@@ -99,13 +102,17 @@ class Recognizer:
 
         The bundled default runs on onnxruntime when it is installed (several times faster than torch for
         one image, see the README's runtimes table, and no torch needed), else on torch; both copies give
-        the same digits (tests check).
+        the same digits (tests check). On onnxruntime, `predict_many` runs the bundled int8 copy (`model.int8.onnx`,
+        kept only because it is as accurate: see digitrec.quantize), about twice as fast in batches.
         `threads` is how many threads one forward pass may use (0: the runtime's default, one per core);
         a server that runs several requests at once does better with 1. On torch it sets the process's
         thread count.
         """
         if path is None and onnxruntime_installed():
-            path = DEFAULT_ONNX
+            from digitrec.deploy import load_onnx
+
+            return cls(*load_onnx(DEFAULT_ONNX, threads), batch_logits=load_onnx(DEFAULT_INT8, threads)[0],
+                       reader_path=reader, threads=threads)
         if path is not None and Path(path).suffix == ".onnx":
             from digitrec.deploy import load_onnx
 
@@ -136,15 +143,19 @@ class Recognizer:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
         place instead of stopping the rest, whatever went wrong with it. Decoding and preprocessing, the
         costly part, is spread over `workers` processes (default: one per core) once there is at least a
-        full batch of images."""
+        full batch of images. Each batch runs through the model on a thread of its own while the next is
+        prepared."""
         workers = workers or os.cpu_count() or 1
-        results: list[Prediction | ImageError] = []
+        answered: list[Future] = []  # per batch, its results
         pool = None
+        inference = ThreadPoolExecutor(1)
         try:
             for chunk in chunks(images, BATCH_SIZE):
                 if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
+                    wait(answered)  # no fork while a thread runs the model
                     # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
-                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                               initializer=keep_freed_memory)
                 if pool is None:
                     prepared = [try_preprocess(name, image) for name, image in chunk]
                 else:
@@ -154,18 +165,24 @@ class Recognizer:
                         pool = None
                         died = chunk[len(prepared):]
                         prepared += [ImageError(f"{name}: the process reading it died") for name, _ in died]
-                good = [array for array in prepared if not isinstance(array, ImageError)]
-                predictions = iter(self.predict_arrays(good)) if good else iter(())
-                results.extend(item if isinstance(item, ImageError) else next(predictions) for item in prepared)
+                answered.append(inference.submit(self.predict_prepared, prepared))
+            return [result for batch in answered for result in batch.result()]
         finally:
+            inference.shutdown(cancel_futures=True)
             if pool is not None:
                 pool.shutdown()
-        return results
 
-    def predict_arrays(self, arrays: Sequence[np.ndarray] | np.ndarray) -> list[Prediction]:
-        """Already-preprocessed (N, 28, 28) arrays in 0..1."""
+    def predict_prepared(self, prepared: list[np.ndarray | ImageError]) -> list[Prediction | ImageError]:
+        """A batch's predictions from its preprocessed arrays, its errors kept in their places."""
+        good = [array for array in prepared if not isinstance(array, ImageError)]
+        predictions = iter(self.predict_arrays(good, self.batch_logits)) if good else iter(())
+        return [item if isinstance(item, ImageError) else next(predictions) for item in prepared]
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray] | np.ndarray,
+                       logits: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Prediction]:
+        """Already-preprocessed (N, 28, 28) arrays in 0..1, through `logits` (default: the model's float `logits`)."""
         batch = np.asarray(arrays, dtype=np.float32)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-        logits = self.logits(batch)
+        logits = (logits or self.logits)(batch)
         if not np.isfinite(logits).all():  # loading refuses NaN weights; this catches an overflow
             raise ModelError("the model's answer is NaN or infinite: it cannot be used")
         probabilities = softmax(logits.astype(np.float64), 1)

@@ -10,7 +10,6 @@ connections (timeouts, header sizes, how many) are the server's: `web/server.py`
 
 import base64
 import binascii
-import ctypes
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from digitrec.errors import ImageError, ModelError
-from digitrec.preprocess import to_png
+from digitrec.preprocess import keep_freed_memory, to_png
 from digitrec.recognizer import UNSURE_BELOW, Recognizer, load_reader
 from digitrec.web import training
 
@@ -34,9 +33,6 @@ TRAINING_VARIABLE = "DIGITREC_SERVE_TRAINING"  # JSON: create_app's runs_dir, ho
 MiB = 1024 * 1024
 MAX_BODY_BYTES = 2 * MiB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JPEG fits too
 MAX_BODIES_IN_FLIGHT = 16  # request bodies read at once; the others wait with their bytes in the socket
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-KEEP_FREED_BELOW = 4 << 20  # bytes: freed blocks up to this size stay in the process for reuse
-TRIM_ABOVE = 32 << 20  # bytes: free memory at the heap's top beyond this goes back to the kernel
 STATIC_DIR = Path(__file__).parent / "static"
 FAVICON_URL = "/static/favicon.svg"
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -269,25 +265,6 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAsGet)
     return app
-
-
-def keep_freed_memory() -> None:
-    """Make glibc keep freed blocks of the sizes one ordinary image needs for reuse, and hand big ones back.
-
-    By default every block over 128 KB (a 280x280 image as float32 is 313 KB) is mapped fresh from the
-    kernel and unmapped when freed, so each image's arrays page-fault in anew: that cost more than the
-    arithmetic on them (one 280x280 canvas PNG: 4.1 -> 3.0 ms from bytes to prediction). Blocks up to
-    KEEP_FREED_BELOW stay in the heap; larger ones (Pillow holds a big image in 16 MB blocks) are still
-    mapped and unmapped, and free heap above TRIM_ABOVE is returned, so that an image as large as allowed
-    (25 megapixels, 100 MB as RGBA) leaves nothing lasting behind. For a process that recognizes image
-    after image (`serve`); a no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BELOW)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
-    except (OSError, AttributeError):
-        pass
 
 
 def serving_app() -> FastAPI:

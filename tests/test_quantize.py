@@ -1,0 +1,72 @@
+"""int8 copies of an exported model: the logits-only cut, the accuracy gate, the bundled copy that
+`predict_many` runs, and `digitrec export --quantize int8`."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from digitrec.deploy import session_logits
+from digitrec.errors import ModelError
+from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
+from digitrec.quantize import TEST_POINTS, accuracy, logits_only, quantize_int8
+from digitrec.recognizer import Recognizer
+
+from test_cli import run
+
+
+def test_the_logits_only_cut_gives_the_exported_models_logits_exactly(mnist):
+    model = onnx.load(str(DEFAULT_ONNX))
+    logits_only(model)
+    assert [output.name for output in model.graph.output] == ["logits"]
+    cut, _, _ = session_logits(model.SerializeToString(), "cut")
+    full, _, _ = session_logits(str(DEFAULT_ONNX), "full")
+    images = mnist.test.images[:1000].numpy()
+    assert np.array_equal(cut(images), full(images))
+
+
+def test_the_bundled_int8_copy_is_as_accurate_as_the_float_model_on_the_whole_test_set(mnist):
+    images, labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
+    int8, _, stored = session_logits(str(DEFAULT_INT8), "int8")
+    float_logits, _, _ = session_logits(str(DEFAULT_ONNX), "float")
+    on_int8, on_float = accuracy(int8, images, labels), accuracy(float_logits, images, labels)
+    assert on_float == 0.9957 and on_int8 >= on_float - TEST_POINTS / 100
+    recorded = json.loads(stored["quantization"])
+    assert recorded["accuracy"]["test"] == {"float": on_float, "int8": on_int8, "allowed_points": TEST_POINTS}
+    assert recorded["accuracy"].keys() > {"test", "thin pen"}  # the bundled copy was gated on person-style sets too
+    assert json.loads(stored["config"])["model"] == "fast"
+
+
+def test_predict_many_reads_with_the_int8_copy_and_predict_with_the_float_model(mnist):
+    recognizer = Recognizer.load()
+    digit = (mnist.test.images[0, 0].numpy() * 255).round().astype(np.uint8)
+    batched = recognizer.predict_many([("seven", digit)])[0]
+    one = recognizer.predict(digit)
+    assert batched.digit == one.digit == 7 and np.array_equal(batched.preprocessed, one.preprocessed)
+    assert batched.probabilities == recognizer.predict_arrays([one.preprocessed], recognizer.batch_logits)[0].probabilities
+    assert batched.probabilities != one.probabilities  # close, not equal: the int8 copy rounds
+
+
+def test_an_int8_copy_that_loses_accuracy_is_refused_and_nothing_is_written(mnist, tmp_path):
+    out = tmp_path / "int8.onnx"
+    too_bright = mnist.train.images[:256].numpy() * 100  # ranges 100 times too wide: too coarse for real digits
+    checks = {"test": (mnist.test.images.numpy(), mnist.test.labels.numpy(), TEST_POINTS)}
+    with pytest.raises(ModelError) as refusal:
+        quantize_int8(DEFAULT_ONNX, out, too_bright, checks)
+    assert str(refusal.value) == ("the int8 copy loses 29.30 points of test accuracy (70.27 % against 99.57 %), "
+                                  "more than the 0.05 allowed; nothing written")
+    assert not out.exists()
+
+
+def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tmp_path):
+    out = tmp_path / "int8.onnx"
+    result = run("export", "--quantize", "int8", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        f"wrote {out}: int8, test accuracy 99.60 % against the float model's 99.57 % (at most 0.05 points lower allowed)")
+    recognizer = Recognizer.load(out)
+    assert recognizer.info["name"] == "fast" and recognizer.info["runtime"] == "onnxruntime"
+    images = mnist.test.images[:1000].numpy()
+    bundled, _, _ = session_logits(str(DEFAULT_INT8), "the bundled int8 copy")
+    assert np.array_equal(recognizer.logits(images).argmax(1), bundled(images).argmax(1))
