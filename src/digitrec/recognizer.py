@@ -25,7 +25,7 @@ import numpy as np
 
 from digitrec.deploy import softmax
 from digitrec.errors import ImageError, ModelError
-from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
+from digitrec.files import DEFAULT_INT8, DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
 from digitrec.metadata import model_info
 from digitrec.preprocess import Source, keep_freed_memory, preprocess
 
@@ -198,28 +198,37 @@ class Recognizer:
         ]
 
 
-def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dict, Callable]:
+def torch_model(path: str | Path | None, threads: int, task: str, default: Path) -> tuple[Callable, dict, object]:
+    """A saved model of `task` on torch (see `checkpoint.load`): its forward function (numpy in, float32
+    numpy out, no gradients), its info, and the module itself."""
     import torch
 
     from digitrec import checkpoint, models
 
     if threads:
         torch.set_num_threads(threads)
-
-    loaded = checkpoint.load(path, task="digits")
+    loaded = checkpoint.load(path, task=task, default=default)
     model = loaded.model
 
     @torch.inference_mode()
-    def logits(batch: np.ndarray) -> np.ndarray:
+    def forward(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
+
+    return forward, model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch"), model
+
+
+def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dict, Callable]:
+    import torch
+
+    from digitrec import models
+
+    logits, info, model = torch_model(path, threads, "digits", DEFAULT_MODEL)
 
     @torch.inference_mode()
     def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value.float().numpy() for name, value in models.inside_outputs(model, torch.from_numpy(batch)).items()}
 
-    info = model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch")
     return logits, info, outputs
-
 
 
 def load_reader(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
@@ -231,17 +240,5 @@ def load_reader(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np
         from digitrec.deploy import load_reader_onnx
 
         return load_reader_onnx(Path(path), threads)
-    import torch
-
-    from digitrec import checkpoint, models
-
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = checkpoint.load(path, task="numbers", default=DEFAULT_READER)
-    model = loaded.model
-
-    @torch.inference_mode()
-    def scores(strips: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(strips)).float().numpy()
-
-    return scores, model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch")
+    scores, info, _ = torch_model(path, threads, "numbers", DEFAULT_READER)
+    return scores, info

@@ -188,17 +188,18 @@ def batch(strips: list[np.ndarray], digits: list[np.ndarray]) -> Batch:
                  np.concatenate(digits), np.array([len(d) for d in digits], np.int64))
 
 
-def random_batch(images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator) -> Batch:
-    rows = [random_row(images, labels, rng) for _ in range(count)]
-    return batch([row_strip(row, DIGIT_HEIGHT * rng.uniform(*TRAINING_HEIGHTS)) for row, _ in rows],
-                 [digits for _, digits in rows])
+def random_batch(images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator,
+                 training: bool = True) -> Batch:
+    """`count` random strings (`random_row`) as a batch; for training, with some thicker pens and the
+    digits' scale varied (TRAINING_HEIGHTS)."""
+    rows = [random_row(images, labels, rng, pens=training) for _ in range(count)]
+    heights = [DIGIT_HEIGHT * rng.uniform(*TRAINING_HEIGHTS) if training else DIGIT_HEIGHT for _ in rows]
+    return batch([row_strip(row, height) for (row, _), height in zip(rows, heights)], [digits for _, digits in rows])
 
 
 def fixed_set(images: np.ndarray, labels: np.ndarray, count: int, seed: int = 0) -> Batch:
     """The same `count` strings on every call (with ordinary pens): what a split's string accuracy is measured on."""
-    rng = np.random.default_rng([seed, count])
-    rows = [random_row(images, labels, rng, pens=False) for _ in range(count)]
-    return batch([row_strip(row) for row, _ in rows], [digits for _, digits in rows])
+    return random_batch(images, labels, count, np.random.default_rng([seed, count]), training=False)
 
 
 @dataclass(frozen=True)
