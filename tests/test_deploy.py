@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,26 +53,35 @@ def test_bundled_onnx_copy_is_the_bundled_model(mnist):
     assert np.abs(onnx_logits - torch_logits).max() <= PARITY_TOLERANCE
 
 
+def seven_png(mnist, folder) -> Path:
+    """The first test digit (a 7) as a 100 x 100 dark-on-light PNG in `folder`."""
+    image = folder / "seven.png"
+    Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(image)
+    return image
+
+
+def without_torch(commands: str) -> str:
+    """What `commands` print, run by a fresh Python in which importing torch fails (a deployment installed
+    without the `train` extra); they may use `json`, `CliRunner` and the CLI's `main`."""
+    script = ("import sys, json\nsys.modules['torch'] = None\nfrom click.testing import CliRunner\n"
+              "from digitrec.cli import main\n" + commands)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+
+
 def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path):
     path, _ = exported
-    image = tmp_path / "seven.png"
-    Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(image)
-    script = (  # a deployment installed without the `train` extra: importing torch fails
-        "import sys, json\n"
-        "sys.modules['torch'] = None\n"
-        "from click.testing import CliRunner\n"
-        "from digitrec.cli import main\n"
+    image = seven_png(mnist, tmp_path)
+    output = without_torch(
         f"result = CliRunner().invoke(main, ['predict', {str(image)!r}, '--model', {str(path)!r}, '--json'])\n"
         "print(result.output)\n"
         "result = CliRunner().invoke(main, ['evaluate'])\n"
         "print(json.dumps({'exit_code': result.exit_code, 'output': result.output}))\n"
     )
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     lines = output.strip().splitlines()
     assert json.loads(lines[0])["digit"] == 7
-    without_torch = json.loads(lines[-1])
-    assert without_torch["exit_code"] == 1
-    assert without_torch["output"].strip() == (
+    evaluated = json.loads(lines[-1])
+    assert evaluated["exit_code"] == 1
+    assert evaluated["output"].strip() == (
         "error: this needs torch, which is not installed: pip install 'digitrec[train]' "
         "(predict and serve run an .onnx model without it)"
     )

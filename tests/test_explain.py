@@ -138,19 +138,12 @@ def test_an_onnx_file_exported_before_the_inside_outputs_still_gets_saliency(bun
 
 
 def test_explain_runs_where_torch_cannot_be_imported(mnist, tmp_path):
-    import subprocess
-    import sys
+    from test_deploy import seven_png, without_torch
 
-    seven = tmp_path / "seven.png"
-    Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(seven)
-    script = (  # a deployment installed without the `train` extra: importing torch fails
-        "import sys\n"
-        "sys.modules['torch'] = None\n"
-        "from click.testing import CliRunner\n"
-        "from digitrec.cli import main\n"
+    seven = seven_png(mnist, tmp_path)
+    output = without_torch(
         f"result = CliRunner().invoke(main, ['explain', {str(seven)!r}, '--out', {str(tmp_path)!r}])\n"
         "print(result.exit_code, result.output)\n"
     )
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert output.split()[:3] == ["0", str(seven), "7"]
     assert len(list(tmp_path.glob("*.explain.png"))) == 1
