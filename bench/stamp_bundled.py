@@ -33,8 +33,10 @@ def measured_metrics(run_dir: Path, mnist: data.MNIST, previous: dict) -> dict:
     model = checkpoint.load(run_dir).model
     tensors, _ = stored_tensors(run_dir / rundir.WEIGHTS_FILE)
     command = ["digitrec", "train", "--model", config["model"], "--recipe", config["recipe"], "--seed", str(config["seed"])]
-    trained_on = previous.get("provenance", {}).get("trained_on") or {
-        key: previous[key] for key in ("device", "torch_threads") if key in previous}
+    provenance = previous.get("provenance", {})
+    trained_on = provenance.get("trained_on") or {  # a run's own record: where it trained
+        key: source[key] for source in (previous, provenance) if "measured" not in source
+        for key in ("device", "torch_threads", "processes", "precision", "cpu", "cpu_flags") if key in source}
     return {
         "model": config["model"],
         "recipe": config["recipe"],

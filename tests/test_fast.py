@@ -13,11 +13,12 @@ from test_cli import run
 def test_presets_resolve_to_the_documented_configs():
     quick = train.resolve_config("fast")
     assert quick.recipe == "quick"
-    assert (quick.width, quick.steps, quick.batch_size, quick.optimizer, quick.lr, quick.schedule) == (
-        16, 400, 128, "nesterov", 0.2, "warmup_cosine")
+    assert (quick.width, quick.pool_first, quick.steps, quick.batch_size, quick.optimizer, quick.lr, quick.schedule) == (
+        16, True, 400, 128, "nesterov", 0.2, "warmup_cosine")
     assert not quick.uses_affine and quick.augment_stroke == 0
     full = train.resolve_config("fast", "full")
-    assert (full.width, full.steps, full.batch_size, full.lr, full.label_smoothing) == (32, 6000, 128, 0.1, 0.1)
+    assert (full.width, full.pool_first, full.steps, full.batch_size, full.lr, full.label_smoothing) == (
+        32, True, 16000, 128, 0.1, 0.1)
     assert (full.augment_degrees, full.augment_shift, full.augment_scale, full.augment_stroke) == (10, 0.1, 0.1, 1.0)
 
 

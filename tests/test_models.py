@@ -125,3 +125,23 @@ def test_a_model_added_with_one_spec_trains_from_the_cli_and_loads_back(toy, tmp
 def test_size_parameters_are_refused_by_models_without_them():
     with pytest.raises(ConfigError, match="model 'cnn' has a fixed size: --width applies to fast, reader only"):
         models.create("cnn", width=8)
+    with pytest.raises(ConfigError, match="model 'reader' has no --pool-first: --pool-first applies to fast only"):
+        models.create("reader", pool_first=True)
+    with pytest.raises(ConfigError, match="pool_first must be true or false, not 1"):
+        models.create("fast", pool_first=1)
+
+
+def test_pool_first_pools_before_the_norm_and_weights_without_it_keep_their_layout():
+    images = torch.rand(3, 1, 28, 28)
+    pooled = models.create("fast", width=4, pool_first=True).eval()
+    maps = models.inside_outputs(pooled, images)
+    assert [tuple(maps[f"activation:conv{i}"].shape) for i in (1, 2, 3)] == [(3, 4, 14, 14), (3, 8, 7, 7), (3, 16, 3, 3)]
+    # the first block's output is the pooled convolution, normalised: its batch norm sees 14x14 maps
+    convolution, pool, norm, _ = pooled.layers[0]
+    expected = torch.relu(norm(pool(convolution(images))))
+    assert torch.equal(maps["activation:conv1"], expected)
+    # a weights file saved before pool_first existed records no pool_first: it is built as it was trained
+    plain = models.from_config({"model": "fast", "width": 4})
+    assert tuple(models.inside_outputs(plain, images)["activation:conv1"].shape) == (3, 4, 28, 28)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        plain.load_state_dict(pooled.state_dict())

@@ -2,6 +2,7 @@
 `predict_many` runs, and `digitrec export --quantize int8`."""
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ def test_the_bundled_int8_copy_is_as_accurate_as_the_float_model_on_the_whole_te
     int8, _, stored = session_logits(str(DEFAULT_INT8), "int8")
     float_logits, _, _ = session_logits(str(DEFAULT_ONNX), "float")
     on_int8, on_float = accuracy(int8, images, labels), accuracy(float_logits, images, labels)
-    assert on_float == 0.9957 and on_int8 >= on_float - TEST_POINTS / 100
+    assert on_float == 0.9971 and on_int8 >= on_float - TEST_POINTS / 100
     recorded = json.loads(stored["quantization"])
     assert recorded["accuracy"]["test"] == {"float": on_float, "int8": on_int8, "allowed_points": TEST_POINTS}
     assert recorded["accuracy"].keys() > {"test", "thin pen"}  # the bundled copy was gated on person-style sets too
@@ -54,8 +55,8 @@ def test_an_int8_copy_that_loses_accuracy_is_refused_and_nothing_is_written(mnis
     checks = {"test": (mnist.test.images.numpy(), mnist.test.labels.numpy(), TEST_POINTS)}
     with pytest.raises(ModelError) as refusal:
         quantize_int8(DEFAULT_ONNX, out, too_bright, checks)
-    assert str(refusal.value) == ("the int8 copy loses 29.30 points of test accuracy (70.27 % against 99.57 %), "
-                                  "more than the 0.05 allowed; nothing written")
+    assert re.fullmatch(r"the int8 copy loses \d+\.\d\d points of test accuracy \(\d+\.\d\d % against 99\.71 %\), "
+                        r"more than the 0\.05 allowed; nothing written", str(refusal.value))
     assert not out.exists()
 
 
@@ -63,8 +64,8 @@ def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tm
     out = tmp_path / "int8.onnx"
     result = run("export", "--quantize", "int8", "--out", out)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1] == (
-        f"wrote {out}: int8, test accuracy 99.60 % against the float model's 99.57 % (at most 0.05 points lower allowed)")
+    assert re.fullmatch(rf"wrote {re.escape(str(out))}: int8, test accuracy 99\.(6[6-9]|7\d) % against the float model's "
+                        r"99\.71 % \(at most 0\.05 points lower allowed\)", result.output.splitlines()[-1])
     recognizer = Recognizer.load(out)
     assert recognizer.info["name"] == "fast" and recognizer.info["runtime"] == "onnxruntime"
     images = mnist.test.images[:1000].numpy()

@@ -25,8 +25,8 @@ def test_a_drawn_seven_is_explained_with_maps_filters_and_saliency_on_its_ink(cl
     assert body["digit"] == 7 and body["target"] == 7 and len(body["probabilities"]) == 10
     assert body["caption"] == "red: ink that pushed the answer towards 7; blue: ink that pushed it away"
     assert [(stage["name"], stage["shape"]) for stage in body["stages"]] == [
-        ("conv1", [32, 28, 28]), ("conv2", [64, 14, 14]), ("conv3", [128, 7, 7])]
-    assert picture(body["stages"][0]["image"]).shape == (4 * 29 - 1, 8 * 29 - 1, 3)  # 8 x 4 maps, 1 px apart
+        ("conv1", [32, 14, 14]), ("conv2", [64, 7, 7]), ("conv3", [128, 3, 3])]  # each block pools first
+    assert picture(body["stages"][0]["image"]).shape == (4 * 15 - 1, 8 * 15 - 1, 3)  # 8 x 4 maps, 1 px apart
     assert body["filters"]["shape"] == [32, 5, 5] and body["templates"] is None
     seen = picture(body["input"])[..., 0]
     assert [entry["digit"] for entry in body["saliency"]] == list(range(10))

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from digitrec import __version__
-from digitrec.config import TrainConfig, describe_range
+from digitrec.config import TrainConfig, describe_range, is_switch
 from digitrec.errors import DigitrecError, ImageError, ModelError
 from digitrec.files import write_atomic
 
@@ -124,7 +124,7 @@ def config_options(command):
         if spec.name in ("model", "recipe"):
             describe = describe_models if spec.name == "model" else describe_recipes
             option = click.option(flag, cls=RegistryOption, describe=describe, default=None)
-        elif spec.type is bool:
+        elif is_switch(spec):
             option = click.option(f"{flag}/--no-{flag[2:]}", default=None,
                                   help=f"{meta['help']} [default: the recipe's, else {'on' if spec.default else 'off'}]")
         else:

@@ -30,6 +30,8 @@ class TrainConfig:
     model: str = setting("softmax", "Architecture (a registered model name).")
     recipe: str = setting("default", "Named recipe of the model: its preset values for every other setting.")
     width: int | None = setting(None, "Channels of the first layer, for models with a width (fast: 1..256, reader: 1..128); none: the recipe's.")
+    pool_first: bool | None = setting(None, "Models with it (fast): max-pool each conv block's output before its batch "
+                                             "norm and ReLU, which then do a quarter of the work (bench/floor.py).")
     steps: int = setting(1000, "Optimisation steps.", low=1, high=MAX_STEPS)
     batch_size: int = setting(100, "Images per step (under torchrun: in all processes together).", low=1, high=TRAIN_IMAGES)
     optimizer: str = setting("sgd", "sgd, nesterov (SGD with momentum 0.9) or adam.", choices=("sgd", "nesterov", "adam"))
@@ -81,6 +83,11 @@ def check_fields(instance) -> None:
         check(spec, getattr(instance, spec.name))
 
 
+def is_switch(spec) -> bool:
+    """Whether a field is on/off (bool, or bool | None for a model's size that only some models have)."""
+    return spec.type in (bool, bool | None)
+
+
 def check(spec, value) -> None:
     """Raise ConfigError unless `value` has the field's type and lies within its bounds."""
     meta, name = spec.metadata, spec.name
@@ -89,7 +96,7 @@ def check(spec, value) -> None:
     if spec.type is float:
         valid_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         expected = "a finite number"
-    elif spec.type is bool:
+    elif is_switch(spec):
         valid_type, expected = isinstance(value, bool), "true or false"
     elif spec.type is str:
         valid_type, expected = isinstance(value, str), "a name"

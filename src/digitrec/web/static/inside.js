@@ -43,6 +43,9 @@
     panel.dataset.saliencyDigit = digit;
   }
 
+  // 2x for maps of 14 pixels and more; smaller maps larger, up to 6x (a pooled 3x3 map shows 18 px square)
+  const mapZoom = (size) => Math.max(2, Math.min(6, Math.round(21 / size)));
+
   function figure(url, label, alt, zoom = 0) {  // zoom: show each pixel as zoom x zoom (0: the style's size)
     const item = document.createElement("figure");
     const image = document.createElement("img");
@@ -65,7 +68,7 @@
     const stages = document.getElementById("inside-stages");
     stages.replaceChildren(...result.stages.map((stage) =>
       figure(stage.image, `${stage.name}: ${stage.shape[0]} feature maps of ${stage.shape[1]}×${stage.shape[2]}`,
-             `The ${stage.shape[0]} feature maps of ${stage.name}`, stage.shape[2] > 7 ? 2 : 3)));
+             `The ${stage.shape[0]} feature maps of ${stage.name}`, mapZoom(stage.shape[2]))));
     document.getElementById("inside-maps-label").hidden = result.stages.length === 0;
     const filters = document.getElementById("inside-filters");
     filters.hidden = !result.filters;
