@@ -10,8 +10,9 @@ set's allowance is 0.05 points (`TEST_POINTS`); bench/inference.py also gates on
 
 Three choices measured on the bundled models (bench/inference.py; README, "int8 for batched prediction"):
 - The first block (convolution, ReLU, pool; or pooling first: convolution, pool, batch norm, ReLU) stays
-  float. Its convolution reads one channel through a 5x5 kernel: 25 products per output are too few for the int8 matrix kernels; onnxruntime's int8 version of
-  it took 4.5 times its float time, as long as the two other int8 convolutions together.
+  float. Its convolution reads one channel through a 5x5 kernel: 25 products per output are too few for
+  the int8 matrix kernels; onnxruntime's int8 version of it took 4.5 times its float time, as long as the
+  two other int8 convolutions together.
 - Weights use 7 of their 8 bits (`reduce_range`). CPUs without AVX-512 VNNI multiply uint8 by int8 with
   VPMADDUBSW, which can saturate a pair of full-range products; with 7-bit weights no pair can, so the
   integer sums are exact there too and the accuracy checked here should hold on them (this CPU has VNNI:
@@ -103,7 +104,7 @@ def float_nodes(model) -> list[str]:
     return names + [node.name for node in model.graph.node if node.op_type == "BatchNormalization" and node.name not in names]
 
 
-def quantize_file(source: Path, out: Path, calibration_images: np.ndarray, float_nodes: list[str]) -> None:
+def quantize_file(source: Path, out: Path, calibration_images: np.ndarray, kept_float: list[str]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -118,7 +119,7 @@ def quantize_file(source: Path, out: Path, calibration_images: np.ndarray, float
     prepared = out.with_name("prepared.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shapes and constants, as the quantizer asks
     quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=kept_float)
 
 
 def accuracy(logits, images: np.ndarray, labels: np.ndarray) -> float:
