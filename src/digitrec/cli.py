@@ -436,10 +436,10 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
     """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin).
 
     The number reader reads the digits; the digit model (--model) reads again each digit that stands apart."""
-    from digitrec.recognizer import Recognizer, load_reader
+    from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path, reader=reader_path)
-    recognizer.reader = load_reader(reader_path)  # now: a bad reader is one error, not one per image
+    recognizer.load_reader()
     inputs = expand_inputs(paths)
     if not inputs:
         raise click.UsageError("no images found in the given folders")

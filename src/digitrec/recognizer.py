@@ -119,11 +119,16 @@ class Recognizer:
             return cls(*load_onnx(Path(path), threads), reader_path=reader, threads=threads)
         return cls(*load_torch(path, threads), reader_path=reader, threads=threads)
 
-    def reader_scores(self, strips: np.ndarray) -> np.ndarray:
-        """The number reader's per-column probabilities (B, 11, W/2) for strips (B, 1, 32, W); see strings.py."""
+    def load_reader(self) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+        """The number reader, loaded now if it is not yet (a caller that reads many images calls this first,
+        so that a bad reader is one error, not one per image)."""
         if self.reader is None:
             self.reader = load_reader(self.reader_path, self.threads)
-        scores = self.reader[0](strips)
+        return self.reader
+
+    def reader_scores(self, strips: np.ndarray) -> np.ndarray:
+        """The number reader's per-column probabilities (B, 11, W/2) for strips (B, 1, 32, W); see strings.py."""
+        scores = self.load_reader()[0](strips)
         if not np.isfinite(scores).all():
             raise ModelError("the number reader's answer is NaN or infinite: it cannot be used")
         return softmax(scores.astype(np.float64), 1)

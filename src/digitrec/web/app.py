@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import keep_freed_memory, to_png
-from digitrec.recognizer import UNSURE_BELOW, Recognizer, load_reader
+from digitrec.recognizer import UNSURE_BELOW, Recognizer
 from digitrec.web import training
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
@@ -277,6 +277,6 @@ def serving_app() -> FastAPI:
     runs_dir = settings.pop("runs_dir", None)
     recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1,
                                  reader=os.environ.get(READER_VARIABLE) or None)
-    recognizer.reader = load_reader(recognizer.reader_path, threads=1)  # loaded with the app: a bad one fails at start
+    recognizer.load_reader()  # with the app: a bad one fails at start
     return create_app(recognizer,
                       runs_dir=Path(runs_dir) if runs_dir else None, **settings)
