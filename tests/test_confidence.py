@@ -7,13 +7,12 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import run
 
 from digitrec import confidence
 from digitrec.confidence import CalibrationWarning
 from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
 from digitrec.recognizer import Recognizer
-
-from test_cli import run
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ def load(model_path: str | Path) -> Calibration:
         reason = "missing (run `digitrec calibrate --model ...` to make it)"
     except (OSError, UnicodeDecodeError) as error:
         reason = f"unreadable ({getattr(error, 'strerror', None) or error})"
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         reason = f"damaged ({error})"
     warnings.warn(f"{path}: calibration {reason}; using uncalibrated confidences (unsure below "
                   f"{UNCALIBRATED_UNSURE_BELOW})", CalibrationWarning, stacklevel=2)
@@ -97,10 +97,10 @@ def load(model_path: str | Path) -> Calibration:
 
 
 def parse(text: str) -> Calibration:
-    """A calibration file's content; ValueError saying what is wrong with it."""
+    """A calibration file's content; ValueError or TypeError saying what is wrong with it."""
     content = json.loads(text, parse_constant=lambda constant: float("nan"))  # NaN is caught below
     if not isinstance(content, dict):
-        raise ValueError("not a JSON object")
+        raise TypeError("not a JSON object")
     if content.get("version") != VERSION:
         raise ValueError(f"version {content.get('version')!r}, expected {VERSION}")
     temperature, unsure_below = content.get("temperature"), content.get("unsure_below")
@@ -163,7 +163,7 @@ def flag_rates(confidences: np.ndarray, correct: np.ndarray, unsure_below: float
     flagged = confidences < unsure_below
     return {"wrong_flagged": float(flagged[~correct].mean()) if (~correct).any() else 1.0,
             "right_flagged": float(flagged[correct].mean()) if correct.any() else 0.0,
-            "readings": int(len(correct)), "wrong": int((~correct).sum())}
+            "readings": len(correct), "wrong": int((~correct).sum())}
 
 
 def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -208,7 +208,7 @@ def fit(logits: np.ndarray, labels: np.ndarray, record: dict | None = None) -> C
     confidences = calibrated.max(1)
     unsure_below = round(choose_unsure_below(confidences, correct), 6)
     measured = {
-        "readings": int(len(labels)),
+        "readings": len(labels),
         "accuracy": float(correct.mean()),
         "ece_uncalibrated": expected_calibration_error(raw.max(1), correct),
         "ece": expected_calibration_error(confidences, correct),
