@@ -20,7 +20,6 @@ points on the test set and 0.1 points on every person-style set (give `--person-
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,11 +28,16 @@ import numpy as np
 from digitrec import data
 from digitrec.deploy import session_logits
 from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
-from digitrec.quantize import CALIBRATION_DIGITS, PERSON_STYLE_POINTS, TEST_POINTS, accuracy, logits_only, quantize_int8
+from digitrec.quantize import (
+    CALIBRATION_DIGITS,
+    PERSON_STYLE_POINTS,
+    TEST_POINTS,
+    accuracy,
+    logits_only,
+    quantize_int8,
+)
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from person_style import STYLES, render  # noqa: E402
+from digitrec.styles import STYLES, render
 
 
 def logits_only_bytes(path: Path) -> bytes:

@@ -13,17 +13,13 @@ Choose with `--split validation`; report with the test split.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from digitrec import data
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from person_style import STYLES, render  # noqa: E402
+from digitrec.styles import STYLES, render
 
 
 def main():

@@ -47,6 +47,14 @@ class TrainConfig:
     augment_scale: float = setting(0.0, "Random scale within 1 ± this; 0: none.", low=0, high=1, high_open=True)
     augment_stroke: float = setting(0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.",
                                     low=0, high=1)
+    # person-style variation (augment.py): each the share of a batch's images given it; pen width is augment_stroke
+    augment_low_resolution: float = setting(0.0, "Share of images written small: the digit box 8-16 px, enlarged back to 20.",
+                                            low=0, high=1)
+    augment_blur: float = setting(0.0, "Share of images blurred (Gaussian, sigma 0.3-1.2 px).", low=0, high=1)
+    augment_lighting: float = setting(0.0, "Share of images lit unevenly (ink fading across the digit, a gamma).",
+                                      low=0, high=1)
+    augment_paper: float = setting(0.0, "Share of images with paper left in them (noise beside the strokes, a line's dim band).",
+                                   low=0, high=1)
     channels_last: bool = setting(False, "NHWC activations: faster convolutions on CPUs (measured in bench/).")
     precision: str = setting("auto", "fp32, bf16 (autocast), or auto: bf16 on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32.",
                              choices=("auto", "fp32", "bf16"))
@@ -62,6 +70,11 @@ class TrainConfig:
     @property
     def uses_affine(self) -> bool:
         return self.augment_degrees > 0 or self.augment_shift > 0 or self.augment_scale > 0
+
+    @property
+    def uses_person_style(self) -> bool:
+        return any(share > 0 for share in (self.augment_low_resolution, self.augment_blur, self.augment_lighting,
+                                           self.augment_paper))
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

@@ -165,6 +165,11 @@ def pooled_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Se
     return nn.Sequential(convolution, nn.MaxPool2d(2), norm, relu)
 
 
+FULL_RECIPE = dict(
+    width=32, pool_first=True, steps=16000, batch_size=128, optimizer="nesterov", lr=0.1, schedule="warmup_cosine",
+    warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1,
+    augment_scale=0.1, augment_stroke=1.0, channels_last=True, eval_every=1000,
+)
 register("fast", ModelSpec(FastCNN, size=FastSize, default_recipe="quick", recipes={
     # about 0.93 epochs; batch size, steps, rate and width chosen on validation accuracy
     "quick": dict(
@@ -172,11 +177,9 @@ register("fast", ModelSpec(FastCNN, size=FastSize, default_recipe="quick", recip
         warmup_fraction=0.2, weight_decay=5e-4, label_smoothing=0.1, channels_last=True, log_every=50, eval_every=200,
     ),
     # about 37 epochs of randomly rotated, shifted, scaled and thickened or thinned digits at twice the width
-    "full": dict(
-        width=32, pool_first=True, steps=16000, batch_size=128, optimizer="nesterov", lr=0.1, schedule="warmup_cosine",
-        warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1,
-        augment_scale=0.1, augment_stroke=1.0, channels_last=True, eval_every=1000,
-    ),
+    "full": FULL_RECIPE,
+    # the candidate for the next default: `full`, with person-style variation (augment.py) on a share of each batch
+    "person": dict(FULL_RECIPE, augment_low_resolution=0.15, augment_blur=0.15, augment_lighting=0.2, augment_paper=0.15),
 }))
 
 

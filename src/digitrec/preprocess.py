@@ -37,6 +37,17 @@ MIN_CONTRAST = 0.1  # ink that differs from the paper by less than this (on 0..1
 MIN_STROKE, TARGET_STROKE = 1.5, 3.0
 NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..1) is median-filtered
 NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed
+# Paper, not ink (see `ink_map`); chosen on renderings of validation digits (digitrec.styles, bench/person_style.py):
+LIGHT_CELLS, MIN_CELL = 16, 8  # the paper's light is measured in cells of 1/16 of the longer side, at least 8 px
+LIGHT_PERCENTILE = 97  # a cell's paper: its bright level (ink and printed lines cover far less than this of most cells)
+UNEVEN_LIGHT = 0.06  # paper whose light varies by less than this share (10th to 90th percentile of the cells) is left
+INK_CELL = 0.5  # a cell darker than this share of the brightest cell near it is covered by ink, not in shadow
+LINE_SHARE = 0.9  # a row or column bright over at least this share of its length holds a printed line
+LINE_EXCESS = 0.02  # ...bright by at least this much above the paper (on 0..1)
+LINE_THICKNESS = 0.04  # ...and no thicker than this share of its length
+SPECK_SHARE = 0.25  # a separate mark smaller both ways than this share of the largest one's longer side is a speck
+FAINT_SHARE = 0.35  # ink fainter than this (the brightest is 1) is no ink unless it edges a stroke...
+STRONG_INK, NEAR_STROKE = 0.5, 0.01  # ...within this share of the longer side (at least 2 px) of ink this bright
 
 ORIENTATION = 0x0112  # the EXIF tag
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -153,12 +164,20 @@ def unit(image: Image.Image) -> np.ndarray:
 
 
 def ink_map(grey: np.ndarray) -> np.ndarray:
-    """White ink on black, 0..1, with the paper at exactly 0 and its texture and faint noise removed."""
+    """White ink on black, 0..1, with the paper at exactly 0: the one finder of ink, for `predict`, the pad,
+    `explain` and `read` alike. Paper is everything that is not the writing: its tone and texture, uneven
+    light and shadows (`even_light`), a notebook's printed lines (`without_printed_lines`), faint noise
+    (the floor below) and specks of dust (`without_specks`)."""
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    light_evened = False
+    if float(np.median(border)) > 0.5:  # dark ink on light paper: even its light, then invert
+        evened = even_light(grey)
+        light_evened, grey = evened is not grey, 1 - evened
+    cleaned = without_printed_lines(grey)
+    corrected = light_evened or cleaned is not grey  # either may leave faint traces behind
+    grey = cleaned
     border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
     paper = float(np.median(border))
-    if paper > 0.5:  # dark ink on light paper: invert
-        grey, paper = 1 - grey, 1 - paper
-        border = 1 - border
     noise = 1.4826 * float(np.median(np.abs(border - paper)))  # robust standard deviation of the paper
     if noise > NOISY_PAPER:  # speckled paper: a median filter (never on clean images, which it would erode)
         smooth = np.asarray(Image.fromarray(grey, mode="F").filter(ImageFilter.MedianFilter(3)), dtype=np.float32)
@@ -168,7 +187,149 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     floor = paper + max(NOISE_SIGMAS * noise, 0.02 * (peak - paper))
     if peak - paper < MIN_CONTRAST or peak <= floor:
         raise ImageError("no digit found (the image is blank or nearly blank)")
-    return np.clip((smooth - floor) / (peak - floor), 0, 1)
+    return without_specks(np.clip((smooth - floor) / (peak - floor), 0, 1), corrected)
+
+
+def even_light(grey: np.ndarray) -> np.ndarray:
+    """Light paper (dark ink) with its light made even: a photo's gradient or a shadow across the page
+    divided away, so the paper is 1 everywhere and the ink keeps its contrast with it. The paper's light
+    is its bright level (LIGHT_PERCENTILE) in each cell of a coarse grid (a cell the ink covers takes its
+    neighbours' level: `paper_light`), interpolated; paper already even within
+    UNEVEN_LIGHT is left exactly as it is."""
+    height, width = grey.shape
+    cell = max(MIN_CELL, -(-max(height, width) // LIGHT_CELLS))
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.pad(grey, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
+    cells = padded.reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3).reshape(rows, cols, cell * cell)
+    light = paper_light(np.percentile(cells, LIGHT_PERCENTILE, axis=2).astype(np.float32))  # (rows, cols)
+    darker, brighter = np.percentile(light, [10, 90])
+    if darker >= (1 - UNEVEN_LIGHT) * brighter or float(light.min()) <= 0:
+        return grey
+    field = Image.fromarray(light, mode="F").resize((cols * cell, rows * cell), Image.Resampling.BILINEAR)
+    return np.clip(grey / np.asarray(field, dtype=np.float32)[:height, :width], 0, 1)
+
+
+def paper_light(light: np.ndarray) -> np.ndarray:
+    """A grid of cells' bright levels with the cells that ink covers (darker than INK_CELL of the brightest
+    cell within two) given their paper neighbours' mean level, working inwards from the paper."""
+    ink = light < INK_CELL * dilate(light, 2)
+    light = light.copy()
+    while ink.any() and not ink.all():
+        paper = np.pad(~ink, 1).astype(np.float32)
+        levels = np.pad(np.where(ink, 0, light), 1)
+        shifts = [(dy, dx) for dy in (0, 1, 2) for dx in (0, 1, 2) if (dy, dx) != (1, 1)]
+        total = sum(levels[dy : dy + ink.shape[0], dx : dx + ink.shape[1]] for dy, dx in shifts)
+        count = sum(paper[dy : dy + ink.shape[0], dx : dx + ink.shape[1]] for dy, dx in shifts)
+        filled = ink & (count > 0)
+        light[filled] = total[filled] / count[filled]
+        ink &= ~filled
+    return light
+
+
+def without_printed_lines(grey: np.ndarray) -> np.ndarray:
+    """`grey` (ink bright on dark paper) without a notebook's printed lines: ruled, squared, a margin line.
+
+    A printed line crosses the whole picture, so it is bright over at least LINE_SHARE of its row (or
+    column), which writing never is; its level there (the row's low percentile) above the paper's is
+    subtracted from the row, leaving the writing where it crosses. A band of such rows thicker than
+    LINE_THICKNESS of its length is a stroke of a tightly cropped digit (a 1 from edge to edge), not a
+    line, and is kept; so is everything when taking the lines away would leave no ink at all."""
+    lines = np.zeros_like(grey)
+    for axis in (1, 0):  # rows (horizontal lines), then columns (vertical ones)
+        level = np.percentile(grey, 100 * (1 - LINE_SHARE), axis=axis).astype(np.float32)
+        excess = np.clip(level - np.median(level), 0, None)
+        excess[band_thickness(excess > LINE_EXCESS) > LINE_THICKNESS * grey.shape[axis]] = 0
+        if excess.max() > LINE_EXCESS:
+            lines = np.maximum(lines, excess[:, None] if axis == 1 else excess[None, :])
+    if not lines.any():
+        return grey
+    cleaned = grey - lines
+    if float(cleaned.max()) - float(np.median(cleaned)) < MIN_CONTRAST:  # nothing but lines: they were the writing
+        return grey
+    return cleaned
+
+
+def band_thickness(marked: np.ndarray) -> np.ndarray:
+    """For each position of a 1-D mask, the length of the run of marked positions it is in (0 off the mask)."""
+    edges = np.diff(np.concatenate([[0], marked.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    thickness = np.zeros(len(marked), np.int64)
+    for start, end in zip(starts, ends):
+        thickness[start:end] = end - start
+    return thickness
+
+
+def without_specks(ink: np.ndarray, corrected: bool) -> np.ndarray:
+    """`ink` without specks and, where the paper was `corrected` (its light evened, lines taken away),
+    without the faint traces that may leave: ink fainter than FAINT_SHARE away from the strokes (farther
+    than NEAR_STROKE from ink at STRONG_INK: a smear along a shadow's edge or a line) and separate marks
+    whose brightest pixel is below FAINT_SHARE. (Faint ink elsewhere is writing: a small digit enlarged
+    is faint over whole strokes.) Specks are marks smaller, both ways, than SPECK_SHARE
+    of the largest mark's longer side (dust, a dot of the pen) unless they lie within the writing's own box
+    (a digit's detached piece, the dot of a broken stroke)."""
+    if corrected:
+        strong = ink >= STRONG_INK
+        near_strong = dilate(strong.astype(np.float32), max(2, round(NEAR_STROKE * max(ink.shape)))) > 0
+        ink = np.where(near_strong | (ink >= FAINT_SHARE), ink, 0).astype(np.float32)
+    labels, boxes = components(ink > 0)
+    if len(boxes) < 2:
+        return ink
+    peaks = np.zeros(len(boxes), np.float32)
+    np.maximum.at(peaks, labels[labels >= 0], ink[labels >= 0])
+    faint = peaks < FAINT_SHARE * peaks.max() if corrected else np.zeros(len(boxes), bool)
+    sides = np.where(faint, 0, np.maximum(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]))
+    large = sides >= SPECK_SHARE * sides.max()
+    top, bottom = boxes[large, 0].min(), boxes[large, 1].max()
+    left, right = boxes[large, 2].min(), boxes[large, 3].max()
+    inside = (boxes[:, 0] >= top) & (boxes[:, 1] <= bottom) & (boxes[:, 2] >= left) & (boxes[:, 3] <= right)
+    specks = np.nonzero(faint | (~large & ~inside))[0]
+    if not len(specks):
+        return ink
+    return np.where(np.isin(labels, specks), 0, ink).astype(np.float32)
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components of `mask`: a label image (-1 off the mask) and each one's box as rows of
+    (top, bottom, left, right, area), bottom and right exclusive. Works on runs of pixels within rows,
+    joined by label propagation, so it stays in numpy however many pixels there are."""
+    height, width = mask.shape
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    run_rows, run_starts = np.nonzero(edges == 1)
+    run_ends = np.nonzero(edges == -1)[1]  # exclusive; the same row-major order as the starts
+    if not len(run_rows):
+        return np.full(mask.shape, -1, np.int32), np.zeros((0, 5), np.int64)
+    # runs in consecutive rows touch when their column ranges overlap or meet diagonally
+    stride = width + 2
+    keys_start, keys_end = run_rows * stride + run_starts, run_rows * stride + run_ends
+    below = (run_rows + 1) * stride
+    first = np.searchsorted(keys_end, below + run_starts - 1, side="right")  # first run below ending after our start - 1
+    last = np.searchsorted(keys_start, below + run_ends + 1, side="left")  # one past the last starting before our end + 1
+    counts = np.maximum(last - first, 0)
+    upper = np.repeat(np.arange(len(run_rows)), counts)
+    lower = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    root = np.arange(len(run_rows))
+    while True:  # hook each touching pair onto the smaller root, then flatten: O(log n) rounds
+        low = np.minimum(root[upper], root[lower])
+        np.minimum.at(root, root[upper], low)
+        np.minimum.at(root, root[lower], low)
+        while not np.array_equal(flat := root[root], root):
+            root = flat
+        if np.array_equal(root[upper], root[lower]):
+            break
+    _, component = np.unique(root, return_inverse=True)
+    count = component.max() + 1
+    lengths = run_ends - run_starts
+    boxes = np.stack([
+        np.full(count, height), np.zeros(count, np.int64), np.full(count, width), np.zeros(count, np.int64),
+        np.bincount(component, lengths, count).astype(np.int64)], axis=1)
+    np.minimum.at(boxes[:, 0], component, run_rows)
+    np.maximum.at(boxes[:, 1], component, run_rows + 1)
+    np.minimum.at(boxes[:, 2], component, run_starts)
+    np.maximum.at(boxes[:, 3], component, run_ends)
+    labels = np.full(height * width, -1, np.int32)
+    pixels = np.flatnonzero(mask)  # row-major, so they fall into the runs in order
+    labels[pixels] = component[np.searchsorted(run_rows * width + run_starts, pixels, side="right") - 1]
+    return labels.reshape(mask.shape), boxes
 
 
 def stroke_width(ink: np.ndarray) -> float:

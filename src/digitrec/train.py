@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from digitrec import checkpoint, data, evaluate, models, rundir, strings
+from digitrec import augment, checkpoint, data, evaluate, models, rundir, strings
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, DigitrecError, ModelError, OutputError, TrainingDiverged, TrainingStopped
 
@@ -45,8 +45,9 @@ def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainC
     config = TrainConfig(**{**spec.recipes[recipe], **chosen, "model": model, "recipe": recipe})
     models.size_of(asdict(config))
     if spec.task == "numbers":
-        digit_only = [name for name in ("augment_degrees", "augment_shift", "augment_scale", "augment_stroke", "label_smoothing")
-                      if getattr(config, name)]
+        digit_only = [name for name in ("augment_degrees", "augment_shift", "augment_scale", "augment_stroke",
+                                        "augment_low_resolution", "augment_blur", "augment_lighting", "augment_paper",
+                                        "label_smoothing") if getattr(config, name)]
         if digit_only:  # a reader's strings are varied as they are made (strings.py); its loss is CTC
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in digit_only)
             raise ConfigError(f"model {model!r} reads whole numbers: {flags} apply to digit models only")
@@ -205,6 +206,8 @@ class Training:
                 images = data.random_affine(
                     images, self.augment_generator, config.augment_degrees, config.augment_shift, config.augment_scale
                 )
+            if config.uses_person_style:
+                images = augment.person_style(images, self.augment_generator, config)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
