@@ -257,3 +257,28 @@ def test_to_png_round_trips_the_preprocessed_view(digits):
     view = prep(digits[0])
     decoded = np.asarray(Image.open(io.BytesIO(preprocess.to_png(view))), dtype=np.float32) / 255
     assert decoded.shape == (28, 28) and np.abs(decoded - view).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("style", ["ruled paper", "squared paper"])
+def test_digits_on_ruled_and_squared_paper_are_read_right_through_predict(mnist, style):
+    """Test digits written on a notebook's page and photographed (digitrec.styles): the printed lines,
+    the margin line, the shadow and the specks are paper, not ink (they once read 5-16 %)."""
+    from digitrec.recognizer import Recognizer
+    from digitrec.styles import render
+
+    digits = (mnist.test.images[:100, 0].numpy() * 255).round().astype(np.uint8)
+    rng = np.random.default_rng(0)
+    results = Recognizer.load().predict_many([(str(i), render(d, style, rng)) for i, d in enumerate(digits)], workers=1)
+    accuracy = np.mean([getattr(r, "digit", -1) == label for r, label in zip(results, mnist.test.labels[:100].tolist())])
+    assert accuracy >= 0.98, accuracy
+
+
+def test_printed_lines_are_taken_away_but_a_tightly_cropped_stroke_is_kept():
+    lined = np.full((200, 200), 0.9, np.float32)
+    lined[::40] = 0.6  # ruled lines every 40 px
+    lined[60:140, 95:103] = 0.1  # a 1
+    ink = preprocess.ink_map(lined)
+    assert ink[::40].max() == 0 and ink[70:130, 97:101].min() > 0.9
+    one = np.full((100, 30), 0.9, np.float32)
+    one[:, 12:18] = 0.1  # a 1 cropped from edge to edge: a full-height column of ink, but it is all there is
+    assert preprocess.ink_map(one)[:, 13:17].min() > 0.9

@@ -218,6 +218,30 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     echo(f"saved to {run_dir}")
 
 
+@main.command("calibrate")
+@MODEL_OPTION
+@DATA_DIR_OPTION
+@click.option("--count", type=click.IntRange(100, 5000), default=2000, show_default=True,
+              help="Validation digits per person style (nine styles) to fit on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as one JSON object.")
+def calibrate_command(model_path, data_dir, count, as_json):
+    """Fit a digit model's confidence on validation digits in every person style, and write it beside the
+    model (calibration.json): the temperature, and the unsure threshold (see docs/robustness.md)."""
+    from digitrec.calibrate import calibrate
+
+    fitted, path = calibrate(model_path, count, data_dir)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "temperature": fitted.temperature, "unsure_below": fitted.unsure_below,
+                               **fitted.record}))
+        return
+    measured = fitted.record["validation"]
+    click.echo(f"{path}: temperature {fitted.temperature:g}, unsure below {fitted.unsure_below:.6f}")
+    click.echo(f"on {measured['readings']:,} validation readings: accuracy {100 * measured['accuracy']:.2f}%, "
+               f"calibration error {100 * measured['ece_uncalibrated']:.2f}% -> {100 * measured['ece']:.2f}%, "
+               f"unsure flags {100 * measured['wrong_flagged']:.1f}% of wrong readings and "
+               f"{100 * measured['right_flagged']:.1f}% of right ones")
+
+
 @main.command("evaluate")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @DATA_DIR_OPTION

@@ -38,6 +38,7 @@ MIN_STROKE, TARGET_STROKE = 1.5, 3.0
 NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..1) is median-filtered
 NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed
 # Paper, not ink (see `ink_map`); chosen on renderings of validation digits (digitrec.styles, bench/person_style.py):
+AMBIGUOUS_BORDER = 0.2  # a border whose median is within this of mid-grey does not say which is paper
 LIGHT_CELLS, MIN_CELL = 16, 8  # the paper's light is measured in cells of 1/16 of the longer side, at least 8 px
 LIGHT_PERCENTILE = 97  # a cell's paper: its bright level (ink and printed lines cover far less than this of most cells)
 UNEVEN_LIGHT = 0.06  # paper whose light varies by less than this share (10th to 90th percentile of the cells) is left
@@ -170,7 +171,10 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     (the floor below) and specks of dust (`without_specks`)."""
     border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
     light_evened = False
-    if float(np.median(border)) > 0.5:  # dark ink on light paper: even its light, then invert
+    paper = float(np.median(border))
+    if abs(paper - 0.5) < AMBIGUOUS_BORDER:  # a border half in shadow: the paper is what most of the image is
+        paper = float(np.median(grey))
+    if paper > 0.5:  # dark ink on light paper: even its light, then invert
         evened = even_light(grey)
         light_evened, grey = evened is not grey, 1 - evened
     cleaned = without_printed_lines(grey)
