@@ -23,22 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
+from digitrec import confidence
+from digitrec.confidence import UNCALIBRATED, Calibration
 from digitrec.deploy import softmax
 from digitrec.errors import ImageError, ModelError
 from digitrec.files import DEFAULT_INT8, DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
 from digitrec.metadata import model_info
 from digitrec.preprocess import Source, keep_freed_memory, preprocess
 
-UNSURE_BELOW = 0.80  # a prediction whose top probability is below this is flagged as unsure
+# the threshold on an uncalibrated model's top probability (a model's own is in its calibration: confidence.py)
+UNSURE_BELOW = confidence.UNCALIBRATED_UNSURE_BELOW
 BATCH_SIZE = 256  # images per forward pass in batched prediction
 
 
 @dataclass(frozen=True)
 class Prediction:
     digit: int
-    confidence: float  # the probability of `digit`
-    probabilities: list[float]  # all ten, summing to 1
-    unsure: bool  # confidence < UNSURE_BELOW
+    confidence: float  # the calibrated probability of `digit` (see confidence.py)
+    probabilities: list[float]  # all ten, calibrated, summing to 1
+    unsure: bool  # confidence < the calibration's `unsure_below`
     preprocessed: np.ndarray  # the (28, 28) view the model saw, 0..1
 
     def top(self, k: int) -> list[tuple[int, float]]:
@@ -84,7 +87,7 @@ class Recognizer:
     def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
                  outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
                  batch_logits: Callable[[np.ndarray], np.ndarray] | None = None,
-                 reader_path: str | Path | None = None, threads: int = 0):
+                 reader_path: str | Path | None = None, threads: int = 0, calibration: Calibration = UNCALIBRATED):
         self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
         # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `logits`
         self.batch_logits = batch_logits or logits
@@ -94,6 +97,7 @@ class Recognizer:
         self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
         self.reader_path, self.threads = reader_path, threads
         self.reader: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None  # scores function, info
+        self.calibration = calibration  # logits -> confidence and unsure (confidence.py)
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int = 0, reader: str | Path | None = None) -> "Recognizer":
@@ -106,18 +110,22 @@ class Recognizer:
         kept only because it is as accurate: see digitrec.quantize), about twice as fast in batches.
         `threads` is how many threads one forward pass may use (0: the runtime's default, one per core);
         a server that runs several requests at once does better with 1. On torch it sets the process's
-        thread count.
+        thread count. The model's calibration (confidence.py) is read from beside it; without one, the
+        scores are used as they are, with one warning.
         """
         if path is None and onnxruntime_installed():
             from digitrec.deploy import load_onnx
 
             return cls(*load_onnx(DEFAULT_ONNX, threads), batch_logits=load_onnx(DEFAULT_INT8, threads)[0],
-                       reader_path=reader, threads=threads)
+                       reader_path=reader, threads=threads, calibration=confidence.load(DEFAULT_MODEL))
         if path is not None and Path(path).suffix == ".onnx":
             from digitrec.deploy import load_onnx
 
-            return cls(*load_onnx(Path(path), threads), reader_path=reader, threads=threads)
-        return cls(*load_torch(path, threads), reader_path=reader, threads=threads)
+            return cls(*load_onnx(Path(path), threads), reader_path=reader, threads=threads,
+                       calibration=confidence.load(path))
+        logits, info, outputs = load_torch(path, threads)
+        return cls(logits, info, outputs, reader_path=reader, threads=threads,
+                   calibration=confidence.load(Path(info["weights"])))
 
     def load_reader(self) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
         """The number reader, loaded now if it is not yet (a caller that reads many images calls this first,
@@ -190,13 +198,13 @@ class Recognizer:
         logits = (logits or self.logits)(batch)
         if not np.isfinite(logits).all():  # loading refuses NaN weights; this catches an overflow
             raise ModelError("the model's answer is NaN or infinite: it cannot be used")
-        probabilities = softmax(logits.astype(np.float64), 1)
+        probabilities = self.calibration.probabilities(logits)
         return [
             Prediction(
                 digit=int(p.argmax()),
                 confidence=float(p.max()),
                 probabilities=[float(x) for x in p],
-                unsure=bool(p.max() < UNSURE_BELOW),
+                unsure=self.calibration.unsure(float(p.max())),
                 preprocessed=array,
             )
             for p, array in zip(probabilities, batch[:, 0])

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import keep_freed_memory, to_png
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.recognizer import Recognizer
 from digitrec.web import training
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
@@ -193,7 +193,8 @@ async def on_image(request: Request, work, *args):
 
 
 @routes.post("/api/predict", response_model=PredictionOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,
-          description=f"Recognize one digit. `unsure` is true when the top probability is below {UNSURE_BELOW}.")
+          description="Recognize one digit. `confidence` is calibrated (its probability of being right); `unsure` "
+                      "is true when it is below the model's threshold, `unsure_below` in /api/model.")
 async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
     result = await on_image(request, Recognizer.predict, "upload")
     return PredictionOut(
@@ -219,7 +220,7 @@ def model(request: Request):
         "parameters": info["parameters"],
         "test_accuracy": info["metrics"].get("test_accuracy"),
         "runtime": info["runtime"],
-        "unsure_below": UNSURE_BELOW,
+        "unsure_below": request.app.state.recognizer.calibration.unsure_below,
     }
 
 
