@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--classes", default=",".join(CLASSES), help="kinds of writing (strings.CLASSES), comma-separated")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-speed", action="store_true", help="skip the numbers/s measurement")
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
@@ -119,7 +120,7 @@ def main():
                 predicted = f"{100 * np.mean([str(getattr(p, 'digit', '')) == r for p, r in zip(results, truths)]):.2f}%"
             print(f"{kind:<18}{length:>6}{len(made):>8}{100 * whole:>8.2f}%{100 * digits:>10.2f}%{distance:>10.3f}"
                   f"{predicted:>9}{seconds:>7.1f}", flush=True)
-    if speed_set:
+    if speed_set and not args.no_speed:
         cores = os.cpu_count() or 1
         print(f"\n4-digit strings, JPEG bytes -> text ({len(speed_set)} strings, all kinds, median of 3):")
         print(f"  1 process:            {numbers_per_second(speed_set, args.model, args.reader, 1):7.1f} numbers/s")

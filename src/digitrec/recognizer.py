@@ -97,6 +97,7 @@ class Recognizer:
         self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
         self.reader_path, self.threads = reader_path, threads
         self.reader: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None  # scores function, info
+        self.reader_calibration: Calibration | None = None  # a reading's confidence and unsure (numbers.py)
         self.calibration = calibration  # logits -> confidence and unsure (confidence.py)
 
     @classmethod
@@ -133,6 +134,13 @@ class Recognizer:
         if self.reader is None:
             self.reader = load_reader(self.reader_path, self.threads)
         return self.reader
+
+    def load_reader_calibration(self) -> Calibration:
+        """The number reader's calibration (confidence.py: a reading's confidence and its unsure threshold),
+        read from beside it when first asked for; uncalibrated, with one warning, when it has none."""
+        if self.reader_calibration is None:
+            self.reader_calibration = confidence.load(self.reader_path or DEFAULT_READER)
+        return self.reader_calibration
 
     def reader_scores(self, strips: np.ndarray) -> np.ndarray:
         """The number reader's per-column probabilities (B, 11, W/2) for strips (B, 1, 32, W); see strings.py."""

@@ -289,17 +289,17 @@ def photograph(row: np.ndarray, rng: np.random.Generator, scale: float | None = 
     ink = np.pad(ink, [tuple(rng.integers(*PHOTO_MARGIN, size=2)) for _ in range(2)])
     scale = rng.uniform(*PHOTO_SCALE) if scale is None else scale
     height, width = round(ink.shape[0] * scale), round(ink.shape[1] * scale)
-    level = np.clip(np.asarray(Image.fromarray(ink, mode="F").resize((width, height), Image.Resampling.BICUBIC)), 0, 1)
+    level = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
+    level = np.asarray(level.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.5) * scale)))[..., None] / np.float32(255)
     paper = rng.uniform(0.7, 0.95) * (1 + rng.uniform(-0.06, 0.06, 3))  # a tone of white, cream, grey or blue
     pen_colour = rng.uniform(0.02, 0.25) + np.array([0, 0, 1]) * rng.uniform(0, 0.25)  # black or dark blue
     angle, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0, LIGHT_FALLOFF)
     longest = max(width, height)  # the light changes by `strength` across the photo's longer side
     ys, xs = np.linspace(-0.5, 0.5, height)[:, None] * height / longest, np.linspace(-0.5, 0.5, width)[None, :] * width / longest
-    light = (1 - strength / 2 + strength * (xs * math.cos(angle) + ys * math.sin(angle)))[..., None]
-    pixels = (paper * (1 - level[..., None]) + pen_colour * level[..., None]) * light
-    pixels += rng.normal(0, rng.uniform(0.005, 0.025), pixels.shape)
+    light = (1 - strength / 2 + strength * (xs * math.cos(angle) + ys * math.sin(angle)))[..., None].astype(np.float32)
+    pixels = (paper.astype(np.float32) + (pen_colour - paper).astype(np.float32) * level) * light  # (H, W, 3)
+    pixels += rng.standard_normal(pixels.shape, np.float32) * np.float32(rng.uniform(0.005, 0.025))
     image = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8), "RGB")
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.5) * scale))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=int(rng.integers(30, 91)))
     return buffer.getvalue()
@@ -386,3 +386,110 @@ def truths(digits: np.ndarray, lengths: np.ndarray) -> list[str]:
     """The strings of a batch's digits (one string after another) and lengths."""
     ends = np.cumsum(lengths)
     return ["".join(map(str, digits[end - length : end])) for end, length in zip(ends, lengths)]
+
+
+BEAM = 8  # prefixes kept per column by `decode_lengths`, besides the best of each length
+BEAM_FLOOR = 1e-3  # a class below this probability in a column is not tried there
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A strip's likeliest reading, found by prefix beam search, and the likeliest reading of each other
+    length: what a reading's confidence weighs when a digit may be missing or two merged into one."""
+    reads: list[Read]  # the likeliest reading, digit by digit, placed on the columns of its likeliest alignment
+    probability: float  # its probability (summed over all its alignments, CTC's)
+    by_length: dict[int, tuple[str, float]]  # length -> the likeliest reading of that length and its probability
+
+    @property
+    def text(self) -> str:
+        return "".join(str(read.digit) for read in self.reads)
+
+    @property
+    def length_share(self) -> float:
+        """The likeliest reading's share of the likeliest readings of every length: how sure the reader is
+        of the number of digits."""
+        return self.probability / sum(p for _, p in self.by_length.values())
+
+
+def decode_lengths(probabilities: np.ndarray, beam: int = BEAM) -> Decoding:
+    """Prefix beam search over one strip's (11, T) per-column probabilities (Hannun et al. 2014), keeping
+    at each column the `beam` likeliest prefixes and also the likeliest prefix of every length, so that at
+    the end each length's best reading is known. Probabilities are rescaled each column (the scale kept
+    as a logarithm), so long strips do not underflow."""
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (1.0, 0.0)}  # prefix -> (ending in blank, not)
+    log_scale = 0.0
+    for column in probabilities.T:
+        tried = [c for c in np.nonzero(column >= BEAM_FLOOR)[0].tolist() if c != BLANK]
+        blank = float(column[BLANK])
+        grown: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (ends_blank, ends_digit) in beams.items():
+            total = ends_blank + ends_digit
+            entry = grown.setdefault(prefix, [0.0, 0.0])
+            entry[0] += total * blank
+            for c in tried:
+                p = float(column[c])
+                if prefix and prefix[-1] == c:
+                    entry[1] += ends_digit * p  # the same digit continued
+                    longer = grown.setdefault(prefix + (c,), [0.0, 0.0])
+                    longer[1] += ends_blank * p  # a doubled digit needs a blank between
+                else:
+                    longer = grown.setdefault(prefix + (c,), [0.0, 0.0])
+                    longer[1] += total * p
+        ranked = sorted(grown.items(), key=lambda item: -(item[1][0] + item[1][1]))
+        kept, lengths = dict(ranked[:beam]), set()
+        for prefix, masses in ranked:  # and the best of each length not already kept
+            if len(prefix) not in lengths:
+                lengths.add(len(prefix))
+                kept.setdefault(prefix, masses)
+        scale = max(a + b for a, b in kept.values()) or 1.0
+        beams = {prefix: (a / scale, b / scale) for prefix, (a, b) in kept.items()}
+        log_scale += math.log(scale)
+    by_length: dict[int, tuple[str, float]] = {}
+    for prefix, (a, b) in beams.items():
+        probability = (a + b) * math.exp(log_scale)
+        if probability > by_length.get(len(prefix), ("", -1.0))[1]:
+            by_length[len(prefix)] = ("".join(str(c - 1) for c in prefix), probability)
+    text, probability = max(by_length.values(), key=lambda item: item[1])
+    return Decoding(align(probabilities, [int(d) for d in text]), probability, by_length)
+
+
+def align(probabilities: np.ndarray, digits: list[int]) -> list[Read]:
+    """`digits` placed on one strip's (11, T) columns by their likeliest CTC alignment (Viterbi): each
+    digit with the columns it spans and its scores where it is surest, as `decode` gives them."""
+    if not digits:
+        return []
+    labels = [BLANK]
+    for digit in digits:
+        labels += [digit + 1, BLANK]  # blank, d1, blank, d2, ..., blank
+    labels = np.array(labels)
+    states, columns = len(labels), probabilities.shape[1]
+    log_p = np.log(np.maximum(probabilities[labels], 1e-30))  # (S, T)
+    skip = np.zeros(states, bool)  # a state may be reached from two back: a digit after a different digit
+    skip[3::2] = labels[3::2] != labels[1:-2:2]
+    score = np.full(states, -np.inf)
+    score[:2] = log_p[:2, 0]
+    back = np.zeros((columns, states), np.int64)
+    index = np.arange(states)
+    for t in range(1, columns):
+        stay, step = score, np.r_[-np.inf, score[:-1]]
+        jump = np.where(skip, np.r_[-np.inf, -np.inf, score[:-2]], -np.inf)
+        choices = np.stack([stay, step, jump])
+        best = choices.argmax(0)
+        back[t] = index - best
+        score = choices[best, index] + log_p[:, t]
+    state = states - 1 if states == 1 or score[-1] >= score[-2] else states - 2
+    path = [state]
+    for t in range(columns - 1, 0, -1):
+        state = back[t, state]
+        path.append(state)
+    path = np.array(path[::-1])  # the state of each column
+    found = []
+    for position, digit in enumerate(digits):
+        spanned = np.nonzero(path == 2 * position + 1)[0]
+        if not len(spanned):  # too few columns for every digit: CTC cannot place it; take its likeliest column
+            spanned = np.array([int(probabilities[digit + 1].argmax())])
+        surest = int(spanned[probabilities[digit + 1, spanned].argmax()])
+        scores = probabilities[1:, surest]
+        found.append(Read(digit, scores / scores.sum(), float(probabilities[digit + 1, surest]),
+                          int(spanned[0]), int(spanned[-1])))
+    return found

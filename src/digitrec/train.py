@@ -50,6 +50,8 @@ def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainC
         if digit_only:  # a reader's strings are varied as they are made (strings.py); its loss is CTC
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in digit_only)
             raise ConfigError(f"model {model!r} reads whole numbers: {flags} apply to digit models only")
+    elif config.strings != "plain" or config.string_workers:
+        raise ConfigError(f"model {model!r} reads digits: --strings and --string-workers apply to the number reader only")
     return config
 
 
@@ -191,7 +193,8 @@ class Training:
     def batch_stream(self):
         share = self.config.batch_size // self.world.size
         if self.task == "numbers":
-            return data.string_batches(self.mnist.train, share, self.config.seed, self.world.rank, start=self.step)
+            return data.string_batches(self.mnist.train, share, self.config.seed, self.world.rank, start=self.step,
+                                       mixture=self.config.strings, workers=self.config.string_workers)
         return data.batches(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, start=self.step)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Callable[[], float]]:
