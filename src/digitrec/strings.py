@@ -390,6 +390,7 @@ def truths(digits: np.ndarray, lengths: np.ndarray) -> list[str]:
 
 BEAM = 8  # prefixes kept per column by `decode_lengths`, besides the best of each length
 BEAM_FLOOR = 1e-3  # a class below this probability in a column is not tried there
+BEAM_NEGLIGIBLE = 1e-6  # a length whose best prefix is below this share of the best prefix's is let go
 
 
 @dataclass(frozen=True)
@@ -418,16 +419,20 @@ def decode_lengths(probabilities: np.ndarray, beam: int = BEAM) -> Decoding:
     as a logarithm), so long strips do not underflow."""
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (1.0, 0.0)}  # prefix -> (ending in blank, not)
     log_scale = 0.0
-    for column in probabilities.T:
-        tried = [c for c in np.nonzero(column >= BEAM_FLOOR)[0].tolist() if c != BLANK]
-        blank = float(column[BLANK])
+    tried_classes = [np.nonzero(column[1:] >= BEAM_FLOOR)[0] + 1 for column in probabilities.T]
+    for column, tried in zip(probabilities.T.tolist(), tried_classes):
+        blank = column[BLANK]
+        if not len(tried):  # only the blank is likely here (most columns): every prefix now ends in a blank
+            beams = {prefix: ((a + b) * blank, 0.0) for prefix, (a, b) in beams.items()}
+            continue
+        tried = tried.tolist()
         grown: dict[tuple[int, ...], list[float]] = {}
         for prefix, (ends_blank, ends_digit) in beams.items():
             total = ends_blank + ends_digit
             entry = grown.setdefault(prefix, [0.0, 0.0])
             entry[0] += total * blank
             for c in tried:
-                p = float(column[c])
+                p = column[c]
                 if prefix and prefix[-1] == c:
                     entry[1] += ends_digit * p  # the same digit continued
                     longer = grown.setdefault(prefix + (c,), [0.0, 0.0])
@@ -436,12 +441,14 @@ def decode_lengths(probabilities: np.ndarray, beam: int = BEAM) -> Decoding:
                     longer = grown.setdefault(prefix + (c,), [0.0, 0.0])
                     longer[1] += total * p
         ranked = sorted(grown.items(), key=lambda item: -(item[1][0] + item[1][1]))
+        scale = sum(ranked[0][1]) or 1.0
         kept, lengths = dict(ranked[:beam]), set()
-        for prefix, masses in ranked:  # and the best of each length not already kept
+        for prefix, masses in ranked:  # and the best of each length not already kept, unless negligible
+            if sum(masses) < BEAM_NEGLIGIBLE * scale:
+                break
             if len(prefix) not in lengths:
                 lengths.add(len(prefix))
                 kept.setdefault(prefix, masses)
-        scale = max(a + b for a, b in kept.values()) or 1.0
         beams = {prefix: (a / scale, b / scale) for prefix, (a, b) in kept.items()}
         log_scale += math.log(scale)
     by_length: dict[int, tuple[str, float]] = {}
@@ -450,7 +457,10 @@ def decode_lengths(probabilities: np.ndarray, beam: int = BEAM) -> Decoding:
         if probability > by_length.get(len(prefix), ("", -1.0))[1]:
             by_length[len(prefix)] = ("".join(str(c - 1) for c in prefix), probability)
     text, probability = max(by_length.values(), key=lambda item: item[1])
-    return Decoding(align(probabilities, [int(d) for d in text]), probability, by_length)
+    reads = decode(probabilities)  # the best path: almost always the same digits, placed on its own columns
+    if "".join(str(read.digit) for read in reads) != text:
+        reads = align(probabilities, [int(d) for d in text])
+    return Decoding(reads, probability, by_length)
 
 
 def align(probabilities: np.ndarray, digits: list[int]) -> list[Read]:
@@ -470,10 +480,11 @@ def align(probabilities: np.ndarray, digits: list[int]) -> list[Read]:
     score[:2] = log_p[:2, 0]
     back = np.zeros((columns, states), np.int64)
     index = np.arange(states)
+    choices = np.full((3, states), -np.inf)  # from the same state, the one before, two before
     for t in range(1, columns):
-        stay, step = score, np.r_[-np.inf, score[:-1]]
-        jump = np.where(skip, np.r_[-np.inf, -np.inf, score[:-2]], -np.inf)
-        choices = np.stack([stay, step, jump])
+        choices[0] = score
+        choices[1, 1:] = score[:-1]
+        choices[2, 2:] = np.where(skip[2:], score[:-2], -np.inf)
         best = choices.argmax(0)
         back[t] = index - best
         score = choices[best, index] + log_p[:, t]
