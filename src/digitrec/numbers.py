@@ -11,7 +11,12 @@ cutting; each digit it reads is then given the ink around its place in the strip
 where one lies mostly within it) as its box. A digit that is one or more whole components of its own is
 also read by the digit model, framed as `predict` frames a lone digit (preprocess.frame, one code
 path), and the two readings' probabilities are multiplied (chosen on strings of validation digits:
-see the README). Not owned here: decoding images and the ink
+see the README). The reader's answer is decoded by a prefix beam search that keeps the likeliest
+reading of every length (strings.decode_lengths); the reading's confidence is the chance that its
+number of digits is right (against the likeliest reading of every other length: a digit missed or two
+merged) times each digit's, calibrated on validation strings of every kind of writing by the reader's
+calibration.json (confidence.py, fitted by bench/calibrate_reader.py), whose threshold sets `unsure`.
+Not owned here: decoding images and the ink
 map (preprocess), strips and CTC decoding (strings), the models (recognizer).
 """
 
