@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from digitrec import data
-from digitrec.deploy import session_logits
+from digitrec import runtime
+from digitrec.tasks import DIGITS
 from digitrec.files import BUNDLED_DIR, DEFAULT_ONNX
 from digitrec.recognizer import Recognizer
 from digitrec.web.explain import explanation_out
@@ -98,8 +99,7 @@ def main():
 
     one = test.images[:1].numpy()
     with_outputs = Recognizer.load(DEFAULT_ONNX, threads=1)
-    logits, _, _ = session_logits(logits_only(DEFAULT_ONNX), "logits only", threads=1)
-    without = Recognizer(logits, with_outputs.info)
+    without = Recognizer(runtime.from_source(logits_only(DEFAULT_ONNX), "logits only", DIGITS, threads=1))
     print("\nplain prediction with the bundled model.onnx, 1 thread, in ms (5 rounds, the two files alternating):")
     works = {
         "inference, one preprocessed image": lambda recognizer: [recognizer.logits(one) for _ in range(500)],

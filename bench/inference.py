@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from digitrec import data
-from digitrec.deploy import session_logits
+from digitrec import runtime
+from digitrec.tasks import DIGITS
 from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
 from digitrec.quantize import CALIBRATION_DIGITS, PERSON_STYLE_POINTS, TEST_POINTS, accuracy, logits_only, quantize_int8
 from digitrec.recognizer import Recognizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from person_style import STYLES, render  # noqa: E402
+from digitrec.person_style import STYLES, render
 
 
 def logits_only_bytes(path: Path) -> bytes:
@@ -55,7 +55,7 @@ def throughput(images: np.ndarray, rounds: int) -> None:
     ]
     runs = []
     for name, model, batch_size, threads in variants:
-        logits, _, _ = session_logits(model, name, threads)
+        logits = runtime.from_source(model, name, DIGITS, threads).forward
         runs.append(lambda logits=logits, size=batch_size: [logits(images[i : i + size]) for i in range(0, len(images), size)])
         runs[-1]()  # warm-up
     seconds = [[] for _ in variants]
@@ -90,8 +90,8 @@ def person_style_sets(split, count: int) -> dict[str, tuple[np.ndarray, np.ndarr
 
 
 def accuracies(test, person_style: dict) -> None:
-    float_logits, _, _ = session_logits(str(DEFAULT_ONNX), "float")
-    int8_logits, _, _ = session_logits(str(DEFAULT_INT8), "int8")
+    float_logits = runtime.load_onnx(DEFAULT_ONNX, DIGITS).forward
+    int8_logits = runtime.load_onnx(DEFAULT_INT8, DIGITS).forward
     sets = {"test (10,000)": (test.images.numpy(), test.labels.numpy()), **person_style}
     print(f"{'accuracy':<32}{'float':>9}{'int8':>9}{'points':>8}")
     for name, (images, labels) in sets.items():

@@ -22,8 +22,7 @@ import numpy as np
 from digitrec import data
 from digitrec.recognizer import Recognizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from person_style import STYLES, render  # noqa: E402
+from digitrec.person_style import STYLES, render
 
 
 def main():

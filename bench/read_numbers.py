@@ -24,12 +24,16 @@ import numpy as np
 
 from digitrec import data
 from digitrec.errors import ImageError
+from digitrec import runtime
+from digitrec.reading import read
 from digitrec.recognizer import Recognizer
+from digitrec.tasks import NUMBERS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from number_strings import SPACINGS, number_image  # noqa: E402
+from digitrec.number_strings import SPACINGS
+from digitrec.person_style import number_image
 
 recognizer: Recognizer | None = None  # each speed worker's own
+reader = None  # and its number reader
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -43,14 +47,14 @@ def edit_distance(a: str, b: str) -> int:
 
 def read_text(image: bytes) -> str:
     try:
-        return recognizer.read(image).text
+        return read(reader, recognizer, image).text
     except ImageError:
         return ""
 
 
-def start_worker(model, reader):
-    global recognizer
-    recognizer = Recognizer.load(model, threads=1, reader=reader)
+def start_worker(model, reader_path):
+    global recognizer, reader
+    recognizer, reader = Recognizer.load(model, threads=1), runtime.load(reader_path, NUMBERS, threads=1)
 
 
 def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats: int = 3) -> float:
@@ -76,7 +80,7 @@ def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats
 
 
 def main():
-    global recognizer
+    global recognizer, reader
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--reader", default=None)
@@ -87,7 +91,7 @@ def main():
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
-    recognizer = Recognizer.load(args.model, reader=args.reader)
+    recognizer, reader = Recognizer.load(args.model), runtime.load(args.reader, NUMBERS)
     lengths = [int(n) for n in args.lengths.split(",")]
     print(f"{'spacing':<12}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}"
           f"{'predict':>9}{'s':>7}")

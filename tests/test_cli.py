@@ -176,7 +176,7 @@ def test_read_prints_each_number_writes_csv_and_segments_and_fails_on_a_bad_file
     import numpy as np
     from PIL import Image
 
-    from number_strings import compose
+    from digitrec.number_strings import compose
 
     images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
     row = compose([images[np.nonzero(labels == d)[0][0]] for d in (4, 7)], "separate", np.random.default_rng(0))

@@ -11,13 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from digitrec import strings
+from digitrec import number_strings
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
 from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
-from digitrec.recognizer import Recognizer, load_reader
+from digitrec import runtime
+from digitrec.reading import read
+from digitrec.recognizer import Recognizer
+from digitrec.tasks import NUMBERS
 
-from number_strings import number_image
+from digitrec.person_style import number_image
 from test_cli import assert_one_line_error, run
 
 
@@ -182,27 +185,26 @@ def test_the_number_reader_exports_with_a_free_width_and_reads_as_torch_does(exp
     images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
     rng = np.random.default_rng(4)
     pictures = [number_image(images, labels, length, "touching", rng)[0] for length in (1, 3, 7)]  # three widths
-    on_torch = Recognizer.load(reader=DEFAULT_READER)
-    on_onnx = Recognizer.load(reader=path)
-    assert [on_onnx.read(p).text for p in pictures] == [on_torch.read(p).text for p in pictures]
+    recognizer = Recognizer.load()
+    on_torch, on_onnx = runtime.load(DEFAULT_READER, NUMBERS), runtime.load(path, NUMBERS)
+    assert [read(on_onnx, recognizer, p).text for p in pictures] == [read(on_torch, recognizer, p).text for p in pictures]
 
 
 def test_the_bundled_reader_onnx_copy_is_the_bundled_reader(mnist):
     """`read` runs the bundled reader's .onnx when onnxruntime is installed: it must not go stale."""
-    made = strings.fixed_set(mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy(), 50)
-    onnx_scores, info = load_reader(None)
-    torch_scores, _ = load_reader(DEFAULT_READER)
-    assert info["weights"] == str(DEFAULT_READER_ONNX)
-    assert np.abs(onnx_scores(made.pixels) - torch_scores(made.pixels)).max() <= PARITY_TOLERANCE
+    made = number_strings.fixed_set(mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy(), 50)
+    on_onnx, on_torch = runtime.load(None, NUMBERS), runtime.load(DEFAULT_READER, NUMBERS)
+    assert on_onnx.info["weights"] == str(DEFAULT_READER_ONNX)
+    assert np.abs(on_onnx.forward(made.pixels) - on_torch.forward(made.pixels)).max() <= PARITY_TOLERANCE
 
 
 def test_a_reader_given_as_the_digit_model_and_a_digit_model_given_as_the_reader_are_refused(tmp_path):
     with pytest.raises(ModelError, match="model 'reader' reads numbers, not digits: give it as --reader"):
         Recognizer.load(DEFAULT_READER)
     with pytest.raises(ModelError, match="model 'fast' reads digits, not numbers: give it as --model"):
-        load_reader(DEFAULT_MODEL)
+        runtime.load(DEFAULT_MODEL, NUMBERS)
     with pytest.raises(ModelError, match="not a digitrec number reader"):
-        load_reader(DEFAULT_ONNX)
+        runtime.load(DEFAULT_ONNX, NUMBERS)
     with pytest.raises(ModelError, match="not a digitrec model"):
         Recognizer.load(DEFAULT_READER_ONNX)
     picture = tmp_path / "n.png"

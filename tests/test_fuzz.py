@@ -12,7 +12,7 @@ from PIL import Image
 from digitrec.errors import ImageError
 from digitrec.recognizer import Prediction, Recognizer
 
-from person_style import encode
+from digitrec.person_style import encode
 from test_web import live_server  # noqa: F401  (the session's real uvicorn server)
 
 

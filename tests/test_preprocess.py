@@ -12,7 +12,7 @@ from digitrec import preprocess
 from digitrec.errors import ImageError
 from digitrec.preprocess import preprocess as prep
 
-from person_style import encode
+from digitrec.person_style import encode
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from digitrec.deploy import session_logits
+from digitrec import runtime
+from digitrec.tasks import DIGITS
 from digitrec.errors import ModelError
 from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
 from digitrec.quantize import TEST_POINTS, accuracy, logits_only, quantize_int8
@@ -21,16 +22,17 @@ def test_the_logits_only_cut_gives_the_exported_models_logits_exactly(mnist):
     model = onnx.load(str(DEFAULT_ONNX))
     logits_only(model)
     assert [output.name for output in model.graph.output] == ["logits"]
-    cut, _, _ = session_logits(model.SerializeToString(), "cut")
-    full, _, _ = session_logits(str(DEFAULT_ONNX), "full")
+    cut = runtime.from_source(model.SerializeToString(), "cut", DIGITS).forward
+    full = runtime.load_onnx(DEFAULT_ONNX, DIGITS).forward
     images = mnist.test.images[:1000].numpy()
     assert np.array_equal(cut(images), full(images))
 
 
 def test_the_bundled_int8_copy_is_as_accurate_as_the_float_model_on_the_whole_test_set(mnist):
     images, labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
-    int8, _, stored = session_logits(str(DEFAULT_INT8), "int8")
-    float_logits, _, _ = session_logits(str(DEFAULT_ONNX), "float")
+    int8_model = runtime.load_onnx(DEFAULT_INT8, DIGITS)
+    int8, stored = int8_model.forward, int8_model.metadata
+    float_logits = runtime.load_onnx(DEFAULT_ONNX, DIGITS).forward
     on_int8, on_float = accuracy(int8, images, labels), accuracy(float_logits, images, labels)
     assert on_float == 0.9971 and on_int8 >= on_float - TEST_POINTS / 100
     recorded = json.loads(stored["quantization"])
@@ -69,5 +71,5 @@ def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tm
     recognizer = Recognizer.load(out)
     assert recognizer.info["name"] == "fast" and recognizer.info["runtime"] == "onnxruntime"
     images = mnist.test.images[:1000].numpy()
-    bundled, _, _ = session_logits(str(DEFAULT_INT8), "the bundled int8 copy")
+    bundled = runtime.load_onnx(DEFAULT_INT8, DIGITS).forward
     assert np.array_equal(recognizer.logits(images).argmax(1), bundled(images).argmax(1))

@@ -12,7 +12,7 @@ from PIL import Image
 from digitrec.errors import ImageError, ModelError
 from digitrec.recognizer import UNSURE_BELOW, Prediction, Recognizer
 
-from person_style import STYLES, encode, render
+from digitrec.person_style import STYLES, encode, render
 from test_cli import run
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from digitrec.web.app import MAX_BODY_BYTES
 from digitrec.web.server import KEEP_ALIVE_SECONDS, MAX_CONNECTIONS, MAX_HEAD_BYTES, MAX_HEADERS, READ_TIMEOUT_SECONDS
 
-from person_style import encode
+from digitrec.person_style import encode
 
 MB = 1_000_000
 # Resident memory the server may add over its warm baseline (about 100 MB) while the clients below do their

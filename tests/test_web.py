@@ -13,10 +13,11 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from digitrec.person_style import encode
 from digitrec.recognizer import Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import DIGITS
 from digitrec.web import create_app
-
-from person_style import encode
 
 
 class LiveServer:
@@ -280,8 +281,11 @@ def test_the_documentation_says_the_limits_of_the_constants(client):
 
 
 def test_a_model_without_a_finite_answer_is_a_422_on_every_image_route_not_a_500(seven_png):
-    bundled = Recognizer.load()
-    overflowing = Recognizer(lambda batch: np.full((len(batch), 10), np.inf, np.float32), bundled.info)
+    class Overflowing(Runtime):
+        def forward(self, batch):
+            return np.full((len(batch), 10), np.inf, np.float32)
+
+    overflowing = Recognizer(Overflowing(DIGITS, Recognizer.load().info))
     server = LiveServer(create_app(overflowing))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:

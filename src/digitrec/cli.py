@@ -162,7 +162,7 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     checkpoint; `--resume RUN_DIR` continues from it. Under `torchrun --nproc-per-node=N -m digitrec
     train ...` the processes train one model together.
     """
-    from digitrec import data, models, report, rundir, train
+    from digitrec import data, models, report, rundir, tasks, train
 
     settings = {name: value for name, value in settings.items() if value is not None}
     leader = train.World.from_env().leader
@@ -196,10 +196,7 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     if not leader:
         return
     metrics = result.metrics
-    if models.spec(config.model).task == "numbers":
-        measured = f"whole strings read right of {train.EVALUATION_STRINGS:,} made from test digits"
-    else:
-        measured = f"on {len(mnist.test):,} images"
+    measured = tasks.of(config.model).measured_on(len(mnist.test))
     if dry_run:
         echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% "
              f"({measured}); nothing written")
@@ -225,6 +222,7 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
     Several PATHS evaluate their ensemble: the average of the models' probabilities.
     """
     from digitrec import checkpoint, data, evaluate, files, rundir
+    from digitrec.tasks import DIGITS
 
     for path in paths:
         if path.suffix.lower() == ".onnx":
@@ -232,7 +230,7 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
                              "(an export is checked against its weights on the test set when it is made); evaluate "
                              "the run it was exported from, or read images with: digitrec predict --model "
                              f"{path} IMAGE...")
-    loaded = [checkpoint.load(path, task="digits") for path in paths or [None]]
+    loaded = [checkpoint.load(path, DIGITS) for path in paths or [None]]
     mnist = data.load(data_dir)
     if len(loaded) == 1:
         logits = evaluate.model_logits(loaded[0].model, mnist.test)
@@ -436,10 +434,13 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
     """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin).
 
     The number reader reads the digits; the digit model (--model) reads again each digit that stands apart."""
+    from digitrec import runtime
+    from digitrec.reading import read
     from digitrec.recognizer import Recognizer
+    from digitrec.tasks import NUMBERS
 
-    recognizer = Recognizer.load(model_path, reader=reader_path)
-    recognizer.load_reader()
+    recognizer = Recognizer.load(model_path)
+    reader = runtime.load(reader_path, NUMBERS)  # now: a bad reader is one error, not one per image
     inputs = expand_inputs(paths)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
@@ -449,14 +450,14 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
         try:
             if isinstance(source, ImageError):  # expand_inputs could not read it
                 raise source
-            reading = recognizer.read(source, name)
+            reading = read(reader, recognizer, source, name)
         except ImageError as error:
             rows.append({"path": name, "text": None, "confidence": None, "unsure": None, "digits": None,
                          "error": str(error)})
             continue
         rows.append({"path": name, **reading.as_dict(), "error": None})
         if show_segments is not None:
-            from digitrec.numbers import draw_segments
+            from digitrec.reading import draw_segments
 
             show_segments.mkdir(parents=True, exist_ok=True)
             write_atomic(show_segments / preview_name(name, previews), draw_segments(source, reading))
@@ -533,32 +534,21 @@ def explain_command(paths, model_path, out):
 def export_command(path, out, quantize, data_dir):
     """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set (a number
     reader: on strings of test digits)."""
-    import tempfile
+    from digitrec import data, deploy
+    from digitrec.quantize import TEST_POINTS
 
-    from digitrec import data
-    from digitrec.deploy import PARITY_TOLERANCE, export_onnx
-
-    mnist = data.load(data_dir)
-    test_images, test_labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
-    with tempfile.TemporaryDirectory() as folder:
-        float_out = Path(folder) / "float.onnx" if quantize else out
-        parity = export_onnx(path, float_out, check_images=test_images, check_labels=test_labels)
-        if "strings" in parity:
-            if quantize:
-                raise ModelError("--quantize int8 applies to digit models, not the number reader")
-            same = f"the same reading of {parity['same_readings']}/{parity['strings']} strings of test digits"
-        else:
-            same = f"the same digit on {parity['same_digits']}/{parity['images']} test images"
-        click.echo(f"{'checked' if quantize else f'wrote {out}'}: onnxruntime gives {same}, largest logit difference "
-                   f"{parity['max_logit_difference']:.2e} (limit {PARITY_TOLERANCE:g})")
-        if quantize:
-            from digitrec.quantize import CALIBRATION_DIGITS, TEST_POINTS, quantize_int8
-
-            calibration = mnist.train.images[:CALIBRATION_DIGITS].numpy()
-            checks = {"test": (test_images, test_labels, TEST_POINTS)}
-            test = quantize_int8(float_out, out, calibration, checks)["test"]
-            click.echo(f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
-                       f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)")
+    exported = deploy.export(path, out, data.load(data_dir), quantize)
+    parity = exported.parity
+    if "strings" in parity:
+        same = f"the same reading of {parity['same_readings']}/{parity['strings']} strings of test digits"
+    else:
+        same = f"the same digit on {parity['same_digits']}/{parity['images']} test images"
+    click.echo(f"{'checked' if quantize else f'wrote {out}'}: onnxruntime gives {same}, largest logit difference "
+               f"{parity['max_logit_difference']:.2e} (limit {deploy.PARITY_TOLERANCE:g})")
+    if exported.quantized:
+        test = exported.quantized
+        click.echo(f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
+                   f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)")
 
 
 @main.command("serve")

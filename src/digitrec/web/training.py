@@ -525,10 +525,9 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
         else:
             path, selected = (None if choice.bundled == "default" else BUNDLED_DIR / choice.bundled), {"bundled": choice.bundled}
         try:
-            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1, request.app.state.recognizer.reader_path)
+            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1)
         except ModelError as problem:  # e.g. a number reader's run: not a digit model
             raise HTTPException(422, str(problem)) from None
-        recognizer.reader = request.app.state.recognizer.reader  # the number reader stays as it was
         request.app.state.recognizer = recognizer
         runs.selected = selected
         return ModelChoiceOut(selected=selected, name=recognizer.info["name"],
