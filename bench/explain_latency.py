@@ -27,7 +27,7 @@ from PIL import Image
 from digitrec import data
 from digitrec import runtime
 from digitrec.tasks import DIGITS
-from digitrec.files import BUNDLED_DIR, DEFAULT_ONNX
+from digitrec.files import BUNDLED_DIR, BUNDLED_ONNX
 from digitrec.recognizer import Recognizer
 from digitrec.web.explain import explanation_out
 
@@ -79,7 +79,7 @@ def main():
     test = data.load().test
     pngs = canvas_pngs(test.images[:DIGITS, 0].numpy())
     print(f"{'model, runtime (1 thread)':<30}{'explain ms':>14}{'explain CPU ms':>16}{'predict ms':>13}{'JSON kB':>10}")
-    inside_row("default (fast), onnxruntime", Recognizer.load(DEFAULT_ONNX, threads=1), pngs)
+    inside_row("default (fast), onnxruntime", Recognizer.load(BUNDLED_ONNX, threads=1), pngs)
     if importlib.util.find_spec("torch") is not None:
         import torch
 
@@ -98,8 +98,8 @@ def main():
             inside_row("softmax, onnxruntime", Recognizer.load(Path(folder) / "softmax.onnx", threads=1), pngs)
 
     one = test.images[:1].numpy()
-    with_outputs = Recognizer.load(DEFAULT_ONNX, threads=1)
-    without = Recognizer(runtime.from_source(logits_only(DEFAULT_ONNX), "logits only", DIGITS, threads=1))
+    with_outputs = Recognizer.load(BUNDLED_ONNX, threads=1)
+    without = Recognizer(runtime.from_source(logits_only(BUNDLED_ONNX), "logits only", DIGITS, threads=1))
     print("\nplain prediction with the bundled model.onnx, 1 thread, in ms (5 rounds, the two files alternating):")
     works = {
         "inference, one preprocessed image": lambda recognizer: [recognizer.logits(one) for _ in range(500)],

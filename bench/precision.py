@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from digitrec import data, rundir, train
+from digitrec import data, provenance, train
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)  # one thread: a loaded machine cannot stall it at OpenMP barriers
     mnist = data.load()
-    model_name, flags = rundir.cpu()
+    model_name, flags = provenance.cpu()
     print(f"CPU: {model_name}, flags {', '.join(flags)}; "
           f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads; auto chooses {train.choose_precision('auto', torch.device('cpu'))}")

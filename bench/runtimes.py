@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from digitrec import data
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.recognizer import BATCH_SIZE, Recognizer
 
 
@@ -33,7 +33,7 @@ def main():
     one = images[:1]
     print(f"{'runtime':<14}{'images/s (batches of 256)':>27}{'one image, ms':>15}{'test accuracy':>15}")
     answers = {}
-    for runtime, path in (("torch", DEFAULT_MODEL), ("onnxruntime", DEFAULT_ONNX)):
+    for runtime, path in (("torch", BUNDLED_MODEL), ("onnxruntime", BUNDLED_ONNX)):
         recognizer = Recognizer.load(path)
 
         def all_logits():

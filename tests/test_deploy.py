@@ -14,7 +14,7 @@ from PIL import Image
 from digitrec import number_strings
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX, BUNDLED_READER, BUNDLED_READER_ONNX
 from digitrec import runtime
 from digitrec.reading import read
 from digitrec.recognizer import Recognizer
@@ -40,7 +40,7 @@ def test_export_matches_torch_on_the_whole_test_set(exported):
 def test_onnx_recognizer_gives_the_torch_answers(exported, mnist):
     path, _ = exported
     digits = mnist.test.images[:200, 0].numpy()
-    torch_digits = [p.digit for p in Recognizer.load(DEFAULT_MODEL).predict_arrays(digits)]
+    torch_digits = [p.digit for p in Recognizer.load(BUNDLED_MODEL).predict_arrays(digits)]
     onnx_recognizer = Recognizer.load(path)
     assert [p.digit for p in onnx_recognizer.predict_arrays(digits)] == torch_digits
     assert onnx_recognizer.info["runtime"] == "onnxruntime" and onnx_recognizer.info["name"] == "fast"
@@ -50,8 +50,8 @@ def test_bundled_onnx_copy_is_the_bundled_model(mnist):
     """The default Recognizer runs the bundled .onnx when onnxruntime is installed: it must not go stale."""
     images = mnist.test.images.numpy()
     onnx_logits = Recognizer.load().logits(images)
-    torch_logits = Recognizer.load(DEFAULT_MODEL).logits(images)
-    assert Recognizer.load().info["weights"] == str(DEFAULT_ONNX)
+    torch_logits = Recognizer.load(BUNDLED_MODEL).logits(images)
+    assert Recognizer.load().info["weights"] == str(BUNDLED_ONNX)
     assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
     assert np.abs(onnx_logits - torch_logits).max() <= PARITY_TOLERANCE
 
@@ -175,7 +175,7 @@ def test_the_export_parity_check_fails_on_nan(tmp_path, mnist):
 @pytest.fixture(scope="module")
 def exported_reader(tmp_path_factory, mnist):
     path = tmp_path_factory.mktemp("onnx") / "reader.onnx"
-    parity = export_onnx(DEFAULT_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy())
+    parity = export_onnx(BUNDLED_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy())
     return path, parity
 
 
@@ -186,27 +186,27 @@ def test_the_number_reader_exports_with_a_free_width_and_reads_as_torch_does(exp
     rng = np.random.default_rng(4)
     pictures = [number_image(images, labels, length, "touching", rng)[0] for length in (1, 3, 7)]  # three widths
     recognizer = Recognizer.load()
-    on_torch, on_onnx = runtime.load(DEFAULT_READER, NUMBERS), runtime.load(path, NUMBERS)
+    on_torch, on_onnx = runtime.load(BUNDLED_READER, NUMBERS), runtime.load(path, NUMBERS)
     assert [read(on_onnx, recognizer, p).text for p in pictures] == [read(on_torch, recognizer, p).text for p in pictures]
 
 
 def test_the_bundled_reader_onnx_copy_is_the_bundled_reader(mnist):
     """`read` runs the bundled reader's .onnx when onnxruntime is installed: it must not go stale."""
     made = number_strings.fixed_set(mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy(), 50)
-    on_onnx, on_torch = runtime.load(None, NUMBERS), runtime.load(DEFAULT_READER, NUMBERS)
-    assert on_onnx.info["weights"] == str(DEFAULT_READER_ONNX)
+    on_onnx, on_torch = runtime.load(None, NUMBERS), runtime.load(BUNDLED_READER, NUMBERS)
+    assert on_onnx.info["weights"] == str(BUNDLED_READER_ONNX)
     assert np.abs(on_onnx.forward(made.pixels) - on_torch.forward(made.pixels)).max() <= PARITY_TOLERANCE
 
 
 def test_a_reader_given_as_the_digit_model_and_a_digit_model_given_as_the_reader_are_refused(tmp_path):
     with pytest.raises(ModelError, match="model 'reader' reads numbers, not digits: give it as --reader"):
-        Recognizer.load(DEFAULT_READER)
+        Recognizer.load(BUNDLED_READER)
     with pytest.raises(ModelError, match="model 'fast' reads digits, not numbers: give it as --model"):
-        runtime.load(DEFAULT_MODEL, NUMBERS)
+        runtime.load(BUNDLED_MODEL, NUMBERS)
     with pytest.raises(ModelError, match="not a digitrec number reader"):
-        runtime.load(DEFAULT_ONNX, NUMBERS)
+        runtime.load(BUNDLED_ONNX, NUMBERS)
     with pytest.raises(ModelError, match="not a digitrec model"):
-        Recognizer.load(DEFAULT_READER_ONNX)
+        Recognizer.load(BUNDLED_READER_ONNX)
     picture = tmp_path / "n.png"
     Image.new("L", (60, 28), 255).save(picture)
-    assert_one_line_error(run("read", "--reader", DEFAULT_MODEL, picture), "give it as --model")
+    assert_one_line_error(run("read", "--reader", BUNDLED_MODEL, picture), "give it as --model")

@@ -47,7 +47,7 @@ def test_bundled_tutorial_cnn_reaches_exactly_its_recorded_accuracy(mnist):
 def test_evaluate_without_a_path_uses_the_bundled_model():
     result = run("evaluate", "--json")
     summary = json.loads(result.output)
-    recorded = json.loads((files.DEFAULT_MODEL / "metrics.json").read_text())
+    recorded = json.loads((files.BUNDLED_MODEL / "metrics.json").read_text())
     assert summary["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6)
 
 

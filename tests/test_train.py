@@ -7,6 +7,7 @@ import torch
 from digitrec import checkpoint, files, rundir, train
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, TrainingDiverged
+from digitrec.tasks import NUMBERS
 
 
 def test_tutorial_recipes_resolve_to_the_tutorial_settings():
@@ -87,7 +88,7 @@ def test_warmup_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_run_folders_that_name_the_old_onecycle_schedule_still_read():
-    recorded = json.loads((files.DEFAULT_MODEL / "config.json").read_text())
+    recorded = json.loads((files.BUNDLED_MODEL / "config.json").read_text())
     older = {key: value for key, value in recorded.items() if key not in ("pool_first", "precision")}
     config = TrainConfig.from_dict({**older, "schedule": "onecycle"})  # as runs recorded it before the rename
     assert config.schedule == "warmup_cosine" and config.width == 32 and config.precision == "auto"
@@ -158,7 +159,7 @@ def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path
     assert "whole strings read right of 1,000 made from test digits" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "reader" and 0 <= metrics["test_accuracy"] <= 1
-    loaded = checkpoint.load(out, task="numbers")
+    loaded = checkpoint.load(out, NUMBERS)
     assert loaded.config["model"] == "reader" and loaded.config["width"] == 4
 
 

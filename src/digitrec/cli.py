@@ -17,6 +17,7 @@ from digitrec import __version__
 from digitrec.config import TrainConfig, describe_range, is_switch
 from digitrec.errors import DigitrecError, ImageError, ModelError
 from digitrec.files import write_atomic
+from digitrec.inputs import expand_inputs, preview_name
 
 DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -236,9 +237,8 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
         logits = evaluate.model_logits(loaded[0].model, mnist.test)
     else:
         logits = evaluate.ensemble_logits([run.model for run in loaded], mnist.test)
-    summary = evaluate.summary(logits, mnist.test.labels)
-    summary = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
-               "model": "+".join(run.config["model"] for run in loaded), **summary}
+    results = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
+               "model": "+".join(run.config["model"] for run in loaded), **evaluate.test_results(logits, mnist.test.labels)}
     if with_report:
         from digitrec import report
 
@@ -254,14 +254,14 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
                                         mnist.test.images, mnist.test.labels)
         click.echo(f"report written to {html_path}", err=as_json)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(results))
         return
-    click.echo(f"{summary['model']} from {summary['weights']}")
-    click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% ({summary['errors']} errors in {summary['images']} images)")
+    click.echo(f"{results['model']} from {results['weights']}")
+    click.echo(f"test accuracy {100 * results['test_accuracy']:.2f}% ({results['errors']} errors in {results['images']} images)")
     click.echo("\nconfusion matrix (rows: true digit, columns: predicted)")
     click.echo("      " + "".join(f"{digit:>6}" for digit in range(10)) + "  accuracy")
-    for digit, row in enumerate(summary["confusion_matrix"]):
-        accuracy = summary["per_class"]["recall"][digit]  # a digit's accuracy is its recall
+    for digit, row in enumerate(results["confusion_matrix"]):
+        accuracy = results["per_class"]["recall"][digit]  # a digit's accuracy is its recall
         click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row) + f"  {100 * accuracy:>7.2f}%")
 
 
@@ -290,64 +290,6 @@ def compare_command(runs, markdown):
         lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
         lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
         write_atomic(markdown, "\n".join(lines) + "\n")
-
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def expand_inputs(paths: tuple[str, ...]) -> list[tuple[str, object]]:
-    """(name, source) pairs: files as given, folders searched recursively for images, "-" for stdin.
-
-    What cannot be read or searched (stdin over the size limit, a broken link, a link back into a folder
-    already searched, a folder that cannot be listed) comes as the `ImageError` saying so, in its place."""
-    from digitrec.preprocess import MAX_FILE_BYTES, MB
-
-    inputs: list[tuple[str, object]] = []
-    for given in paths:
-        if given == "-":
-            content = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
-            too_big = len(content) > MAX_FILE_BYTES
-            inputs.append(("-", ImageError(f"-: refused: larger than {MAX_FILE_BYTES // MB} MB") if too_big else content))
-            continue
-        try:
-            is_folder = Path(given).is_dir()
-        except OSError as error:  # e.g. a folder on its way that this user may not enter
-            inputs.append((given, ImageError(f"{given}: cannot read ({error.strerror})")))
-            continue
-        inputs.extend(images_in(Path(given)) if is_folder else [(given, Path(given))])
-    return inputs
-
-
-def images_in(folder: Path) -> list[tuple[str, object]]:
-    """The image files under `folder`, sorted, following links to folders but never into one twice."""
-    found: list[tuple[str, object]] = []
-    searched: set[tuple[int, int]] = set()
-
-    def unlisted(error: OSError) -> None:
-        found.append((error.filename, ImageError(f"{error.filename}: cannot search this folder ({error.strerror})")))
-
-    for directory, subfolders, files in os.walk(folder, onerror=unlisted, followlinks=True):
-        status = os.stat(directory)
-        if (status.st_dev, status.st_ino) in searched:
-            found.append((directory, ImageError(f"{directory}: links to a folder already searched (a loop?)")))
-            subfolders.clear()
-            continue
-        searched.add((status.st_dev, status.st_ino))
-        for path in (Path(directory, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES):
-            found.append((str(path), path if path.exists() else ImageError(f"{path}: a broken link")))
-    return sorted(found, key=lambda pair: Path(pair[0]))
-
-
-def preview_name(name: str, taken: set[str]) -> str:
-    """A flat file name for the preprocessed view of input `name` ("-" is stdin), unlike any in `taken`
-    (compared ignoring case, as some file systems do); it is added to `taken`."""
-    stem = "stdin" if name == "-" else "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
-    candidate, number = f"{stem}.png", 1
-    while candidate.lower() in taken:
-        number += 1
-        candidate = f"{stem}-{number}.png"
-    taken.add(candidate.lower())
-    return candidate
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -382,7 +324,7 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
     from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path)
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     predicted = iter(recognizer.predict_many([(name, source) for name, source in inputs
@@ -441,7 +383,7 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
 
     recognizer = Recognizer.load(model_path)
     reader = runtime.load(reader_path, NUMBERS)  # now: a bad reader is one error, not one per image
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     rows = []
@@ -496,7 +438,7 @@ def explain_command(paths, model_path, out):
     from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path)
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     failures = 0

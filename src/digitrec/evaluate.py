@@ -35,7 +35,7 @@ def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
     return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
 
 
-def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+def test_results(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Everything `digitrec evaluate` reports about a set of predictions."""
     predicted = logits.argmax(1).cpu().numpy()
     truth = labels.cpu().numpy()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from digitrec import number_strings
 from digitrec.errors import ImageError, ModelError
@@ -141,47 +142,16 @@ def digit_masks(labels: np.ndarray, framed: number_strings.Strip, found: list[nu
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components of `mask`: a label image (-1 off the mask) and each one's box as rows of
-    (top, bottom, left, right, area), bottom and right exclusive. Works on runs of pixels within rows,
-    joined by label propagation, so it stays in numpy however many pixels there are."""
-    height, width = mask.shape
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_rows, run_starts = np.nonzero(edges == 1)
-    run_ends = np.nonzero(edges == -1)[1]  # exclusive; the same row-major order as the starts
-    if not len(run_rows):
+    """8-connected components of `mask`: a label image (-1 off the mask; components numbered in the order
+    a row-major scan meets them) and each one's box as rows of (top, bottom, left, right, area), bottom
+    and right exclusive."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
         return np.full(mask.shape, -1, np.int32), np.zeros((0, 5), np.int64)
-    # runs in consecutive rows touch when their column ranges overlap or meet diagonally
-    stride = width + 2
-    keys_start, keys_end = run_rows * stride + run_starts, run_rows * stride + run_ends
-    below = (run_rows + 1) * stride
-    first = np.searchsorted(keys_end, below + run_starts - 1, side="right")  # first run below ending after our start - 1
-    last = np.searchsorted(keys_start, below + run_ends + 1, side="left")  # one past the last starting before our end + 1
-    counts = np.maximum(last - first, 0)
-    upper = np.repeat(np.arange(len(run_rows)), counts)
-    lower = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    root = np.arange(len(run_rows))
-    while True:  # hook each touching pair onto the smaller root, then flatten: O(log n) rounds
-        low = np.minimum(root[upper], root[lower])
-        np.minimum.at(root, root[upper], low)
-        np.minimum.at(root, root[lower], low)
-        while not np.array_equal(flat := root[root], root):
-            root = flat
-        if np.array_equal(root[upper], root[lower]):
-            break
-    _, component = np.unique(root, return_inverse=True)
-    count = component.max() + 1
-    lengths = run_ends - run_starts
-    boxes = np.stack([
-        np.full(count, height), np.zeros(count, np.int64), np.full(count, width), np.zeros(count, np.int64),
-        np.bincount(component, lengths, count).astype(np.int64)], axis=1)
-    np.minimum.at(boxes[:, 0], component, run_rows)
-    np.maximum.at(boxes[:, 1], component, run_rows + 1)
-    np.minimum.at(boxes[:, 2], component, run_starts)
-    np.maximum.at(boxes[:, 3], component, run_ends)
-    labels = np.full(height * width, -1, np.int32)
-    pixels = np.flatnonzero(mask)  # row-major, so they fall into the runs in order
-    labels[pixels] = component[np.searchsorted(run_rows * width + run_starts, pixels, side="right") - 1]
-    return labels.reshape(mask.shape), boxes
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    boxes = np.array([[rows.start, rows.stop, columns.start, columns.stop, area]
+                      for (rows, columns), area in zip(ndimage.find_objects(labels), areas)], np.int64)
+    return (labels - 1).astype(np.int32), boxes
 
 
 def number_height(boxes: np.ndarray) -> float:

@@ -24,7 +24,7 @@ import numpy as np
 
 from digitrec import runtime
 from digitrec.errors import ImageError
-from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
+from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
 from digitrec.preprocess import Source, keep_freed_memory, preprocess
 from digitrec.runtime import Runtime
 from digitrec.tasks import DIGITS
@@ -96,7 +96,7 @@ class Recognizer:
         thread count.
         """
         if path is None and runtime.onnxruntime_installed():
-            return cls(runtime.load_onnx(DEFAULT_ONNX, DIGITS, threads), runtime.load_onnx(DEFAULT_INT8, DIGITS, threads))
+            return cls(runtime.load_onnx(BUNDLED_ONNX, DIGITS, threads), runtime.load_onnx(BUNDLED_INT8, DIGITS, threads))
         return cls(runtime.load(path, DIGITS, threads))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from digitrec import checkpoint, data, models, rundir, tasks
+from digitrec import checkpoint, data, models, provenance, rundir, tasks
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, DigitrecError, ModelError, OutputError, TrainingDiverged, TrainingStopped
 
@@ -99,7 +99,7 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
         return requested
     if device.type == "cuda":
         return "bf16"
-    flags = set(rundir.cpu()[1]) if flags is None else flags
+    flags = set(provenance.cpu()[1]) if flags is None else flags
     return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
@@ -506,7 +506,7 @@ def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], byt
             "train_seconds": round(run.train_seconds, 3),
             "validation_accuracy": run.log[-1]["validation_accuracy"],
             "test_accuracy": training.accuracy(training.mnist.test),
-            "provenance": rundir.provenance(
+            "provenance": provenance.provenance(
                 device=str(training.device), torch_threads=torch.get_num_threads(), processes=training.world.size,
                 precision=training.precision,
             ),

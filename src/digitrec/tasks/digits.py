@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from digitrec.errors import ModelError
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.shapes import CLASSES
 from digitrec.tasks.base import Task, refuse_mismatch
 
@@ -88,5 +88,5 @@ class DigitTask(Task):
 
 
 DIGITS = DigitTask(name="digits", input_name="images", output_name="logits", probe_shape=(2, 1, 28, 28),
-                   probe_answer=(2, CLASSES), noun="model", bundled_torch=DEFAULT_MODEL, bundled_onnx=DEFAULT_ONNX,
+                   probe_answer=(2, CLASSES), noun="model", bundled_torch=BUNDLED_MODEL, bundled_onnx=BUNDLED_ONNX,
                    load_hint="give it as --model")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from digitrec.errors import ConfigError, ModelError
-from digitrec.files import DEFAULT_READER, DEFAULT_READER_ONNX
+from digitrec.files import BUNDLED_READER, BUNDLED_READER_ONNX
 from digitrec.tasks.base import Task, refuse_mismatch, softmax
 from digitrec.shapes import CLASSES
 
@@ -100,5 +100,5 @@ class NumberTask(Task):
 
 
 NUMBERS = NumberTask(name="numbers", input_name="strips", output_name="scores", probe_shape=(2, 1, 32, 64),
-                     probe_answer=(2, CLASSES + 1, 32), noun="number reader", bundled_torch=DEFAULT_READER,
-                     bundled_onnx=DEFAULT_READER_ONNX, load_hint="give it as --reader to digitrec read")
+                     probe_answer=(2, CLASSES + 1, 32), noun="number reader", bundled_torch=BUNDLED_READER,
+                     bundled_onnx=BUNDLED_READER_ONNX, load_hint="give it as --reader to digitrec read")
