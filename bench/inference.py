@@ -20,20 +20,17 @@ points on the test set and 0.1 points on every person-style set (give `--person-
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from digitrec import data
-from digitrec import runtime
-from digitrec.tasks import DIGITS
+from digitrec import data, runtime
 from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
+from digitrec.person_style import STYLES, render
 from digitrec.quantize import CALIBRATION_DIGITS, PERSON_STYLE_POINTS, TEST_POINTS, accuracy, logits_only, quantize_int8
 from digitrec.recognizer import Recognizer
-
-from digitrec.person_style import STYLES, render
+from digitrec.tasks import DIGITS
 
 
 def logits_only_bytes(path: Path) -> bytes:

@@ -13,16 +13,13 @@ Choose with `--split validation`; report with the test split.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from digitrec import data
-from digitrec.recognizer import Recognizer
-
 from digitrec.person_style import STYLES, render
+from digitrec.recognizer import Recognizer
 
 
 def main():

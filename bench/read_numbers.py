@@ -16,21 +16,17 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from digitrec import data
+from digitrec import data, runtime
 from digitrec.errors import ImageError
-from digitrec import runtime
+from digitrec.number_strings import SPACINGS
+from digitrec.person_style import number_image
 from digitrec.reading import read
 from digitrec.recognizer import Recognizer
 from digitrec.tasks import NUMBERS
-
-from digitrec.number_strings import SPACINGS
-from digitrec.person_style import number_image
 
 recognizer: Recognizer | None = None  # each speed worker's own
 reader = None  # and its number reader

@@ -36,11 +36,11 @@ def main():
     for runtime, path in (("torch", BUNDLED_MODEL), ("onnxruntime", BUNDLED_ONNX)):
         recognizer = Recognizer.load(path)
 
-        def all_logits():
+        def all_logits(recognizer=recognizer):
             return np.concatenate([recognizer.logits(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)])
 
         batched = median_seconds(all_logits)
-        single = median_seconds(lambda: [recognizer.logits(one) for _ in range(200)]) / 200
+        single = median_seconds(lambda recognizer=recognizer: [recognizer.logits(one) for _ in range(200)]) / 200
         answers[runtime] = all_logits().argmax(1)
         accuracy = (answers[runtime] == labels).mean()
         print(f"{runtime:<14}{len(images) / batched:>27,.0f}{1000 * single:>15.3f}{100 * accuracy:>14.2f}%")

@@ -33,9 +33,9 @@ def measured_metrics(run_dir: Path, mnist: data.MNIST, previous: dict) -> dict:
     model = checkpoint.load(run_dir).model
     tensors, _ = stored_tensors(run_dir / rundir.WEIGHTS_FILE)
     command = ["digitrec", "train", "--model", config["model"], "--recipe", config["recipe"], "--seed", str(config["seed"])]
-    provenance = previous.get("provenance", {})
-    trained_on = provenance.get("trained_on") or {  # a run's own record: where it trained
-        key: source[key] for source in (previous, provenance) if "measured" not in source
+    recorded = previous.get("provenance", {})
+    trained_on = recorded.get("trained_on") or {  # a run's own record: where it trained
+        key: source[key] for source in (previous, recorded) if "measured" not in source
         for key in ("device", "torch_threads", "processes", "precision", "cpu", "cpu_flags") if key in source}
     return {
         "model": config["model"],

@@ -3,26 +3,11 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from digitrec import models
-from digitrec.cli import main
 
 from conftest import BUNDLED_MNIST
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
+from helpers import assert_one_line_error, run
 
 
 def test_data_command_prints_location_sizes_and_checksums():

@@ -2,26 +2,22 @@
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from digitrec import number_strings
+from digitrec import number_strings, runtime
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
 from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX, BUNDLED_READER, BUNDLED_READER_ONNX
-from digitrec import runtime
+from digitrec.person_style import number_image
 from digitrec.reading import read
 from digitrec.recognizer import Recognizer
 from digitrec.tasks import NUMBERS
 
-from digitrec.person_style import number_image
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run, seven_png, without_torch
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +50,6 @@ def test_bundled_onnx_copy_is_the_bundled_model(mnist):
     assert Recognizer.load().info["weights"] == str(BUNDLED_ONNX)
     assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
     assert np.abs(onnx_logits - torch_logits).max() <= PARITY_TOLERANCE
-
-
-def seven_png(mnist, folder) -> Path:
-    """The first test digit (a 7) as a 100 x 100 dark-on-light PNG in `folder`."""
-    image = folder / "seven.png"
-    Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(image)
-    return image
-
-
-def without_torch(commands: str) -> str:
-    """What `commands` print, run by a fresh Python in which importing torch fails (a deployment installed
-    without the `train` extra); they may use `json`, `CliRunner` and the CLI's `main`."""
-    script = ("import sys, json\nsys.modules['torch'] = None\nfrom click.testing import CliRunner\n"
-              "from digitrec.cli import main\n" + commands)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
 
 
 def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path):

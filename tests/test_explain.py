@@ -11,10 +11,10 @@ from digitrec.deploy import export_onnx
 from digitrec.explain import explain, explain_array
 from digitrec.files import BUNDLED_DIR, BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.preprocess import dilate
-from digitrec.tasks.base import softmax
 from digitrec.recognizer import Recognizer
+from digitrec.tasks.base import softmax
 
-from test_cli import run
+from helpers import run
 
 DIGITS = 50
 
@@ -138,7 +138,7 @@ def test_an_onnx_file_exported_before_the_inside_outputs_still_gets_saliency(bun
 
 
 def test_explain_runs_where_torch_cannot_be_imported(mnist, tmp_path):
-    from test_deploy import seven_png, without_torch
+    from helpers import seven_png, without_torch
 
     seven = seven_png(mnist, tmp_path)
     output = without_torch(

@@ -7,7 +7,7 @@ import torch
 
 from digitrec import checkpoint, evaluate, files, train
 
-from test_cli import run
+from helpers import run
 
 
 def test_presets_resolve_to_the_documented_configs():

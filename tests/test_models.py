@@ -10,7 +10,7 @@ from digitrec import checkpoint, models, number_strings, train
 from digitrec.config import check_fields, setting
 from digitrec.errors import ConfigError
 
-from test_cli import run
+from helpers import run
 
 
 @pytest.mark.parametrize("name", sorted(name for name, spec in models.REGISTRY.items() if spec.task == "digits"))

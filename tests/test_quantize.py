@@ -9,13 +9,13 @@ import onnx
 import pytest
 
 from digitrec import runtime
-from digitrec.tasks import DIGITS
 from digitrec.errors import ModelError
 from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
 from digitrec.quantize import TEST_POINTS, accuracy, logits_only, quantize_int8
 from digitrec.recognizer import Recognizer
+from digitrec.tasks import DIGITS
 
-from test_cli import run
+from helpers import run
 
 
 def test_the_logits_only_cut_gives_the_exported_models_logits_exactly(mnist):

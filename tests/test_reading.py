@@ -15,7 +15,8 @@ from digitrec.person_style import encode, number_image
 from digitrec.reading import MAX_DIGITS, Reading, draw_segments, read
 from digitrec.recognizer import Recognizer
 from digitrec.tasks import NUMBERS
-from test_fuzz import DAMAGE, fuzzing, mutate, valid_images  # noqa: F401  (a digit in every accepted format)
+
+from helpers import DAMAGE, fuzzing, mutate
 
 SCALE = 4  # test pictures: MNIST's 28 px digits drawn 112 px high
 

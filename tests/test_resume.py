@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from digitrec import rundir, train
 
-from test_cli import assert_one_line_error, run
-from test_rundir import fake_state
+from helpers import assert_one_line_error, fake_state, run
 
 # one thread in every process, so the runs being compared do their arithmetic in the same order
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,11 +15,7 @@ import digitrec
 from digitrec import provenance, rundir, train
 from digitrec.errors import ModelError, OutputError
 
-from test_cli import assert_one_line_error, run
-
-
-def fake_state(step: int) -> dict:
-    return {"step": step, "weights": torch.full((3,), float(step))}
+from helpers import assert_one_line_error, fake_state, run
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:

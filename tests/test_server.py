@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from digitrec.person_style import encode
 from digitrec.web.app import MAX_BODY_BYTES
 from digitrec.web.server import KEEP_ALIVE_SECONDS, MAX_CONNECTIONS, MAX_HEAD_BYTES, MAX_HEADERS, READ_TIMEOUT_SECONDS
-
-from digitrec.person_style import encode
 
 MB = 1_000_000
 # Resident memory the server may add over its warm baseline (about 100 MB) while the clients below do their

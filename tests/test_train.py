@@ -111,7 +111,7 @@ def test_auto_precision_is_bf16_on_gpus_and_cpus_with_bf16_arithmetic_and_float3
 
 
 def test_bf16_training_runs_and_records_its_precision(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     out = tmp_path / "run"
     result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--precision", "bf16",
@@ -133,7 +133,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step(mnist):
 
 
 def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
-    from test_cli import run
+    from helpers import run
 
     training = train.Training(train.resolve_config("fast", width=4, steps=40, log_every=10), mnist, CPU)
     training.advance(10)
@@ -149,7 +149,7 @@ def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
 
 
 def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     out = tmp_path / "reader"
     result = run("train", "--model", "reader", "--width", 4, "--steps", 6, "--batch-size", 8, "--log-every", 3,

@@ -212,7 +212,7 @@ def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
 
 
 def test_serve_with_missing_model_is_one_line(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     result = run("serve", "--model", tmp_path / "none")
     assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output

@@ -259,10 +259,10 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
     click.echo(f"{results['model']} from {results['weights']}")
     click.echo(f"test accuracy {100 * results['test_accuracy']:.2f}% ({results['errors']} errors in {results['images']} images)")
     click.echo("\nconfusion matrix (rows: true digit, columns: predicted)")
-    click.echo("      " + "".join(f"{digit:>6}" for digit in range(10)) + "  accuracy")
-    for digit, row in enumerate(results["confusion_matrix"]):
-        accuracy = results["per_class"]["recall"][digit]  # a digit's accuracy is its recall
-        click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row) + f"  {100 * accuracy:>7.2f}%")
+    recall = results["per_class"]["recall"]  # a digit's accuracy is its recall
+    echo_table(["true", *map(str, range(10)), "accuracy"],
+               [[digit, *row, f"{100 * recall[digit]:.2f}%"] for digit, row in enumerate(results["confusion_matrix"])],
+               "r" * 12)
 
 
 COMPARE_COLUMNS = ("run", "model", "recipe", "steps", "train s", "validation", "test")
@@ -283,13 +283,29 @@ def compare_command(runs, markdown):
                      f"{metrics.get('train_seconds', float('nan')):.1f}",
                      f"{100 * metrics.get('validation_accuracy', float('nan')):.2f}%",
                      f"{100 * metrics.get('test_accuracy', float('nan')):.2f}%"])
-    widths = [max(len(str(cell)) for cell in column) for column in zip(COMPARE_COLUMNS, *rows)]
-    for row in (COMPARE_COLUMNS, *rows):
-        click.echo("  ".join(f"{cell!s:<{w}}" if i < 3 else f"{cell!s:>{w}}" for i, (cell, w) in enumerate(zip(row, widths))))
+    echo_table(list(COMPARE_COLUMNS), rows, "lllrrrr")
     if markdown is not None:
         lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
         lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
         write_atomic(markdown, "\n".join(lines) + "\n")
+
+
+def echo_table(header: list[str], rows: list[list], justify: str) -> None:
+    """Print a plain table through Rich: a header line, then one line per row, columns two spaces apart;
+    `justify` has one letter per column, l(eft) or r(ight). Cells are text, never Rich markup (a file may
+    be named "[red]x.png"), and nothing wraps, so each row stays one line however long its path."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style=None, show_edge=False)
+    for name, side in zip(header, justify, strict=True):
+        table.add_column(Text(name), justify="left" if side == "l" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    buffer = io.StringIO()
+    Console(file=buffer, width=100_000, color_system=None, highlight=False).print(table)
+    click.echo("\n".join(line.rstrip() for line in buffer.getvalue().splitlines()))
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -348,15 +364,15 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        width = max(len(row["path"]) for row in rows)
-        click.echo(f"{'image':<{width}}  digit  confidence  " + ("others" if top > 1 else ""))
+        lines = []
         for row, result in zip(rows, results):
             if row["error"]:
-                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                lines.append([row["path"], "", "", f"error: {row['error']}"])
                 continue
             others = "  ".join(f"{d}:{100 * p:.1f}%" for d, p in result.top(top)[1:])
             flag = " unsure" if row["unsure"] else ""
-            click.echo(f"{row['path']:<{width}}  {row['digit']:>5}  {100 * row['confidence']:>9.1f}%{flag}  {others}".rstrip())
+            lines.append([row["path"], row["digit"], f"{100 * row['confidence']:.1f}%{flag}", others])
+        echo_table(["image", "digit", "confidence", "others" if top > 1 else ""], lines, "lrrl")
     if csv_path is not None:
         write_csv(csv_path, ["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"],
                   [[row["path"], row["digit"], row["confidence"], row["unsure"], *(row["probabilities"] or [""] * 10),
@@ -407,15 +423,15 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        width = max(len(row["path"]) for row in rows)
-        click.echo(f"{'image':<{width}}  {'number':<12}  confidence  digits")
+        lines = []
         for row in rows:
             if row["error"]:
-                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                lines.append([row["path"], "", "", f"error: {row['error']}"])
                 continue
             digits = " ".join(f"{d['digit']}:{100 * d['confidence']:.0f}%{'?' if d['unsure'] else ''}" for d in row["digits"])
             flag = " unsure" if row["unsure"] else ""
-            click.echo(f"{row['path']:<{width}}  {row['text']:<12}  {100 * row['confidence']:>9.1f}%  {digits}{flag}")
+            lines.append([row["path"], row["text"], f"{100 * row['confidence']:.1f}%", digits + flag])
+        echo_table(["image", "number", "confidence", "digits"], lines, "llrl")
     if csv_path is not None:
         write_csv(csv_path, ["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"], [
             [row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if row["digits"] else "",

@@ -13,8 +13,8 @@ import numpy as np
 
 from digitrec.errors import ConfigError, ModelError
 from digitrec.files import BUNDLED_READER, BUNDLED_READER_ONNX
-from digitrec.tasks.base import Task, refuse_mismatch, softmax
 from digitrec.shapes import CLASSES
+from digitrec.tasks.base import Task, refuse_mismatch, softmax
 
 EVALUATION_STRINGS = 1000  # a number reader's accuracy: whole strings read right, of this many made from the split
 PARITY_STRINGS = 200  # a number reader's export is checked on this many strings of the check images' digits
@@ -46,7 +46,7 @@ class NumberTask(Task):
     def loss(self, outputs, batch, config) -> tuple[object, Callable[[], float]]:
         import torch.nn.functional as F
 
-        from digitrec import evaluate, models, number_strings
+        from digitrec import evaluate, number_strings
 
         columns, digits, lengths = batch[1:]
         scores = outputs.float().log_softmax(1)  # (B, 11, T)
@@ -85,7 +85,7 @@ class NumberTask(Task):
     def export_parity(self, model, run, check_images, check_labels) -> dict:
         import torch
 
-        from digitrec import evaluate, models, number_strings
+        from digitrec import models, number_strings
 
         made = number_strings.fixed_set(check_images[:, 0], check_labels, PARITY_STRINGS)
         expected = models.logits_in_batches(model, torch.from_numpy(made.pixels), batch_size=100).numpy()

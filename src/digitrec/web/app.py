@@ -22,9 +22,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from digitrec import runtime
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import keep_freed_memory, to_png
-from digitrec import runtime
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 from digitrec.runtime import Runtime
 from digitrec.tasks import NUMBERS
