@@ -1,7 +1,7 @@
 """Reading whole numbers: accuracy per spacing and length, and numbers/s, on strings of MNIST digits.
 
 Each string is made of random digits of the chosen split, set with one spacing (separate, close,
-touching, overlapping) and rendered as a person's JPEG by tests/number_strings.py; the set is the same
+touching, overlapping) and rendered as a person's JPEG by digitrec/person_style.py; the set is the same
 on every run (seeded). For each spacing and length: whole-string accuracy, per-digit accuracy (position
 by position, where the reading has the right length), mean edit distance; for single digits also
 `predict` on the same images. Then numbers/s end to end (JPEG bytes -> text) for 4-digit strings, in

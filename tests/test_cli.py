@@ -128,7 +128,9 @@ def test_train_help_lists_every_setting_with_its_range_and_default():
     assert "fast: quick, full" in help_text
 
 
-@pytest.mark.parametrize("model", sorted(models.REGISTRY))
+# the reader's dry run makes and measures 1,000 strings of digits twice: about 20 s
+@pytest.mark.parametrize("model", [pytest.param(name, marks=pytest.mark.slow) if name == "reader" else name
+                                   for name in sorted(models.REGISTRY)])
 def test_dry_run_trains_a_few_logged_steps_of_each_model_and_writes_nothing(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("train", "--model", model, "--dry-run", "--quiet", "--data-dir", BUNDLED_MNIST)

@@ -27,12 +27,14 @@ def exported(tmp_path_factory, mnist):
     return path, parity
 
 
+@pytest.mark.slow
 def test_export_matches_torch_on_the_whole_test_set(exported):
     _, parity = exported
     assert parity["images"] == 10000 and parity["same_digits"] == 10000
     assert parity["max_logit_difference"] <= PARITY_TOLERANCE
 
 
+@pytest.mark.slow
 def test_onnx_recognizer_gives_the_torch_answers(exported, mnist):
     path, _ = exported
     digits = mnist.test.images[:200, 0].numpy()
@@ -42,6 +44,7 @@ def test_onnx_recognizer_gives_the_torch_answers(exported, mnist):
     assert onnx_recognizer.info["runtime"] == "onnxruntime" and onnx_recognizer.info["name"] == "fast"
 
 
+@pytest.mark.slow
 def test_bundled_onnx_copy_is_the_bundled_model(mnist):
     """The default Recognizer runs the bundled .onnx when onnxruntime is installed: it must not go stale."""
     images = mnist.test.images.numpy()
@@ -52,6 +55,7 @@ def test_bundled_onnx_copy_is_the_bundled_model(mnist):
     assert np.abs(onnx_logits - torch_logits).max() <= PARITY_TOLERANCE
 
 
+@pytest.mark.slow
 def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path):
     path, _ = exported
     image = seven_png(mnist, tmp_path)
@@ -71,6 +75,7 @@ def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path
     )
 
 
+@pytest.mark.slow
 def test_export_command_reports_parity(tmp_path):
     result = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output

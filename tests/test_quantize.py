@@ -62,6 +62,7 @@ def test_an_int8_copy_that_loses_accuracy_is_refused_and_nothing_is_written(mnis
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tmp_path):
     out = tmp_path / "int8.onnx"
     result = run("export", "--quantize", "int8", "--out", out)

@@ -62,6 +62,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     process = digitrec("train", *SMALL_RUN, "--checkpoint-every", "40", "--out", run_dir)

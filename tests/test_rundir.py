@@ -288,6 +288,7 @@ def test_a_run_refused_at_its_first_step_leaves_no_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_report_without_a_path_writes_into_the_working_directory_not_the_package(tmp_path, monkeypatch):
     from digitrec import files
 

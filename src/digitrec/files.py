@@ -11,7 +11,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
 BUNDLED_ONNX = BUNDLED_MODEL / "model.onnx"
 BUNDLED_INT8 = BUNDLED_MODEL / "model.int8.onnx"  # its int8 copy, for batched prediction (digitrec.quantize)
-BUNDLED_READER = BUNDLED_DIR / "reader"  # the number reader (numbers.py), as weights.safetensors and model.onnx
+BUNDLED_READER = BUNDLED_DIR / "reader"  # the number reader (reading.py), as weights.safetensors and model.onnx
 BUNDLED_READER_ONNX = BUNDLED_READER / "model.onnx"
 
 UMASK = os.umask(0)
