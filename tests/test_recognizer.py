@@ -27,6 +27,7 @@ def digits(mnist) -> tuple[np.ndarray, np.ndarray]:
     return (mnist.test.images[:, 0].numpy() * 255).round().astype(np.uint8), mnist.test.labels.numpy()
 
 
+@pytest.mark.slow
 def test_person_style_images_are_read_nearly_as_well_as_mnist(recognizer, digits):
     images, labels = digits
     rng = np.random.default_rng(0)

@@ -84,6 +84,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights
     assert not list(run_dir.glob("checkpoint*"))  # a finished run keeps only its weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_current_step_saves_and_the_run_resumes(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     process = digitrec("train", *SMALL_RUN, "--out", run_dir)
