@@ -98,6 +98,7 @@ def push(connection: socket.socket, data: bytes | memoryview) -> memoryview:
         return data[:0]
 
 
+@pytest.mark.slow
 def test_slow_stalled_and_idle_connections_are_closed_on_time_while_the_server_answers(server):
     opened = time.monotonic()
     unfinished_head = server.connect()

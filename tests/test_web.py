@@ -175,7 +175,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     import subprocess
     import sys
