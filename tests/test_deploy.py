@@ -75,6 +75,21 @@ def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path
     )
 
 
+def test_the_bundled_models_read_digits_and_numbers_where_torch_cannot_be_imported(mnist, tmp_path):
+    images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
+    picture, text = number_image(images, labels, 4, "separate", np.random.default_rng(7))
+    (tmp_path / "number.jpg").write_bytes(picture)
+    seven = seven_png(mnist, tmp_path)
+    output = without_torch(
+        f"for command in (['predict', {str(seven)!r}, '--json'], ['read', {str(tmp_path / 'number.jpg')!r}, '--json']):\n"
+        "    result = CliRunner().invoke(main, command)\n"
+        "    print(json.dumps({'exit_code': result.exit_code, 'output': result.output}))\n"
+    )
+    predicted, read = (json.loads(line) for line in output.strip().splitlines())
+    assert predicted["exit_code"] == 0 and json.loads(predicted["output"])["digit"] == 7
+    assert read["exit_code"] == 0 and json.loads(read["output"])["text"] == text
+
+
 @pytest.mark.slow
 def test_export_command_reports_parity(tmp_path):
     result = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx")
