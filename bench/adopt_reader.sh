@@ -5,7 +5,7 @@
 #
 #     bash bench/adopt_reader.sh RUN        # RUN: a run folder (config.json, metrics.json, log.jsonl,
 #                                           # weights.safetensors), e.g. one that bench/gpu_reader.sh wrote
-# Afterwards: set the recorded values it prints in tests/test_numbers.py
+# Afterwards: set the recorded values it prints in tests/test_reading.py
 # (test_the_bundled_readers_calibration_is_the_recorded_one) and docs/robust-numbers.md.
 set -euo pipefail
 RUN=${1:?give the run folder of the reader}

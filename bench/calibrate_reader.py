@@ -1,10 +1,10 @@
 """Calibrate the number reader's confidence on validation strings, and measure its honest doubt on test strings.
 
-A reading's confidence (numbers.py) starts as the chance that the number of digits is right (the
+A reading's confidence (reading.py) starts as the chance that the number of digits is right (the
 likeliest reading against the likeliest reading of every other length) times each digit's chance; one
 temperature T (confidence.fit_temperature) makes it mean what it says, and the `unsure` threshold is the
 highest that flags at most confidence.FLAG_RIGHT_CHOSEN of the right readings (choose_unsure_below).
-Both are fitted on strings of validation digits of every kind of writing (strings.CLASSES), lengths
+Both are fitted on strings of validation digits of every kind of writing (number_strings.CLASSES), lengths
 1-8, rendered as bench/read_numbers.py renders them, and written beside the reader (calibration.json).
 
     nice python bench/calibrate_reader.py [--reader PATH] [--count 300] [--save]      # fit on validation
@@ -15,25 +15,25 @@ unsure and of right ones, the expected calibration error, and error at 100/99/97
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from digitrec import confidence, data
+from digitrec import confidence, data, runtime
 from digitrec.errors import ImageError
-from digitrec.files import DEFAULT_READER
-from digitrec.numbers import sure_and_not
+from digitrec.files import BUNDLED_READER
+from digitrec.number_strings import CLASSES
+from digitrec.person_style import number_image
+from digitrec.reading import read, sure_and_not
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from number_strings import CLASSES, number_image  # noqa: E402
+from digitrec.runtime import Runtime
+from digitrec.tasks import NUMBERS
 
 LENGTHS = (1, 8)  # each string's length is drawn from this range, both ends included
 
 
-def readings(recognizer: Recognizer, images: np.ndarray, labels: np.ndarray, count: int, seed: int) -> list[dict]:
+def readings(reader: Runtime, recognizer: Recognizer, images: np.ndarray, labels: np.ndarray, count: int,
+             seed: int) -> list[dict]:
     """`count` strings of each kind read with the reader's confidence left uncalibrated: kind, truth, text, confidence."""
     made = []
     for kind in CLASSES:
@@ -41,7 +41,7 @@ def readings(recognizer: Recognizer, images: np.ndarray, labels: np.ndarray, cou
         for _ in range(count):
             image, truth = number_image(images, labels, int(rng.integers(LENGTHS[0], LENGTHS[1] + 1)), kind, rng)
             try:
-                reading = recognizer.read(image)
+                reading = read(reader, recognizer, image)
                 text, score = reading.text, reading.confidence
             except ImageError:
                 text, score = "", 0.0
@@ -77,11 +77,11 @@ def main():
     parser.add_argument("--save", action="store_true", help="write the fitted calibration beside the reader")
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
-    recognizer = Recognizer.load(args.model, reader=args.reader)
-    saved = recognizer.load_reader_calibration()
-    recognizer.reader_calibration = confidence.UNCALIBRATED  # read the raw confidence
+    recognizer, reader = Recognizer.load(args.model), runtime.load(args.reader, NUMBERS)
+    saved = confidence.load(args.reader or BUNDLED_READER) if args.split == "test" else None
+    reader.calibration = confidence.UNCALIBRATED  # read the raw confidence
     started = time.perf_counter()
-    made = readings(recognizer, split.images[:, 0].numpy(), split.labels.numpy(), args.count, args.seed)
+    made = readings(reader, recognizer, split.images[:, 0].numpy(), split.labels.numpy(), args.count, args.seed)
     print(f"{len(made)} {args.split} strings read in {time.perf_counter() - started:.0f} s")
     if args.split == "test":
         report(saved, made)
@@ -102,7 +102,7 @@ def main():
     calibration = confidence.Calibration(temperature, unsure_below, True, record)
     report(calibration, made)
     if args.save:
-        print("written:", confidence.save(calibration, args.reader or DEFAULT_READER))
+        print("written:", confidence.save(calibration, args.reader or BUNDLED_READER))
 
 
 if __name__ == "__main__":

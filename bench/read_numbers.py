@@ -1,9 +1,9 @@
 """Reading whole numbers: accuracy per kind of writing and length, and numbers/s, on strings of MNIST digits.
 
 Each string is made of random digits of the chosen split, written as one kind of number
-(strings.CLASSES: separate, close, touching, overlapping, overlapping hard, uneven, photographed) and
-rendered as a person's image by tests/number_strings.py; the set is the same on every run (seeded). For
-each kind and length: whole-string accuracy, per-digit accuracy (position
+(number_strings.CLASSES: separate, close, touching, overlapping, overlapping hard, uneven, photographed)
+and rendered as a person's image by digitrec/person_style.py; the set is the same on every run (seeded).
+For each kind and length: whole-string accuracy, per-digit accuracy (position
 by position, where the reading has the right length), mean edit distance; for single digits also
 `predict` on the same images. Then numbers/s end to end (JPEG bytes -> text) for 4-digit strings, in
 one process and in one worker process per core.
@@ -18,20 +18,20 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from digitrec import data
+from digitrec import data, runtime
 from digitrec.errors import ImageError
+from digitrec.number_strings import CLASSES
+from digitrec.person_style import number_image
+from digitrec.reading import read
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from number_strings import CLASSES, number_image  # noqa: E402
+from digitrec.tasks import NUMBERS
 
 recognizer: Recognizer | None = None  # each speed worker's own
+reader = None  # and its number reader
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -45,14 +45,14 @@ def edit_distance(a: str, b: str) -> int:
 
 def read_text(image: bytes) -> str:
     try:
-        return recognizer.read(image).text
+        return read(reader, recognizer, image).text
     except ImageError:
         return ""
 
 
-def start_worker(model, reader):
-    global recognizer
-    recognizer = Recognizer.load(model, threads=1, reader=reader)
+def start_worker(model, reader_path):
+    global recognizer, reader
+    recognizer, reader = Recognizer.load(model, threads=1), runtime.load(reader_path, NUMBERS, threads=1)
 
 
 def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats: int = 3) -> float:
@@ -78,7 +78,7 @@ def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats
 
 
 def main():
-    global recognizer
+    global recognizer, reader
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--reader", default=None)
@@ -91,7 +91,7 @@ def main():
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
-    recognizer = Recognizer.load(args.model, reader=args.reader)
+    recognizer, reader = Recognizer.load(args.model), runtime.load(args.reader, NUMBERS)
     lengths = [int(n) for n in args.lengths.split(",")]
     kinds = args.classes.split(",")
     unknown = sorted(set(kinds) - set(CLASSES))

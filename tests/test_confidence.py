@@ -11,7 +11,7 @@ from test_cli import run
 
 from digitrec import confidence
 from digitrec.confidence import CalibrationWarning
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.recognizer import Recognizer
 
 
@@ -27,14 +27,14 @@ def validation_logits(bundled, mnist) -> tuple[np.ndarray, np.ndarray]:
 
 def copy_of_the_bundled_model(tmp_path, calibration: str | None):
     """The bundled ONNX model in a folder of its own, with `calibration` as its calibration file's text."""
-    shutil.copy(DEFAULT_ONNX, tmp_path / "model.onnx")
+    shutil.copy(BUNDLED_ONNX, tmp_path / "model.onnx")
     if calibration is not None:
         (tmp_path / confidence.CALIBRATION_FILE).write_text(calibration)
     return tmp_path / "model.onnx"
 
 
 def test_the_bundled_calibration_holds_its_recorded_values():
-    calibration = confidence.load(DEFAULT_MODEL)
+    calibration = confidence.load(BUNDLED_MODEL)
     assert calibration.calibrated
     assert (calibration.temperature, calibration.unsure_below) == (0.41578, 0.996532)
 
@@ -42,7 +42,7 @@ def test_the_bundled_calibration_holds_its_recorded_values():
 def test_the_recorded_temperature_and_threshold_are_what_fitting_on_validation_gives(validation_logits):
     logits, labels = validation_logits
     fitted = confidence.fit(logits, labels)
-    recorded = confidence.load(DEFAULT_MODEL)
+    recorded = confidence.load(BUNDLED_MODEL)
     assert fitted.temperature == pytest.approx(recorded.temperature, abs=1e-4)
     assert fitted.unsure_below == pytest.approx(recorded.unsure_below, abs=1e-5)
     measured = fitted.record["validation"]

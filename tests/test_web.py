@@ -13,10 +13,11 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from digitrec.person_style import encode
 from digitrec.recognizer import Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import DIGITS
 from digitrec.web import create_app
-
-from person_style import encode
 
 
 class LiveServer:
@@ -91,11 +92,11 @@ def test_jpeg_body_is_recognized(client, mnist):
 
 def test_model_endpoint_describes_the_bundled_model_with_its_recorded_figures(client):
     from digitrec import confidence
-    from digitrec.files import DEFAULT_MODEL
+    from digitrec.files import BUNDLED_MODEL
 
     info = client.get("/api/model").json()
     assert info == {"name": "fast", "recipe": "full", "parameters": 104_938, "test_accuracy": 0.9971,
-                    "runtime": "onnxruntime", "unsure_below": confidence.load(DEFAULT_MODEL).unsure_below}
+                    "runtime": "onnxruntime", "unsure_below": confidence.load(BUNDLED_MODEL).unsure_below}
 
 
 def test_openapi_docs_are_served(client):
@@ -175,7 +176,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     import subprocess
     import sys
@@ -212,7 +213,7 @@ def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
 
 
 def test_serve_with_missing_model_is_one_line(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     result = run("serve", "--model", tmp_path / "none")
     assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output
@@ -280,8 +281,11 @@ def test_the_documentation_says_the_limits_of_the_constants(client):
 
 
 def test_a_model_without_a_finite_answer_is_a_422_on_every_image_route_not_a_500(seven_png):
-    bundled = Recognizer.load()
-    overflowing = Recognizer(lambda batch: np.full((len(batch), 10), np.inf, np.float32), bundled.info)
+    class Overflowing(Runtime):
+        def forward(self, batch):
+            return np.full((len(batch), 10), np.inf, np.float32)
+
+    overflowing = Recognizer(Overflowing(DIGITS, Recognizer.load().info))
     server = LiveServer(create_app(overflowing))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:

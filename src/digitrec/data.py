@@ -21,7 +21,7 @@ import numpy as np
 import platformdirs
 import torch
 
-from digitrec import idx, strings
+from digitrec import idx, number_strings
 from digitrec.errors import DataError
 from digitrec.files import write_atomic
 
@@ -187,14 +187,14 @@ def batches(
 
 def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, start: int = 0, mixture: str = "plain",
                    workers: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Endless batches of random number strings made from `split`'s digits (strings.random_batch, as
-    strings.MIXTURES[`mixture`] says), for the number reader: (strips (B, 1, 32, W), each strip's output
+    """Endless batches of random number strings made from `split`'s digits (number_strings.random_batch, as
+    number_strings.MIXTURES[`mixture`] says), for the number reader: (strips (B, 1, 32, W), each strip's output
     columns (B,), their digits as classes 1-10 one string after another, each string's length (B,)).
     Batch number n is drawn from a generator seeded with (seed, n, rank) alone, so a resumed run
     (`start`) sees the same strings, and every rank under torchrun its own; `workers` processes make them
     ahead of time (the same batches: making strings, not the model, bounds a reader's step on a GPU)."""
     device = split.images.device
-    source = (split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), batch_size, seed, rank, strings.MIXTURES[mixture])
+    source = (split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), batch_size, seed, rank, number_strings.MIXTURES[mixture])
     key = id(source)
     string_sources[key] = source
     try:
@@ -211,9 +211,9 @@ def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, star
 string_sources: dict[int, tuple] = {}
 
 
-def make_string_batch(key: int, step: int) -> strings.Batch:
+def make_string_batch(key: int, step: int) -> number_strings.Batch:
     images, labels, batch_size, seed, rank, mixture = string_sources[key]
-    return strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]), mixture=mixture)
+    return number_strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]), mixture=mixture)
 
 
 def ahead(make, key: int, start: int, workers: int, depth: int = 4) -> Iterator:

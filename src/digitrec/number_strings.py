@@ -12,7 +12,7 @@ Owns three things about a written number as a row of digits:
   step; training frames its rows and `numbers` frames a person's ink with this same function;
 - decoding the reader's output (`decode`): per-column scores over blank + ten digits (CTC) -> digits, each
   with the columns it was read from.
-Only numpy and Pillow: reading a number needs no torch. Not owned here: the reader model (models), its
+Only numpy and Pillow (and preprocess's ink finder): reading a number needs no torch. Not owned here: the reader model (models), its
 training loop (train), finding the number in a person's image (numbers).
 """
 
@@ -49,7 +49,7 @@ GROUP_GAP = 0.1  # a gap of fewer empty columns than this share of a digit's hei
 MAX_GAP = 16  # px: a wider gap between groups is narrowed to this in the strip (about 0.8 of a digit's height)
 BLANK = 0  # the reader's class for "no new digit here"; digit d is class d + 1
 THICK_PEN = 0.25  # share of training strings drawn with a thicker pen (a 3x3 dilation mixed in at half strength)
-PHOTO_INK = 0.25  # as numbers.INK_LEVEL: in a photo's ink map, what counts as ink (with a pixel of faint edge)
+PHOTO_INK = 0.25  # as reading.INK_LEVEL: in a photo's ink map, what counts as ink (with a pixel of faint edge)
 MAX_TRAINING_LENGTH = 12  # training strings have 1-8 digits, and one in LONG_SHARE 9 to this many
 LONG_SHARE = 0.1
 TRAINING_HEIGHTS = (0.9, 1.15)  # a training string's digits are scaled to DIGIT_HEIGHT divided by a share in this range
@@ -266,17 +266,12 @@ def random_row(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
 
 def spread(row: np.ndarray, pick) -> np.ndarray:
     """Each pixel's 3x3 neighbourhood maximum (`pick` np.maximum: a thicker pen) or minimum (np.minimum: thinner)."""
-    padded = np.pad(row, 1)
-    out = row.copy()
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            pick(out, padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx], out=out)
-    return out
+    return dilate(row, 1) if pick is np.maximum else 1 - dilate(1 - row, 1)
 
 
 PHOTO_SCALE = (3.0, 10.0)  # a photographed number is written this many times MNIST's scale
 TRAINING_PHOTO_SCALE = (3.0, 4.0)  # the working resolution shrinks larger photos to about this anyway: cheaper
-PHOTO_WORKING_HEIGHT = 128  # px: as numbers.WORKING_HEIGHT, the height a photo's ink is found at
+PHOTO_WORKING_HEIGHT = 128  # px: as reading.WORKING_HEIGHT, the height a photo's ink is found at
 PHOTO_MARGIN = (2, 16)  # px of paper around the row, at MNIST's scale
 # the light's fall-off across the photo, at most (a share of the paper's brightness): the ink finder
 # (preprocess.ink_map) takes the spread of the paper along the border for noise, so a stronger gradient
