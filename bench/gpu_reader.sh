@@ -9,7 +9,7 @@
 #     strings are made with all cores but one and how fast the GPU steps, and sets the steps to what fits
 #     (at most MAX_STEPS, default 12000; under 3000 it trains nothing: too few to be worth it). Each
 #     training is stopped by `timeout` at 2 x TRAIN_SECONDS + 60 s whatever happens.
-#   VARIANTS (default "w16=;w24=--width 24"): readers trained at once, as name=extra `digitrec train`
+#   VARIANTS (default "w16=;w24=--width 24 --seed 1"): readers trained at once, as name=extra `digitrec train`
 #     flags separated by ";" (the cores making strings are shared out between them).
 #   RECIPE (default robust).
 # Writes to $OUT, for each variant NAME: NAME/{config.json,metrics.json,log.jsonl,weights.safetensors},
@@ -20,7 +20,7 @@ OUT=${OUT:?set OUT to the folder the results go to}
 TRAIN_SECONDS=${TRAIN_SECONDS:-240}
 MAX_STEPS=${MAX_STEPS:-12000}
 RECIPE=${RECIPE:-robust}
-VARIANTS=${VARIANTS:-w16=;w24=--width 24}
+VARIANTS=${VARIANTS:-w16=;w24=--width 24 --seed 1}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the working tree's code even if the install fails
