@@ -37,6 +37,8 @@ def whiten_first_conv(training: train.Training, eps: float = 1e-2) -> None:
     chosen = eigenvectors[:, -conv.out_channels:].T.flip(0) / (eigenvalues[-conv.out_channels:].flip(0) + eps).sqrt()[:, None]
     with torch.no_grad():
         conv.weight.copy_(chosen.reshape(conv.weight.shape))
+        if training.ema_model is not None:
+            training.ema_model.layers[0][0].weight.copy_(conv.weight)
     conv.weight.requires_grad_(False)
     rebuild_optimizer(training)
 

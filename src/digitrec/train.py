@@ -392,11 +392,11 @@ class Training:
         self.stop_requested = bool(flag.item())
         return self.stop_requested
 
-    def accuracy(self, split: data.Split) -> float:
+    def accuracy(self, split: data.Split, model: torch.nn.Module | None = None) -> float:
         """A digit model's accuracy on `split`'s images; a number reader's on EVALUATION_STRINGS fixed strings
-        of its digits (the whole string right)."""
+        of its digits (the whole string right). `model`: another than the evaluated one (a digit model)."""
         if self.task == "digits":
-            return evaluate.accuracy(models.logits_in_batches(self.evaluated_model, split.images), split.labels)
+            return evaluate.accuracy(models.logits_in_batches(model or self.evaluated_model, split.images), split.labels)
         made = self.evaluation_strings.get(id(split.labels))
         if made is None:
             made = strings.fixed_set(split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), EVALUATION_STRINGS)
@@ -686,6 +686,9 @@ def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], byt
                 precision=training.precision, cuda_graph=training.graphed,
             ),
         }
+        if training.ema_model is not None and training.task == "digits":  # what the average gained, on the same run
+            metrics["without_ema"] = {f"{name}_accuracy": training.accuracy(getattr(training.mnist, name), training.model)
+                                      for name in ("validation", "test")}
     try:
         run.save_checkpoint(training)
     except OutputError:
