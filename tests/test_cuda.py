@@ -5,10 +5,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_cli import run
 
 from digitrec import rundir, train
-
-from test_cli import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
