@@ -18,7 +18,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 RUNS=$(mktemp -d)  # where runs train; only their small files are copied to $OUT/runs
 export PY RUNS
 mkdir -p "$OUT/logs" "$OUT/runs"

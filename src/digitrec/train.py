@@ -347,7 +347,8 @@ class Training:
     def graphed_step(self) -> tuple[torch.Tensor, Callable[[], float]]:
         """The next step through the CUDA graph: its inputs copied into the graph's static tensors, then
         GRAPH_WARMUP_STEPS eager steps on a side stream (cuDNN chooses its kernels, the optimizer makes
-        its state), the capture, and from then on a replay. The learning rate is read from a tensor."""
+        its state), the capture, and from then on a replay. The learning rate is read from a tensor in
+        all of them, so an eager step does the same arithmetic as a replayed one."""
         if self.graph is None and self.graph_warmup_steps == 0:
             share = self.config.batch_size // self.world.size
             self.static_index = torch.zeros(share, dtype=torch.long, device=self.device)
@@ -356,30 +357,32 @@ class Training:
         self.static_index.copy_(next(self.batches))
         if self.static_draws is not None:
             self.static_draws.copy_(self.augmentation_draws(len(self.static_index)), non_blocking=True)
-        if self.graph is None and self.graph_warmup_steps < GRAPH_WARMUP_STEPS:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, outputs, labels = self.graph_step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self.graph_warmup_steps += 1
-            return loss, lambda: evaluate.accuracy(outputs, labels)
         group = self.optimizer.param_groups[0]
+        self.learning_rate.fill_(group["lr"])
         if self.graph is None:
-            self.optimizer.zero_grad(set_to_none=True)  # the graph's backward makes the gradients in its own memory
             rate, group["lr"] = group["lr"], self.learning_rate
             try:
+                if self.graph_warmup_steps < GRAPH_WARMUP_STEPS:
+                    side = torch.cuda.Stream(self.device)
+                    side.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(side):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss, outputs, labels = self.graph_step()
+                    torch.cuda.current_stream(self.device).wait_stream(side)
+                    self.graph_warmup_steps += 1
+                    return loss.detach(), lambda: evaluate.accuracy(outputs, labels)
+                self.optimizer.zero_grad(set_to_none=True)  # the graph's backward makes the gradients in its own memory
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self.static_loss, self.static_outputs, self.static_labels = self.graph_step()
-            except RuntimeError as error:
-                raise ConfigError(f"the training step could not be captured as a CUDA graph ({str(error).strip().splitlines()[0]}); "
-                                  "train with --cuda-graph off") from None
+                try:
+                    with torch.cuda.graph(self.graph):
+                        self.static_loss, self.static_outputs, self.static_labels = self.graph_step()
+                except RuntimeError as error:
+                    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise ConfigError(f"the training step could not be captured as a CUDA graph ({first_line}); "
+                                      "train with --cuda-graph off") from None
             finally:
                 group["lr"] = rate  # the scheduler and checkpoints keep a plain number
-        self.learning_rate.fill_(group["lr"])
-        self.graph.replay()
+        self.graph.replay()  # capturing recorded the step without running it
         # the accuracy is asked for only of the last step of `advance`, before the next replay overwrites these
         return self.static_loss.detach().clone(), lambda: evaluate.accuracy(self.static_outputs, self.static_labels)
 
