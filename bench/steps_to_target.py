@@ -17,10 +17,10 @@ import statistics
 import time
 
 import torch
-from seeds import setting
 from torch import nn
 
 from digitrec import data, train
+from seeds import setting
 
 
 def whiten_first_conv(training: train.Training, eps: float = 1e-2) -> None:

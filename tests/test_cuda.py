@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_cli import run
 
 from digitrec import rundir, train
 
@@ -62,6 +61,8 @@ def test_a_graphed_runs_checkpoint_resumes_on_the_cpu(mnist, tmp_path):
 
 
 def test_the_cli_says_the_steps_run_as_a_cuda_graph(tmp_path):
+    from helpers import run  # here: helpers needs hypothesis, which the GPU machine may lack for the other tests
+
     result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--device", "cuda",
                  "--out", tmp_path / "run", "--quiet")
     assert result.exit_code == 0, result.output

@@ -4,9 +4,10 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from digitrec import checkpoint, files, rundir, train
+from digitrec import checkpoint, data, files, rundir, train
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, TrainingDiverged
+from digitrec.tasks import DIGITS, NUMBERS
 
 
 def test_tutorial_recipes_resolve_to_the_tutorial_settings():
@@ -87,7 +88,7 @@ def test_warmup_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_run_folders_that_name_the_old_onecycle_schedule_still_read():
-    recorded = json.loads((files.DEFAULT_MODEL / "config.json").read_text())
+    recorded = json.loads((files.BUNDLED_MODEL / "config.json").read_text())
     older = {key: value for key, value in recorded.items() if key not in ("pool_first", "precision")}
     config = TrainConfig.from_dict({**older, "schedule": "onecycle"})  # as runs recorded it before the rename
     assert config.schedule == "warmup_cosine" and config.width == 32 and config.precision == "auto"
@@ -126,6 +127,34 @@ def test_cuda_graphs_are_chosen_on_cuda_for_one_process_training_a_digit_model_a
         train.resolve_config("reader", cuda_graph="on")
 
 
+def test_whether_a_task_can_be_graphed_is_the_tasks_own_answer():
+    assert DIGITS.graphable and not NUMBERS.graphable
+    reader = replace(train.resolve_config("reader"), cuda_graph="on")  # past resolve_config's own refusal
+    with pytest.raises(ConfigError, match="cannot be honoured: the number reader's strips change width"):
+        train.uses_cuda_graph(reader, "cuda")
+
+
+def test_a_graphed_step_sees_the_batches_and_augmentation_of_an_eager_one(mnist):
+    """What the graph gathers by index, and varies by drawn numbers, is what an eager step gets: the
+    same batches, and the same images as the stroke and affine augmentation drawing their own numbers."""
+    config = train.resolve_config("fast", "full")
+    split = mnist.validation
+    eager, indexed = DIGITS.batches(split, 32, 5, 0, 1, 3), DIGITS.batch_indices(split, 32, 5, 0, 1, 3)
+    for _ in range(3):
+        images, labels = next(eager)
+        picked = DIGITS.indexed_batch(split, next(indexed))
+        assert torch.equal(images, picked[0]) and torch.equal(labels, picked[1])
+    draws = DIGITS.augmentation_draws(torch.Generator().manual_seed(7), len(images), config)
+    assert draws.shape == (len(images), 5) and draws.min() >= -1 and draws.max() < 1
+    generator = torch.Generator().manual_seed(7)
+    stroked = data.random_stroke(images, generator, config.augment_stroke)
+    expected = data.random_affine(stroked, generator, config.augment_degrees, config.augment_shift, config.augment_scale)
+    assert torch.equal(DIGITS.augment(images, draws, config), expected)
+    plain = replace(config, augment_stroke=0.0, augment_degrees=0.0, augment_shift=0.0, augment_scale=0.0)
+    assert DIGITS.augmentation_draws(generator, 4, plain) is None and DIGITS.augment(images, None, plain) is images
+    assert NUMBERS.augmentation_draws(generator, 4, train.resolve_config("reader")) is None
+
+
 def test_cuda_graph_on_is_ignored_on_the_cpu_the_weights_are_those_of_an_eager_run(mnist):
     config = train.resolve_config("fast", "quick", width=4, steps=12, log_every=6, eval_every=12)
     quiet = {"print_line": lambda _: None, "show_progress": False}
@@ -149,7 +178,7 @@ def test_ema_is_what_is_evaluated_and_saved_and_trails_the_trained_weights(mnist
 
 
 def test_bf16_training_runs_and_records_its_precision(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     out = tmp_path / "run"
     result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--precision", "bf16",
@@ -171,7 +200,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step(mnist):
 
 
 def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
-    from test_cli import run
+    from helpers import run
 
     training = train.Training(train.resolve_config("fast", width=4, steps=40, log_every=10), mnist, CPU)
     training.advance(10)
@@ -187,7 +216,7 @@ def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
 
 
 def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     out = tmp_path / "reader"
     result = run("train", "--model", "reader", "--width", 4, "--steps", 6, "--batch-size", 8, "--log-every", 3,
@@ -197,7 +226,7 @@ def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path
     assert "whole strings read right of 1,000 made from test digits" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "reader" and 0 <= metrics["test_accuracy"] <= 1
-    loaded = checkpoint.load(out, task="numbers")
+    loaded = checkpoint.load(out, NUMBERS)
     assert loaded.config["model"] == "reader" and loaded.config["width"] == 4
 
 

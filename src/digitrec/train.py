@@ -24,15 +24,13 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from digitrec import checkpoint, data, evaluate, models, rundir, strings
+from digitrec import checkpoint, data, models, provenance, rundir, tasks
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, DigitrecError, ModelError, OutputError, TrainingDiverged, TrainingStopped
 
 DRY_RUN_STEPS = 3
 GRAPH_WARMUP_STEPS = 3  # steps run eagerly on a side stream before a CUDA graph is captured (as torch's docs advise)
-EVALUATION_STRINGS = 1000  # a number reader's accuracy: whole strings read right, of this many made from the split
 
 
 def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainConfig:
@@ -46,14 +44,7 @@ def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainC
     chosen = {key: value for key, value in overrides.items() if value is not None and key in known}
     config = TrainConfig(**{**spec.recipes[recipe], **chosen, "model": model, "recipe": recipe})
     models.size_of(asdict(config))
-    if spec.task == "numbers":
-        digit_only = [name for name in ("augment_degrees", "augment_shift", "augment_scale", "augment_stroke", "label_smoothing")
-                      if getattr(config, name)]
-        if digit_only:  # a reader's strings are varied as they are made (strings.py); its loss is CTC
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in digit_only)
-            raise ConfigError(f"model {model!r} reads whole numbers: {flags} apply to digit models only")
-        if config.cuda_graph == "on":  # its strips change width from batch to batch: no one graph fits them
-            raise ConfigError(f"model {model!r} reads whole numbers: --cuda-graph on applies to digit models only")
+    tasks.named(spec.task).check_config(config)
     return config
 
 
@@ -115,18 +106,20 @@ def choose_precision(requested: str, device: torch.device | str, flags: set[str]
         return requested
     if torch.device(device).type == "cuda":
         return "fp32"
-    flags = set(rundir.cpu()[1]) if flags is None else flags
+    flags = set(provenance.cpu()[1]) if flags is None else flags
     return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
 def uses_cuda_graph(config: TrainConfig, device: torch.device | str, processes: int = 1) -> bool:
-    """Whether a run's steps are captured as a CUDA graph (`cuda_graph` setting): on CUDA, for a digit model in
-    one process, unless turned off. Ignored on the CPU, where there are no graphs to capture. A graph
-    replays a whole step (batch gather, augmentation, forward, backward, optimizer, EMA) in one launch: a
-    `fast` step on an H200 went from 2.0-2.3 ms eager, nearly all launch overhead, to 0.37-0.49 ms."""
+    """Whether a run's steps are captured as a CUDA graph (`cuda_graph` setting): on CUDA, for a model of a
+    graphable task (`Task.graphable`: the digit models) in one process, unless turned off. Ignored on the
+    CPU, where there are no graphs to capture. A graph replays a whole step (batch gather, augmentation,
+    forward, backward, optimizer, EMA) in one launch: a `fast` step on an H200 went from 2.0-2.3 ms eager,
+    nearly all launch overhead, to 0.37-0.49 ms."""
     if config.cuda_graph == "off" or torch.device(device).type != "cuda":
         return False
-    reason = ("the number reader's strips change shape from batch to batch" if models.spec(config.model).task != "digits"
+    task = tasks.of(config.model)
+    reason = (task.not_graphable if not task.graphable
               else f"it runs in {processes} processes (DistributedDataParallel)" if processes > 1 else None)
     if reason is None:
         return True
@@ -217,11 +210,9 @@ class Training:
             self.ema_share = torch.zeros((), device=device)  # a CUDA graph reads each step's values
         self.mnist = mnist.to(device)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)
-        self.augment_columns = data.augmentation_columns(
-            config.augment_stroke, config.augment_degrees, config.augment_shift, config.augment_scale)
         self.precision = choose_precision(config.precision, device)
-        self.task = models.spec(config.model).task
-        self.evaluation_strings: dict[int, strings.Batch] = {}  # a split's fixed strings, by id of its labels
+        self.task = tasks.of(config.model)  # what the model reads: its batches, loss and accuracy
+        self.evaluation_cache: dict = {}  # what the task makes once per split to measure on (a reader's strings)
         self.step = 0
         self.stop_requested = False
         self.batches = self.batch_stream()
@@ -236,53 +227,30 @@ class Training:
     def batch_stream(self):
         """Batches from step `self.step` on: (images, labels) for eager steps, indices for graphed ones."""
         share = self.config.batch_size // self.world.size
-        if self.task == "numbers":
-            return data.string_batches(self.mnist.train, share, self.config.seed, self.world.rank, start=self.step)
-        stream = data.batch_indices if self.graphed else data.batches
-        return stream(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, start=self.step)
+        stream = self.task.batch_indices if self.graphed else self.task.batches
+        return stream(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
 
     def autocast(self):
         # no cache of cast weights: a CUDA graph would replay a cast made once (each weight is cast once a step anyway)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16", cache_enabled=False)
 
-    def augmentation_draws(self, count: int) -> torch.Tensor | None:
-        """The random numbers of one batch's augmentation, on the CPU: drawn there, they are the same on every device."""
-        if not self.augment_columns:
-            return None
-        return data.uniform_draws(self.augment_generator, count, self.augment_columns)
-
-    def digit_loss(self, images: torch.Tensor, labels: torch.Tensor, draws: torch.Tensor | None):
-        """A digit batch's loss and logits, its images augmented by `draws` (see `augmentation_draws`)."""
+    def forward_loss(self, batch: tuple[torch.Tensor, ...], draws: torch.Tensor | None) -> tuple[torch.Tensor, Callable[[], float]]:
+        """A batch's loss and a function giving its accuracy, its inputs varied by `draws` (the task's
+        `augmentation_draws`, on the device): the same arithmetic eagerly or inside a CUDA graph."""
         config = self.config
-        if draws is not None:
-            images = data.augment(images, draws, config.augment_stroke, config.augment_degrees, config.augment_shift,
-                                  config.augment_scale)
+        inputs = self.task.augment(batch[0], draws, config)
         if config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            outputs = self.stepped_model(images)
-        return F.cross_entropy(outputs.float(), labels, label_smoothing=config.label_smoothing), outputs
+            outputs = self.stepped_model(inputs)
+        return self.task.loss(outputs, batch, config)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Callable[[], float]]:
         """One batch's loss, and a function giving the batch's accuracy (asked for only at log rows)."""
-        config = self.config
-        images = batch[0]
-        if self.task == "digits":
-            labels, draws = batch[1], self.augmentation_draws(len(images))
-            draws = draws.to(self.device, non_blocking=True) if draws is not None else None
-            loss, outputs = self.digit_loss(images, labels, draws)
-            return loss, lambda: evaluate.accuracy(outputs, labels)
-        if config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            outputs = self.stepped_model(images)
-        columns, digits, lengths = batch[1:]
-        scores = outputs.float().log_softmax(1)  # (B, 11, T)
-        # zero_infinity: a string too long for its strip's columns adds nothing, instead of an infinite loss
-        loss = F.ctc_loss(scores.permute(2, 0, 1), digits, columns, lengths, blank=strings.BLANK, zero_infinity=True)
-        return loss, lambda: evaluate.string_accuracy(
-            strings.texts(scores.detach().exp().cpu().numpy(), columns.numpy()),
-            strings.truths((digits - 1).cpu().numpy(), lengths.numpy()))
+        draws = self.task.augmentation_draws(self.augment_generator, len(batch[0]), self.config)
+        if draws is not None:  # drawn on the CPU: the same numbers on every device
+            draws = draws.to(self.device, non_blocking=True)
+        return self.forward_loss(batch, draws)
 
     def advance(self, steps: int) -> tuple[float, float]:
         """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy.
@@ -334,29 +302,30 @@ class Training:
         for name in averaged.keys() - set(floating):
             averaged[name].copy_(current[name])
 
-    def graph_step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def graph_step(self) -> tuple[torch.Tensor, Callable[[], float]]:
         """One whole step on the batch that `static_index` and `static_draws` name, with nothing that waits
-        for the GPU or depends on values computed on it: capturable. Returns the loss, logits and labels."""
-        images, labels = self.mnist.train.images[self.static_index], self.mnist.train.labels[self.static_index]
-        loss, outputs = self.digit_loss(images, labels, self.static_draws)
+        for the GPU or depends on values computed on it: capturable. Returns the loss and the accuracy's function."""
+        loss, batch_accuracy = self.forward_loss(self.task.indexed_batch(self.mnist.train, self.static_index),
+                                                 self.static_draws)
         loss.backward()
         self.optimizer.step()
         self.update_ema()
-        return loss, outputs, labels
+        return loss, batch_accuracy
 
     def graphed_step(self) -> tuple[torch.Tensor, Callable[[], float]]:
         """The next step through the CUDA graph: its inputs copied into the graph's static tensors, then
         GRAPH_WARMUP_STEPS eager steps on a side stream (cuDNN chooses its kernels, the optimizer makes
         its state), the capture, and from then on a replay. The learning rate is read from a tensor in
         all of them, so an eager step does the same arithmetic as a replayed one."""
+        indices = next(self.batches)
+        draws = self.task.augmentation_draws(self.augment_generator, len(indices), self.config)
         if self.graph is None and self.graph_warmup_steps == 0:
-            share = self.config.batch_size // self.world.size
-            self.static_index = torch.zeros(share, dtype=torch.long, device=self.device)
-            self.static_draws = None if not self.augment_columns else torch.zeros(share, self.augment_columns, device=self.device)
+            self.static_index = torch.zeros_like(indices, device=self.device)
+            self.static_draws = None if draws is None else torch.zeros(draws.shape, device=self.device)
             self.learning_rate = torch.zeros((), device=self.device)
-        self.static_index.copy_(next(self.batches))
+        self.static_index.copy_(indices)
         if self.static_draws is not None:
-            self.static_draws.copy_(self.augmentation_draws(len(self.static_index)), non_blocking=True)
+            self.static_draws.copy_(draws, non_blocking=True)
         group = self.optimizer.param_groups[0]
         self.learning_rate.fill_(group["lr"])
         if self.graph is None:
@@ -367,15 +336,15 @@ class Training:
                     side.wait_stream(torch.cuda.current_stream(self.device))
                     with torch.cuda.stream(side):
                         self.optimizer.zero_grad(set_to_none=True)
-                        loss, outputs, labels = self.graph_step()
+                        loss, batch_accuracy = self.graph_step()
                     torch.cuda.current_stream(self.device).wait_stream(side)
                     self.graph_warmup_steps += 1
-                    return loss.detach(), lambda: evaluate.accuracy(outputs, labels)
+                    return loss.detach(), batch_accuracy
                 self.optimizer.zero_grad(set_to_none=True)  # the graph's backward makes the gradients in its own memory
                 self.graph = torch.cuda.CUDAGraph()
                 try:
                     with torch.cuda.graph(self.graph):
-                        self.static_loss, self.static_outputs, self.static_labels = self.graph_step()
+                        self.static_loss, self.static_accuracy = self.graph_step()
                 except RuntimeError as error:
                     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                     raise ConfigError(f"the training step could not be captured as a CUDA graph ({first_line}); "
@@ -383,8 +352,9 @@ class Training:
             finally:
                 group["lr"] = rate  # the scheduler and checkpoints keep a plain number
         self.graph.replay()  # capturing recorded the step without running it
-        # the accuracy is asked for only of the last step of `advance`, before the next replay overwrites these
-        return self.static_loss.detach().clone(), lambda: evaluate.accuracy(self.static_outputs, self.static_labels)
+        # the accuracy reads the graph's own outputs and labels: it is asked for only of the last step of
+        # `advance`, before the next replay overwrites them
+        return self.static_loss.detach().clone(), self.static_accuracy
 
     def should_stop(self) -> bool:
         """Whether any process was asked to stop; all processes must agree, or the others would wait forever."""
@@ -396,16 +366,10 @@ class Training:
         return self.stop_requested
 
     def accuracy(self, split: data.Split, model: torch.nn.Module | None = None) -> float:
-        """A digit model's accuracy on `split`'s images; a number reader's on EVALUATION_STRINGS fixed strings
-        of its digits (the whole string right). `model`: another than the evaluated one (a digit model)."""
-        if self.task == "digits":
-            return evaluate.accuracy(models.logits_in_batches(model or self.evaluated_model, split.images), split.labels)
-        made = self.evaluation_strings.get(id(split.labels))
-        if made is None:
-            made = strings.fixed_set(split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), EVALUATION_STRINGS)
-            self.evaluation_strings[id(split.labels)] = made
-        scores = models.logits_in_batches(self.evaluated_model, torch.from_numpy(made.pixels).to(self.device), batch_size=250)
-        return evaluate.string_accuracy(strings.texts(scores.softmax(1).cpu().numpy(), made.columns), strings.truths(made.digits, made.lengths))
+        """The evaluated model's accuracy on `split` (or `model`'s: the plain weights beside their average),
+        as its task measures it (a digit model: images read right; a number reader: whole strings read
+        right, of fixed strings made of the split's digits)."""
+        return self.task.accuracy(self.evaluated_model if model is None else model, split, self.evaluation_cache)
 
     @property
     def done(self) -> bool:
@@ -684,12 +648,12 @@ def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], byt
             "train_seconds": round(run.train_seconds, 3),
             "validation_accuracy": run.log[-1]["validation_accuracy"],
             "test_accuracy": training.accuracy(training.mnist.test),
-            "provenance": rundir.provenance(
+            "provenance": provenance.provenance(
                 device=str(training.device), torch_threads=torch.get_num_threads(), processes=training.world.size,
                 precision=training.precision, cuda_graph=training.graphed,
             ),
         }
-        if training.ema_model is not None and training.task == "digits":  # what the average gained, on the same run
+        if training.ema_model is not None:  # what the average gained, on the same run
             metrics["without_ema"] = {f"{name}_accuracy": training.accuracy(getattr(training.mnist, name), training.model)
                                       for name in ("validation", "test")}
     try:
