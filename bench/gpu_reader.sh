@@ -2,7 +2,11 @@
 # Train number readers on strings written as people write them (recipe `robust`) on a GPU machine, side
 # by side, then measure each on validation strings of every kind of writing; the small files go to $OUT.
 #
-#     OUT=/some/folder bash bench/gpu_reader.sh          # from the repository root; about 6 minutes in all
+#     OUT=/some/folder bash bench/gpu_reader.sh          # about 5.5 minutes in all
+#
+# Installs nothing (the GPU machine has no network): digitrec runs from this checkout's src/ with the
+# wheels torch lacks in /tmp/site, as bench/gpu_check.sh does (PYTHON and SITE override python3 and that
+# folder). If `pip` works there, `pip install -e '.[train,onnx]'` first does no harm.
 #
 # Settings (environment):
 #   TRAIN_SECONDS (default 240): the time the training may take. The script first measures how fast
@@ -11,26 +15,33 @@
 #     training is stopped by `timeout` at 2 x TRAIN_SECONDS + 60 s whatever happens.
 #   VARIANTS (default "w16=;w24=--width 24 --seed 1"): readers trained at once, as name=extra `digitrec train`
 #     flags separated by ";" (the cores making strings are shared out between them).
-#   RECIPE (default robust).
+#   RECIPE (default robust); EVAL_COUNT (default 200) validation strings of each kind per reader.
+#   For a dry run on a CPU: DEVICE=cpu STEPS=20 (STEPS skips the sizing) and small VARIANTS.
 # Writes to $OUT, for each variant NAME: NAME/{config.json,metrics.json,log.jsonl,weights.safetensors},
 # NAME/train.txt (the training's output), NAME/validation.txt (bench/read_numbers.py on 200 validation
-# strings of each kind, 4 digits); and timing.txt, versions.txt, pip.txt.
+# strings of each kind, 4 digits); and timing.txt, versions.txt.
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder the results go to}
 TRAIN_SECONDS=${TRAIN_SECONDS:-240}
 MAX_STEPS=${MAX_STEPS:-12000}
 RECIPE=${RECIPE:-robust}
 VARIANTS=${VARIANTS:-w16=;w24=--width 24 --seed 1}
+DEVICE=${DEVICE:-cuda}
+EVAL_COUNT=${EVAL_COUNT:-200}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the working tree's code even if the install fails
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+SITE=${SITE:-/tmp/site}
+export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # the string workers are single-threaded numpy; leave them the cores
 started=$(date +%s)
 
-pip install -q -e '.[train,onnx]' > "$OUT/pip.txt" 2>&1 || pip install -q --no-deps -e . >> "$OUT/pip.txt" 2>&1
-python - > "$OUT/versions.txt" 2>&1 <<'PY'
-import os, torch
+"$PY" - > "$OUT/versions.txt" 2>&1 <<'PY'
+import importlib.util, os, torch
+missing = [name for name in ("numpy", "PIL", "platformdirs", "safetensors", "click", "rich", "scipy", "onnxruntime")
+           if importlib.util.find_spec(name) is None]
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "cpus", os.cpu_count())
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "cpus", os.cpu_count(), "missing:", missing or "none")
 PY
 cat "$OUT/versions.txt"
 
@@ -39,7 +50,7 @@ COUNT=${#RUNS[@]}
 WORKERS=$(( ($(nproc) - COUNT) / COUNT ))
 (( WORKERS < 1 )) && WORKERS=1
 # how many steps fit: batches of strings made per second by WORKERS processes, and the GPU's time per step
-STEPS=$(python - "$WORKERS" "$TRAIN_SECONDS" "$MAX_STEPS" "$RECIPE" 2> "$OUT/timing.txt" <<'PY'
+[ -n "${STEPS:-}" ] || STEPS=$("$PY" - "$WORKERS" "$TRAIN_SECONDS" "$MAX_STEPS" "$RECIPE" 2> "$OUT/timing.txt" <<'PY'
 import itertools, sys, time
 import torch
 import torch.nn.functional as F
@@ -82,7 +93,7 @@ print(steps)
 PY
 )
 cat "$OUT/timing.txt"
-if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || (( STEPS < 3000 )); then
+if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || (( STEPS < ${MIN_STEPS:-3000} )); then
     echo "only ${STEPS:-no} steps would fit in ${TRAIN_SECONDS}s: not training (see $OUT/timing.txt)"; exit 1
 fi
 
@@ -90,8 +101,8 @@ for run in "${RUNS[@]}"; do
     name=${run%%=*}; flags=${run#*=}
     mkdir -p "$OUT/$name"; rm -rf "/tmp/gpu-reader-$name"
     timeout --signal=INT --kill-after=20 $(( 2 * TRAIN_SECONDS + 60 )) \
-        python -m digitrec train --model reader --recipe "$RECIPE" --steps "$STEPS" --string-workers "$WORKERS" \
-        --device cuda --out "/tmp/gpu-reader-$name" --quiet $flags > "$OUT/$name/train.txt" 2>&1 &
+        "$PY" -m digitrec train --model reader --recipe "$RECIPE" --steps "$STEPS" --string-workers "$WORKERS" \
+        --device "$DEVICE" --out "/tmp/gpu-reader-$name" --quiet $flags > "$OUT/$name/train.txt" 2>&1 &
 done
 wait
 for run in "${RUNS[@]}"; do
@@ -106,7 +117,7 @@ echo "trained in $(( $(date +%s) - started )) s since the script started"
 for run in "${RUNS[@]}"; do
     name=${run%%=*}
     [ -f "/tmp/gpu-reader-$name/weights.safetensors" ] || continue
-    timeout 120 python bench/read_numbers.py --split validation --reader "/tmp/gpu-reader-$name" --count 200 \
+    timeout 120 "$PY" bench/read_numbers.py --split validation --reader "/tmp/gpu-reader-$name" --count "$EVAL_COUNT" \
         --lengths 4 --no-speed > "$OUT/$name/validation.txt" 2>&1 &
 done
 wait
