@@ -20,6 +20,7 @@ $PYTHON bench/calibrate_reader.py --reader "$RUN" --save | tee "$RUN/calibration
 $PYTHON bench/calibrate_reader.py --reader "$RUN" --split test | tee "$RUN/calibration-test.txt"
 $PYTHON bench/read_numbers.py --reader "$RUN" --split test --lengths 4 --count 200 | tee "$RUN/read-numbers-test.txt"
 cp "$RUN"/{config.json,metrics.json,log.jsonl,weights.safetensors,calibration.json} "$BUNDLED/"
+rm -f "$BUNDLED/model.onnx"  # replaced: the export refuses to write over a file
 $PYTHON -m digitrec export "$BUNDLED" --out "$BUNDLED/model.onnx"
 $PYTHON - <<'PY'
 import json
