@@ -1,0 +1,209 @@
+"""Reading at scale: the Ray engine against the local one on the same files, and a two-node cluster.
+
+Writes DIGITS digit PNGs (MNIST test digits, white on black as in MNIST, scaled to 56 px) and NUMBERS
+number PNGs (2-6 test digits set in a row by strings.compose, dark on light paper) into a folder, then
+in one invocation:
+1. `predict` and `read` over them with the local engine and with `--engine ray` (Ray on this machine,
+   all its cores): rows identical (digit and confidences within 1e-6, the same text), files/s of each and
+   their ratio, peak memory (the driver's peak RSS; Ray's workers: the largest RSS seen while it runs);
+2. with --cluster: `ray start --head --num-cpus 1` and a second `ray start --address ... --num-cpus 1` on
+   this machine (two raylets: two nodes), the predict job run there with --address and two actors;
+   the rows per node and the same rows again.
+
+    OMP_NUM_THREADS=1 nice python bench/scale.py [--digits 20000] [--numbers 5000] [--cluster]
+
+Test digits only measure here; nothing is chosen on them.
+"""
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from digitrec import idx, strings
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-6
+
+
+def mnist_test() -> tuple[np.ndarray, np.ndarray]:
+    folder = ROOT / "data" / "mnist"
+    images = idx.decode(idx.read_bytes(folder / "t10k-images-idx3-ubyte.gz"), "t10k-images")
+    labels = idx.decode(idx.read_bytes(folder / "t10k-labels-idx1-ubyte.gz"), "t10k-labels")
+    return images.astype(np.float32) / 255, labels
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_images(folder: Path, digits: int, numbers: int, seed: int = 0) -> tuple[Path, Path]:
+    """`digits` digit PNGs under folder/digits and `numbers` number PNGs under folder/numbers (reused when there)."""
+    images, labels = mnist_test()
+    rng = np.random.default_rng(seed)
+    digit_dir, number_dir = folder / "digits", folder / "numbers"
+    if len(list(digit_dir.glob("*/*.png"))) != digits:
+        for index in range(digits):
+            image = Image.fromarray((images[index % len(images)] * 255).astype(np.uint8)).resize((56, 56))
+            path = digit_dir / f"{index // 1000:03d}" / f"{index:06d}-{labels[index % len(labels)]}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+    if len(list(number_dir.glob("*/*.png"))) != numbers:
+        for index in range(numbers):
+            chosen = rng.integers(0, len(images), int(rng.integers(2, 7)))
+            row = strings.compose([images[i] for i in chosen], strings.SPACINGS[index % len(strings.SPACINGS)], rng)
+            text = "".join(str(int(labels[i])) for i in chosen)
+            path = number_dir / f"{index // 1000:03d}" / f"{index:06d}-{text}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png((255 - row * 255).round().astype(np.uint8).repeat(2, 0).repeat(2, 1)))
+    return digit_dir, number_dir
+
+
+class WorkerMemory:
+    """The largest resident set of any process named ray::* (Ray's workers), sampled every 0.2 s."""
+
+    def __init__(self):
+        self.peak_kib, self.running = 0, True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        while self.running:
+            for status in Path("/proc").glob("[0-9]*/status"):
+                try:
+                    text = status.read_text()
+                except OSError:
+                    continue
+                name = text.split("\n", 1)[0]
+                if "ray::" in name or "MapWorker" in name:
+                    rss = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS")), 0)
+                    self.peak_kib = max(self.peak_kib, rss)
+            time.sleep(0.2)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return self.peak_kib / 1024
+
+
+def run_cli(*args: str, env=None) -> tuple[float, str]:
+    """Run `digitrec ARGS` in a fresh process: seconds taken and its stderr; fails on a crash."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "digitrec", *args], capture_output=True, text=True,
+                            env=env or os.environ)
+    seconds = time.perf_counter() - start
+    if result.returncode not in (0, 1):  # 1: some rows are errors, which is fine here
+        raise SystemExit(f"digitrec {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return seconds, result.stderr
+
+
+def read_back(out: Path) -> dict[str, dict]:
+    from digitrec.scale import read_rows
+
+    rows = read_rows(out)
+    by_path = {row["path"]: row for row in rows}
+    assert len(by_path) == len(rows), f"{out}: {len(rows) - len(by_path)} duplicated rows"
+    return by_path
+
+
+def numbers_of(row: dict) -> list[float]:
+    """A row's numbers that must agree within TOLERANCE."""
+    if "probabilities" in row:
+        return [row["confidence"] or 0.0, *(row["probabilities"] or [])]
+    return [row["confidence"] or 0.0, *(d["confidence"] for d in row["digits"] or [])]
+
+
+def same_rows(local: dict[str, dict], ray: dict[str, dict]) -> tuple[bool, float]:
+    """Whether every file has the same row (digit/text exact, numbers within TOLERANCE); the largest difference."""
+    if local.keys() != ray.keys():
+        return False, float("inf")
+    largest, same = 0.0, True
+    for path, row in local.items():
+        other = ray[path]
+        exact = ("digit", "text", "unsure", "error")
+        if any(row.get(key) != other.get(key) for key in exact):
+            same = False
+        a, b = numbers_of(row), numbers_of(other)
+        if len(a) != len(b):
+            same = False
+            continue
+        difference = max((abs(x - y) for x, y in zip(a, b)), default=0.0)
+        largest = max(largest, difference)
+        same &= difference <= TOLERANCE
+    return same, largest
+
+
+def compare_engines(task: str, folder: Path, work: Path) -> dict:
+    files = sum(1 for _ in folder.rglob("*.png"))
+    local_out, ray_out = work / f"{task}-local.jsonl", work / f"{task}-ray.parquet"
+    local_seconds, _ = run_cli(task, str(folder), "--out", str(local_out), "--overwrite")
+    memory = WorkerMemory()
+    ray_seconds, ray_log = run_cli(task, str(folder), "--engine", "ray", "--out", str(ray_out), "--overwrite")
+    worker_mib = memory.stop()
+    same, largest = same_rows(read_back(local_out), read_back(ray_out))
+    summary = next((line for line in ray_log.splitlines() if "rows written" in line), "")
+    return {"task": task, "files": files, "local_files_per_s": files / local_seconds,
+            "ray_files_per_s": files / ray_seconds, "ratio": local_seconds / ray_seconds, "rows_identical": same,
+            "largest_difference": largest, "ray_worker_peak_mib": worker_mib, "ray_summary": summary,
+            "seconds": {"local": local_seconds, "ray": ray_seconds}}
+
+
+def peak_children_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest driver process (KiB on Linux)
+
+
+def two_node_cluster(folder: Path, work: Path) -> dict:
+    """A head (1 CPU) and a second node (1 CPU) on this machine; the predict job there with two actors."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = "6390"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    temp = tempfile.mkdtemp(prefix="ray-bench-")
+    head = [str(ray_bin), "start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard=false",
+            "--temp-dir", temp, "--disable-usage-stats"]
+    second = [str(ray_bin), "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"]
+    out = work / "cluster.jsonl"
+    try:
+        subprocess.run(head, check=True, capture_output=True, env=env)
+        subprocess.run(second, check=True, capture_output=True, env=env)
+        seconds, log = run_cli("predict", str(folder), "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                               "--actors", "2", "--out", str(out), "--overwrite", env=env)
+        summary = next((line for line in log.splitlines() if "rows written" in line), log[-500:])
+        same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
+        return {"summary": summary, "seconds": seconds, "rows_identical": same, "largest_difference": largest}
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--digits", type=int, default=20_000)
+    parser.add_argument("--numbers", type=int, default=5_000)
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "digitrec-scale-bench")
+    parser.add_argument("--cluster", action="store_true", help="Also the two-node cluster on this machine.")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    digit_dir, number_dir = write_images(args.folder, args.digits, args.numbers)
+    print(f"images ready in {args.folder} ({time.perf_counter() - start:.0f} s)", flush=True)
+    work = args.folder / "out"
+    results = [compare_engines("predict", digit_dir, work), compare_engines("read", number_dir, work)]
+    for result in results:
+        print(json.dumps(result), flush=True)
+    print(json.dumps({"driver_peak_rss_mib": peak_children_mib()}), flush=True)
+    if args.cluster:
+        print(json.dumps({"two_node_cluster": two_node_cluster(digit_dir, work)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
