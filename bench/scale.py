@@ -6,7 +6,8 @@ in one invocation:
 1. `predict` and `read` over them with the local engine and with `--engine ray` (Ray on this machine,
    all its cores): rows identical (digit and confidences within 1e-6, the same text), files/s of each and
    their ratio, peak memory (the driver's peak RSS; Ray's workers: the largest RSS seen while it runs);
-2. with --cluster: `ray start --head --num-cpus 1` and a second `ray start --address ... --num-cpus 1` on
+2. the Ray job again, one of its workers killed with SIGKILL mid-job: the same rows, each once;
+3. with --cluster: `ray start --head --num-cpus 1` and a second `ray start --address ... --num-cpus 1` on
    this machine (two raylets: two nodes), the predict job run there with --address and two actors;
    the rows per node and the same rows again.
 
@@ -19,7 +20,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -71,26 +71,36 @@ def write_images(folder: Path, digits: int, numbers: int, seed: int = 0) -> tupl
     return digit_dir, number_dir
 
 
-class WorkerMemory:
-    """The largest resident set of any process named ray::* (Ray's workers), sampled every 0.2 s."""
+class TreeMemory:
+    """The peak of the summed resident memory of process `root` and all its descendants (for Ray: the driver,
+    Ray's own processes and its workers; not the object store's shared memory), sampled every 0.2 s."""
 
-    def __init__(self):
-        self.peak_kib, self.running = 0, True
+    def __init__(self, root: int):
+        self.root, self.peak_kib, self.running = root, 0, True
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
 
     def sample(self):
         while self.running:
+            parents, rss = {}, {}
             for status in Path("/proc").glob("[0-9]*/status"):
                 try:
-                    text = status.read_text()
+                    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
                 except OSError:
                     continue
-                name = text.split("\n", 1)[0]
-                if "ray::" in name or "MapWorker" in name:
-                    rss = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS")), 0)
-                    self.peak_kib = max(self.peak_kib, rss)
+                pid = int(status.parent.name)
+                parents[pid] = int(fields.get("PPid", "0").strip())
+                rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+            total = sum(kib for pid, kib in rss.items() if self.descends(pid, parents))
+            self.peak_kib = max(self.peak_kib, total)
             time.sleep(0.2)
+
+    def descends(self, pid: int, parents: dict[int, int]) -> bool:
+        while pid > 1:
+            if pid == self.root:
+                return True
+            pid = parents.get(pid, 0)
+        return False
 
     def stop(self) -> float:
         self.running = False
@@ -98,15 +108,19 @@ class WorkerMemory:
         return self.peak_kib / 1024
 
 
-def run_cli(*args: str, env=None) -> tuple[float, str]:
-    """Run `digitrec ARGS` in a fresh process: seconds taken and its stderr; fails on a crash."""
+def run_cli(*args: str, env=None) -> tuple[float, str, float]:
+    """Run `digitrec ARGS` in a fresh process: seconds taken, its stderr and its peak memory (MiB, with its
+    descendants); fails on a crash."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "digitrec", *args], capture_output=True, text=True,
-                            env=env or os.environ)
+    process = subprocess.Popen([sys.executable, "-m", "digitrec", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env or os.environ)
+    memory = TreeMemory(process.pid)
+    _, stderr = process.communicate()
     seconds = time.perf_counter() - start
-    if result.returncode not in (0, 1):  # 1: some rows are errors, which is fine here
-        raise SystemExit(f"digitrec {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return seconds, result.stderr
+    peak = memory.stop()
+    if process.returncode not in (0, 1):  # 1: some rows are errors, which is fine here
+        raise SystemExit(f"digitrec {' '.join(args)} failed:\n{stderr[-3000:]}")
+    return seconds, stderr, peak
 
 
 def read_back(out: Path) -> dict[str, dict]:
@@ -148,42 +162,88 @@ def same_rows(local: dict[str, dict], ray: dict[str, dict]) -> tuple[bool, float
 def compare_engines(task: str, folder: Path, work: Path) -> dict:
     files = sum(1 for _ in folder.rglob("*.png"))
     local_out, ray_out = work / f"{task}-local.jsonl", work / f"{task}-ray.parquet"
-    local_seconds, _ = run_cli(task, str(folder), "--out", str(local_out), "--overwrite")
-    memory = WorkerMemory()
-    ray_seconds, ray_log = run_cli(task, str(folder), "--engine", "ray", "--out", str(ray_out), "--overwrite")
-    worker_mib = memory.stop()
+    local_seconds, _, local_mib = run_cli(task, str(folder), "--out", str(local_out), "--overwrite")
+    ray_seconds, ray_log, ray_mib = run_cli(task, str(folder), "--engine", "ray", "--out", str(ray_out), "--overwrite")
     same, largest = same_rows(read_back(local_out), read_back(ray_out))
     summary = next((line for line in ray_log.splitlines() if "rows written" in line), "")
-    return {"task": task, "files": files, "local_files_per_s": files / local_seconds,
-            "ray_files_per_s": files / ray_seconds, "ratio": local_seconds / ray_seconds, "rows_identical": same,
-            "largest_difference": largest, "ray_worker_peak_mib": worker_mib, "ray_summary": summary,
-            "seconds": {"local": local_seconds, "ray": ray_seconds}}
+    return {"task": task, "files": files, "local_files_per_s": round(files / local_seconds, 1),
+            "ray_files_per_s": round(files / ray_seconds, 1), "ratio_end_to_end": round(local_seconds / ray_seconds, 3),
+            "rows_identical": same, "largest_difference": largest,
+            "peak_memory_mib": {"local": round(local_mib), "ray": round(ray_mib)}, "ray_summary": summary,
+            "seconds": {"local": round(local_seconds, 1), "ray": round(ray_seconds, 1)}}
 
 
-def peak_children_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest driver process (KiB on Linux)
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def killed_worker(folder: Path, work: Path) -> dict:
+    """The Ray predict job with one of its workers (a process of this job's Ray) killed with SIGKILL mid-job:
+    Ray restarts it and runs its batch again; the output must still hold one row per file, the same rows."""
+    out = work / "killed-worker.jsonl"
+    out.unlink(missing_ok=True)
+    job = subprocess.Popen([sys.executable, "-m", "digitrec", "predict", str(folder), "--engine", "ray", "--out", str(out),
+                            "--overwrite"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = None
+    while job.poll() is None and killed is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2000:
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                pid = int(cmdline.parent.name)
+                try:
+                    if b"MapWorker" in cmdline.read_bytes() and descends_from(pid, job.pid):
+                        os.kill(pid, 9)
+                        killed = pid
+                        break
+                except OSError:
+                    continue
+        time.sleep(0.1)
+    _, log = job.communicate()
+    rows_before_kill = None if killed is None else "at >= 2000 rows"
+    same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
+    summary = next((line for line in log.splitlines() if "rows written" in line), log[-500:])
+    return {"killed_worker_pid": killed, "when": rows_before_kill, "summary": summary, "rows_identical": same,
+            "largest_difference": largest}
 
 
 def two_node_cluster(folder: Path, work: Path) -> dict:
-    """A head (1 CPU) and a second node (1 CPU) on this machine; the predict job there with two actors."""
-    ray_bin = Path(sys.executable).with_name("ray")
+    """A head (1 CPU) and a second node (1 CPU) on this machine, each `ray start --block` (so that they are
+    stopped by their own process ids); the predict job there with --address and two actors."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
     port = "6390"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    temp = tempfile.mkdtemp(prefix="ray-bench-")
-    head = [str(ray_bin), "start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard=false",
-            "--temp-dir", temp, "--disable-usage-stats"]
-    second = [str(ray_bin), "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")  # the nodes share ~/.ray/auth_token
+    here = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--block"]
+    nodes = [subprocess.Popen([ray_bin, "start", "--head", "--port", port, "--include-dashboard=false",
+                               "--disable-usage-stats", *here], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     out = work / "cluster.jsonl"
     try:
-        subprocess.run(head, check=True, capture_output=True, env=env)
-        subprocess.run(second, check=True, capture_output=True, env=env)
-        seconds, log = run_cli("predict", str(folder), "--engine", "ray", "--address", f"127.0.0.1:{port}",
-                               "--actors", "2", "--out", str(out), "--overwrite", env=env)
+        time.sleep(10)
+        nodes.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", *here], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(60):
+            status = subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                                    text=True, env=env, check=False).stdout
+            if status.count(" node_") >= 2:
+                break
+            time.sleep(2)
+        seconds, log, _ = run_cli("predict", str(folder), "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                                  "--actors", "2", "--out", str(out), "--overwrite", env=env)
         summary = next((line for line in log.splitlines() if "rows written" in line), log[-500:])
         same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
-        return {"summary": summary, "seconds": seconds, "rows_identical": same, "largest_difference": largest}
+        return {"summary": summary, "seconds": round(seconds, 1), "rows_identical": same, "largest_difference": largest}
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env)
+        for node in reversed(nodes):
+            node.send_signal(2)  # SIGINT: `ray start --block` stops its node's processes
+            try:
+                node.wait(60)
+            except subprocess.TimeoutExpired:
+                node.kill()
 
 
 def main():
@@ -192,15 +252,17 @@ def main():
     parser.add_argument("--numbers", type=int, default=5_000)
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "digitrec-scale-bench")
     parser.add_argument("--cluster", action="store_true", help="Also the two-node cluster on this machine.")
+    parser.add_argument("--skip", default="", help="Comma-separated steps to leave out: engines, killed.")
     args = parser.parse_args()
     start = time.perf_counter()
     digit_dir, number_dir = write_images(args.folder, args.digits, args.numbers)
     print(f"images ready in {args.folder} ({time.perf_counter() - start:.0f} s)", flush=True)
     work = args.folder / "out"
-    results = [compare_engines("predict", digit_dir, work), compare_engines("read", number_dir, work)]
-    for result in results:
-        print(json.dumps(result), flush=True)
-    print(json.dumps({"driver_peak_rss_mib": peak_children_mib()}), flush=True)
+    if "engines" not in args.skip:
+        for result in (compare_engines("predict", digit_dir, work), compare_engines("read", number_dir, work)):
+            print(json.dumps(result), flush=True)
+    if "killed" not in args.skip:
+        print(json.dumps({"worker_killed": killed_worker(digit_dir, work)}), flush=True)
     if args.cluster:
         print(json.dumps({"two_node_cluster": two_node_cluster(digit_dir, work)}), flush=True)
 

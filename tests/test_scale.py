@@ -2,6 +2,7 @@
 row per file, and the outputs are refused or resumed as they should be. Ray runs on this machine (2 CPUs),
 started once for the module."""
 
+import io
 import json
 import os
 import signal
@@ -81,6 +82,7 @@ def test_ray_rows_are_the_local_engines_with_error_rows_in_parquet_and_json_line
     sources = [images["digits"] / "part1", images["glob"], images["list"]]
     local = run("predict", *sources, "--json")
     assert local.exit_code == 1 and "2 of 63 images failed" in local.stderr  # broken.png and missing.png
+    assert "63 rows written in" in local.stderr  # the summary of rows printed for a pipe
     printed = {row["path"]: row for row in map(json.loads, local.stdout.splitlines())}
     for out in (tmp_path / "rows.parquet", tmp_path / "rows.jsonl"):
         result = run("predict", *sources, "--engine", "ray", "--out", out, "--batch-size", 16)
@@ -156,10 +158,27 @@ def test_a_job_resumes_its_own_output_and_refuses_another_jobs(images, tmp_path)
     assert over.exit_code == 0 and out.read_text() == first
 
 
+def test_progress_shows_files_rate_errors_and_time_left_on_a_terminal_only():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        progress = scale.Progress(1000, stream)
+        progress.update(100, 2)
+        time.sleep(0.6)
+        progress.update(100, 1)
+        progress.clear()
+    line = terminal.getvalue().split("\r")[1]
+    assert line.startswith("200/1,000 files  ") and " files/s  3 errors  " in line and line.endswith(" left\033[K")
+    assert pipe.getvalue() == ""
+
+
 def test_without_ray_the_ray_engine_says_how_to_install_it_in_one_line(images):
     script = ("import sys\nsys.modules['ray'] = None\nfrom digitrec.cli import main\n"
               f"main(['predict', {str(images['digits'])!r}, '--engine', 'ray', '--out', 'unused.jsonl'])\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=images["folder"],
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=images["folder"],
                             env=dict(os.environ, PYTHONPATH=SRC), timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -31,7 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from digitrec.errors import DigitrecError, EngineError, ImageError, OutputError
-from digitrec.files import DEFAULT_INT8, DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
+from digitrec.files import (
+    DEFAULT_INT8,
+    DEFAULT_MODEL,
+    DEFAULT_ONNX,
+    DEFAULT_READER,
+    DEFAULT_READER_ONNX,
+)
 from digitrec.rows import ROW_FIELDS, arrow_schema, make_rows
 
 ENGINES = ("local", "ray")
@@ -41,7 +48,7 @@ BATCH_SIZE = {"predict": 256, "read": 32}  # files per batch on a worker: a frac
 LOCAL_CHUNK = 4096  # files handed to `predict_many` at once by the local engine (its process pool's work)
 PART_ROWS = 50_000  # a Parquet part is written at this many rows ...
 PART_SECONDS = 10.0  # ... or when its oldest row has waited this long (what a killed job can lose)
-CONNECT_SECONDS = 25.0  # an --address that does not answer within this is an error
+CONNECT_SECONDS = 25  # an --address that does not answer within this many seconds is an error
 JOB_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"  # a run directory's weights (rundir.WEIGHTS_FILE, without torch)
 NODE_COLUMN = "_node"  # the Ray node that made a row: counted by the driver, never written
@@ -203,19 +210,21 @@ def read_done(out: Path, kind: str) -> Done:
     if kind == "jsonl":
         if not out.exists():
             return done
-        content = out.read_bytes()
-        complete = content[: content.rfind(b"\n") + 1]
-        if len(complete) < len(content):  # a line cut short by a kill: it is written again
-            with out.open("r+b") as file:
-                file.truncate(len(complete))
-        for number, line in enumerate(complete.splitlines(), 1):
-            try:
-                row = json.loads(line)
-                done.paths.add(row["path"])
-            except (ValueError, KeyError, TypeError):
-                raise OutputError(f"{out}: line {number} is not a row of digitrec; choose another --out, or "
-                                  "--overwrite to start over") from None
-            done.errors += row.get("error") is not None
+        complete = 0  # bytes up to the end of the last whole line
+        with out.open("rb") as file:
+            for number, line in enumerate(file, 1):
+                if not line.endswith(b"\n"):  # a line cut short by a kill: it is written again
+                    break
+                complete += len(line)
+                try:
+                    row = json.loads(line)
+                    done.paths.add(row["path"])
+                except (ValueError, KeyError, TypeError):
+                    raise OutputError(f"{out}: line {number} is not a row of digitrec; choose another --out, or "
+                                      "--overwrite to start over") from None
+                done.errors += row.get("error") is not None
+        if complete < out.stat().st_size:
+            os.truncate(out, complete)
         return done
     import pyarrow.parquet as pq
 
@@ -233,7 +242,8 @@ class JsonLinesSink:
     """Rows as JSON lines, each batch written whole and flushed: to a file (appended) or a stream."""
 
     def __init__(self, out: Path | None, stream=None):
-        self.file = out.open("a", encoding="utf-8") if out is not None else stream
+        self.owned = out is not None
+        self.file = out.open("a", encoding="utf-8") if self.owned else stream
 
     def write(self, rows) -> None:
         if not isinstance(rows, list):
@@ -242,7 +252,7 @@ class JsonLinesSink:
         self.file.flush()
 
     def close(self) -> None:
-        if self.file not in (sys.stdout, sys.stderr):
+        if self.owned:
             self.file.close()
 
 
@@ -300,6 +310,7 @@ class Progress:
     def __init__(self, total: int, stream=None):
         self.total, self.stream = total, stream or sys.stderr
         self.done = self.errors = 0
+        self.first: tuple[float, int] | None = None  # when the first rows came, and how many
         self.start = self.drawn = time.monotonic()
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
 
@@ -307,6 +318,8 @@ class Progress:
         self.done += rows
         self.errors += errors
         now = time.monotonic()
+        if self.first is None:
+            self.first = (now - self.start, rows)
         if self.live and now - self.drawn >= 0.5:
             self.drawn = now
             rate = self.rate()
@@ -326,6 +339,12 @@ class Progress:
 
     def seconds(self) -> float:
         return time.monotonic() - self.start
+
+    def running_rate(self) -> tuple[float, float] | None:
+        """Files/s from the first rows on (the workers up), and the seconds until the first rows came."""
+        if self.first is None or self.done == self.first[1]:
+            return None
+        return (self.done - self.first[1]) / (self.seconds() - self.first[0]), self.first[0]
 
 
 def format_seconds(seconds: float) -> str:
@@ -358,7 +377,6 @@ def import_ray():
     """Ray, set to work offline and quietly; a missing Ray is the ModuleNotFoundError the CLI turns into
     its install hint."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a local cluster, without its warning
     # this process's Ray core prints its warnings on stderr, e.g. one per worker about Ray Data's own way of
     # passing a worker's arguments; ours is the progress line (set RAY_BACKEND_LOG_LEVEL=info to see them)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -368,7 +386,7 @@ def import_ray():
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours is on stderr
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its errors reach the CLI as an exception
     return ray
 
 
@@ -384,25 +402,35 @@ def start_ray(address: str | None, cpus: int | None = None) -> bool:
         return False
     settings = {"log_to_driver": False, "configure_logging": False}
     if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a cluster of its own, without its warning
         ray.init(num_cpus=cpus, include_dashboard=False, **settings)
         return True
-    failure: list[BaseException] = []
-
-    def connect():
-        try:
-            ray.init(address=address, **settings)
-        except BaseException as error:  # noqa: BLE001  (reported below, in this thread's caller)
-            failure.append(error)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(CONNECT_SECONDS)
-    if thread.is_alive():
-        raise EngineError(f"{address}: the Ray cluster did not answer within {CONNECT_SECONDS:.0f} s")
-    if failure:
-        reason = str(failure[0]).strip().splitlines()[0] if str(failure[0]).strip() else type(failure[0]).__name__
-        raise EngineError(f"{address}: cannot join the Ray cluster ({reason})")
+    if threading.current_thread() is threading.main_thread():  # Ray retries a wrong address for minutes
+        signal.signal(signal.SIGALRM, no_answer(address))
+        signal.alarm(CONNECT_SECONDS)
+    try:
+        ray.init(address=address, **settings)
+    except EngineError:
+        raise
+    except Exception as error:  # noqa: BLE001  (ray.init raises many types for a cluster it cannot join)
+        raise EngineError(f"{address}: cannot join the Ray cluster ({first_line(error)})") from None
+    finally:
+        signal.alarm(0)
     return True
+
+
+def no_answer(address: str):
+    def handler(signum, frame):
+        raise EngineError(f"{address}: the Ray cluster did not answer within {CONNECT_SECONDS} s")
+
+    return handler
+
+
+def first_line(error: BaseException) -> str:
+    """The line of a (Ray) error that says what went wrong: the last line naming an error, else its type."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]]
+    return (named or lines or [type(error).__name__])[-1]
 
 
 def check_reachable(address: str) -> None:
@@ -418,6 +446,10 @@ def check_reachable(address: str) -> None:
     except OSError as error:
         raise EngineError(f"{address}: no Ray cluster answers there ({error.strerror or error}); start one with "
                           "`ray start --head`, or leave out --address to run on this machine") from None
+
+
+def is_ray_error(error: BaseException) -> bool:
+    return type(error).__module__.startswith("ray.")
 
 
 def stop_ray() -> None:
@@ -465,8 +497,7 @@ def rows_dataset(source, task: str = "predict", model: str | Path | None = None,
     if task not in ROW_FIELDS:
         raise DigitrecError(f"unknown task {task!r}: predict or read")
     ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(None)  # unless this process is connected already
     if isinstance(source, ray.data.Dataset):
         if "path" not in source.schema().names:
             raise DigitrecError("the Dataset needs a column named path (the image files' paths)")
@@ -489,15 +520,14 @@ def ray_batches(task: str, inputs: list, model, reader, batch_size: int | None, 
     """The rows of `inputs` made on the Ray cluster, as pyarrow tables in the order they finish; `nodes`
     counts the rows each node made."""
     readable = [name for name, source in inputs if not isinstance(source, ImageError)]
+    if readable:
+        dataset = rows_dataset(readable, task, model, reader, batch_size, actors, with_node=True)
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            nodes.update(table.column(NODE_COLUMN).to_pylist())
+            yield table.drop_columns([NODE_COLUMN])
     found_errors = [(name, source) for name, source in inputs if isinstance(source, ImageError)]
     if found_errors:  # what could not even be found needs no worker
         yield make_rows(task, None, found_errors)
-    if not readable:
-        return
-    dataset = rows_dataset(readable, task, model, reader, batch_size, actors, with_node=True)
-    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        nodes.update(table.column(NODE_COLUMN).to_pylist())
-        yield table.drop_columns([NODE_COLUMN])
 
 
 # --- the job ---
@@ -510,6 +540,7 @@ class Summary:
     total_errors: int  # error rows in the whole output
     seconds: float
     nodes: dict[str, int]  # Ray: rows made on each node
+    running: tuple[float, float] | None = None  # Ray: files/s once the workers were up, and after how many seconds
 
     @property
     def rate(self) -> float:
@@ -525,7 +556,10 @@ def run_job(task: str, inputs: list, recognizer, *, out: Path | None, engine: st
     bad model is one error before anything starts) runs the local engine; the Ray engine sends its
     model files to the workers."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    inputs = list({name: (name, source) for name, source in reversed(inputs)}.values())[::-1]  # first of each name
+    unique: dict[str, tuple] = {}
+    for name, source in inputs:  # a file named twice gets one row
+        unique.setdefault(name, (name, source))
+    inputs = list(unique.values())
     if out is not None:
         output_format(out)
     if engine == "ray" and any(name == "-" for name, _ in inputs):
@@ -556,19 +590,27 @@ def run_job(task: str, inputs: list, recognizer, *, out: Path | None, engine: st
         for rows in batches:
             sink.write(rows)
             progress.update(len(rows) if isinstance(rows, list) else rows.num_rows, count_errors(rows))
+    except Exception as error:
+        if engine != "ray" or isinstance(error, DigitrecError) or not is_ray_error(error):
+            raise
+        raise EngineError(f"the Ray job stopped: {first_line(error)} (the rows written so far stay; is the same "
+                          "digitrec with its scale extra installed on every node?)") from None
     finally:
         progress.clear()
         sink.close()
         if started:  # Ray started here stops here; a cluster joined is left (disconnected)
             stop_ray()
     return Summary(written=progress.done, errors=progress.errors, skipped=len(inputs) - len(pending),
-                   total_errors=done.errors + progress.errors, seconds=progress.seconds(), nodes=dict(nodes))
+                   total_errors=done.errors + progress.errors, seconds=progress.seconds(), nodes=dict(nodes),
+                   running=progress.running_rate() if engine == "ray" else None)
 
 
 def describe(summary: Summary, out: Path | None) -> str:
     """The job's summary line."""
     where = f" to {out}" if out is not None else ""
-    line = (f"{summary.written:,} rows written{where} in {summary.seconds:.1f} s ({summary.rate:,.0f} files/s), "
+    running = "" if summary.running is None else (
+        f"; {summary.running[0]:,.0f} files/s once the first rows came after {summary.running[1]:.1f} s")
+    line = (f"{summary.written:,} rows written{where} in {summary.seconds:.1f} s ({summary.rate:,.0f} files/s{running}), "
             f"{summary.errors:,} errors")
     if summary.skipped:
         line += f"; {summary.skipped:,} files were already there"
