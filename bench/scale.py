@@ -73,7 +73,7 @@ def write_images(folder: Path, digits: int, numbers: int, seed: int = 0) -> tupl
 
 class TreeMemory:
     """The peak of the summed resident memory of process `root` and all its descendants (for Ray: the driver,
-    Ray's own processes and its workers; not the object store's shared memory), sampled every 0.2 s."""
+    Ray's own processes and its workers; not the object store's shared memory), sampled every 0.5 s."""
 
     def __init__(self, root: int):
         self.root, self.peak_kib, self.running = root, 0, True
@@ -93,7 +93,7 @@ class TreeMemory:
                 rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
             total = sum(kib for pid, kib in rss.items() if self.descends(pid, parents))
             self.peak_kib = max(self.peak_kib, total)
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def descends(self, pid: int, parents: dict[int, int]) -> bool:
         while pid > 1:
@@ -238,12 +238,19 @@ def two_node_cluster(folder: Path, work: Path) -> dict:
         same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
         return {"summary": summary, "seconds": round(seconds, 1), "rows_identical": same, "largest_difference": largest}
     finally:
+        started = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                   if any(descends_from(pid, node.pid) for node in nodes)]
         for node in reversed(nodes):
             node.send_signal(2)  # SIGINT: `ray start --block` stops its node's processes
             try:
                 node.wait(60)
             except subprocess.TimeoutExpired:
                 node.kill()
+        for pid in started:  # what a node left behind (its agents), by process id
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
 
 
 def main():

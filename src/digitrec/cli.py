@@ -417,7 +417,7 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         raise click.UsageError("no images found in the given folders")
     if job_wanted(job, as_json=as_json, csv=csv_path, show_preprocessed=show_preprocessed, top=top > 1):
         return run_job("predict", inputs, recognizer, model_path, None, **job)
-    results = results_with_progress("predict", recognizer, inputs, summary=as_json)
+    results, progress = results_with_progress("predict", recognizer, inputs)
     rows = [prediction_row(name, result) for (name, _), result in zip(inputs, results)]
     previews: set[str] = set()
     for (name, _), result in zip(inputs, results):
@@ -426,6 +426,7 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
+        echo_summary(progress)
     else:
         width = max(len(row["path"]) for row in rows)
         click.echo(f"{'image':<{width}}  digit  confidence  " + ("others" if top > 1 else ""))
@@ -468,7 +469,7 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
         raise click.UsageError("no images found in the given folders")
     if job_wanted(job, as_json=as_json, csv=csv_path, show_segments=show_segments):
         return run_job("read", inputs, recognizer, model_path, reader_path, **job)
-    results = results_with_progress("read", recognizer, inputs, summary=as_json)
+    results, progress = results_with_progress("read", recognizer, inputs)
     rows = [reading_row(name, result) for (name, _), result in zip(inputs, results)]
     previews: set[str] = set()
     for (name, source), result in zip(inputs, results):
@@ -480,6 +481,7 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
+        echo_summary(progress)
     else:
         width = max(len(row["path"]) for row in rows)
         click.echo(f"{'image':<{width}}  {'number':<12}  confidence  digits")
@@ -532,9 +534,8 @@ def run_job(task, inputs, recognizer, model_path, reader_path, *, engine, out, o
         sys.exit(1)
 
 
-def results_with_progress(task: str, recognizer, inputs: list, summary: bool) -> list:
-    """`rows.results_of` over `inputs` in this process, with the progress line on stderr while it runs and,
-    with `summary` (rows printed for a pipe), the job's summary line after."""
+def results_with_progress(task: str, recognizer, inputs: list) -> tuple[list, object]:
+    """`rows.results_of` over `inputs` in this process, with the progress line on stderr while it runs."""
     from digitrec import scale
     from digitrec.rows import results_of
 
@@ -545,11 +546,16 @@ def results_with_progress(task: str, recognizer, inputs: list, summary: bool) ->
         results += chunk_results
         progress.update(len(chunk), sum(isinstance(result, ImageError) for result in chunk_results))
     progress.clear()
-    if summary:
-        click.echo(scale.describe(scale.Summary(written=progress.done, errors=progress.errors, skipped=0,
-                                                total_errors=progress.errors, seconds=progress.seconds(), nodes={}),
-                                  None), err=True)
-    return results
+    return results, progress
+
+
+def echo_summary(progress) -> None:
+    """The summary line on stderr after rows printed as JSON lines (for a pipe, what a job's summary says)."""
+    from digitrec import scale
+
+    click.echo(scale.describe(scale.Summary(written=progress.done, errors=progress.errors, skipped=0,
+                                            total_errors=progress.errors, seconds=progress.seconds(), nodes={}),
+                              None), err=True)
 
 
 @main.command("explain")

@@ -373,10 +373,12 @@ def local_batches(task: str, recognizer, inputs: list) -> Iterator[list]:
         yield make_rows(task, recognizer, chunk)
 
 
-def import_ray():
+def import_ray(own_cluster: bool = True):
     """Ray, set to work offline and quietly; a missing Ray is the ModuleNotFoundError the CLI turns into
-    its install hint."""
+    its install hint. `own_cluster`: this process will start Ray on this machine rather than join a cluster."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+    if own_cluster and "ray" not in sys.modules:  # read when Ray is imported; a cluster joined has its own
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a cluster of its own, without its warning
     # this process's Ray core prints its warnings on stderr, e.g. one per worker about Ray Data's own way of
     # passing a worker's arguments; ours is the progress line (set RAY_BACKEND_LOG_LEVEL=info to see them)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -397,13 +399,12 @@ def start_ray(address: str | None, cpus: int | None = None) -> bool:
     answer is an `EngineError` within CONNECT_SECONDS."""
     if address is not None:
         check_reachable(address)
-    ray = import_ray()
+    ray = import_ray(own_cluster=address is None)
     if ray.is_initialized():
         return False
     settings = {"log_to_driver": False, "configure_logging": False}
     if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a cluster of its own, without its warning
-        ray.init(num_cpus=cpus, include_dashboard=False, **settings)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **settings)  # never a cluster found here
         return True
     if threading.current_thread() is threading.main_thread():  # Ray retries a wrong address for minutes
         signal.signal(signal.SIGALRM, no_answer(address))
@@ -565,7 +566,7 @@ def run_job(task: str, inputs: list, recognizer, *, out: Path | None, engine: st
     if engine == "ray" and any(name == "-" for name, _ in inputs):
         raise EngineError("-: the Ray engine reads files, not stdin")
     if engine == "ray":  # before anything is written: Ray is there, and the cluster answers
-        import_ray()
+        import_ray(own_cluster=address is None)
         if address is not None:
             check_reachable(address)
     files = model_files(task, model_path, reader_path)
