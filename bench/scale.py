@@ -184,6 +184,13 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+def start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def killed_worker(folder: Path, work: Path) -> dict:
     """The Ray predict job with one of its workers (a process of this job's Ray) killed with SIGKILL mid-job:
     Ray restarts it and runs its batch again; the output must still hold one row per file, the same rows."""
@@ -238,19 +245,17 @@ def two_node_cluster(folder: Path, work: Path) -> dict:
         same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
         return {"summary": summary, "seconds": round(seconds, 1), "rows_identical": same, "largest_difference": largest}
     finally:
-        started = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                   if any(descends_from(pid, node.pid) for node in nodes)]
+        started = {pid: start_time(pid) for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                   if any(descends_from(pid, node.pid) for node in nodes)}
         for node in reversed(nodes):
             node.send_signal(2)  # SIGINT: `ray start --block` stops its node's processes
             try:
                 node.wait(60)
             except subprocess.TimeoutExpired:
                 node.kill()
-        for pid in started:  # what a node left behind (its agents), by process id
-            try:
+        for pid, started_at in started.items():  # what a node left behind (its agents), by process id
+            if started_at is not None and start_time(pid) == started_at:  # the same process, not a reused id
                 os.kill(pid, 9)
-            except OSError:
-                pass
 
 
 def main():
