@@ -17,6 +17,7 @@ Test digits only measure here; nothing is chosen on them.
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -255,7 +256,8 @@ def two_node_cluster(folder: Path, work: Path) -> dict:
                 node.kill()
         for pid, started_at in started.items():  # what a node left behind (its agents), by process id
             if started_at is not None and start_time(pid) == started_at:  # the same process, not a reused id
-                os.kill(pid, 9)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
 
 
 def main():
