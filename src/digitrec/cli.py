@@ -506,7 +506,7 @@ def job_wanted(job: dict, as_json: bool, **extras) -> bool:
     only the printed run has, and the Ray flags without the Ray engine."""
     ray_only = [name for name in ("address", "batch_size", "actors") if job[name] is not None]
     if job["engine"] != "ray" and ray_only:
-        raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in ray_only) + " need --engine ray")
+        raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in ray_only) + ": only with --engine ray")
     if job["overwrite"] and job["out"] is None:
         raise click.UsageError("--overwrite applies to --out")
     if job["out"] is None and job["engine"] == "local":
@@ -514,7 +514,7 @@ def job_wanted(job: dict, as_json: bool, **extras) -> bool:
     given = [name for name, value in extras.items() if value]
     if given:
         raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in given)
-                               + " print this run's files only: leave them out with --out or --engine ray")
+                               + ": only for rows printed here; with --out or --engine ray, leave them out")
     if job["out"] is not None and as_json:
         raise click.UsageError("--json prints the rows; --out writes them: give one")
     return True
