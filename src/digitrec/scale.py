@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -406,25 +405,24 @@ def start_ray(address: str | None, cpus: int | None = None) -> bool:
     if address is None:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, **settings)  # never a cluster found here
         return True
-    if threading.current_thread() is threading.main_thread():  # Ray retries a wrong address for minutes
-        signal.signal(signal.SIGALRM, no_answer(address))
-        signal.alarm(CONNECT_SECONDS)
-    try:
-        ray.init(address=address, **settings)
-    except EngineError:
-        raise
-    except Exception as error:  # noqa: BLE001  (ray.init raises many types for a cluster it cannot join)
-        raise EngineError(f"{address}: cannot join the Ray cluster ({first_line(error)})") from None
-    finally:
-        signal.alarm(0)
+    failure: list[BaseException] = []
+
+    def connect():
+        try:
+            ray.init(address=address, **settings)
+        except BaseException as error:  # noqa: BLE001  (reported below, by the caller's thread)
+            failure.append(error)
+
+    # in a thread of its own: Ray retries an address that answers but is no Ray cluster without end, in
+    # its C++ core, where no signal reaches it
+    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_SECONDS)
+    if thread.is_alive():
+        raise EngineError(f"{address}: no Ray cluster answered there within {CONNECT_SECONDS} s")
+    if failure:
+        raise EngineError(f"{address}: cannot join the Ray cluster ({first_line(failure[0])})")
     return True
-
-
-def no_answer(address: str):
-    def handler(signum, frame):
-        raise EngineError(f"{address}: the Ray cluster did not answer within {CONNECT_SECONDS} s")
-
-    return handler
 
 
 def first_line(error: BaseException) -> str:
@@ -565,40 +563,40 @@ def run_job(task: str, inputs: list, recognizer, *, out: Path | None, engine: st
         output_format(out)
     if engine == "ray" and any(name == "-" for name, _ in inputs):
         raise EngineError("-: the Ray engine reads files, not stdin")
-    if engine == "ray":  # before anything is written: Ray is there, and the cluster answers
-        import_ray(own_cluster=address is None)
-        if address is not None:
-            check_reachable(address)
     files = model_files(task, model_path, reader_path)
     job = {"digitrec_job": JOB_VERSION, "task": task, "models": fingerprint(files)}
-    if out is None:
-        done, sink = Done(), JsonLinesSink(None, stdout)
-    else:
-        done = open_output(out, job, overwrite)
-        sink = JsonLinesSink(out) if output_format(out) == "jsonl" else ParquetSink(out, task)
-    pending = [pair for pair in inputs if pair[0] not in done.paths]
-    if done.paths:
-        stderr.write(f"resuming {out}: {len(inputs) - len(pending):,} of {len(inputs):,} files already there\n")
-    progress = Progress(len(pending), stderr)
-    nodes: Counter = Counter()
-    started = False
+    # Ray first: a cluster that does not answer is an error before anything is written
+    started = start_ray(address, cpus) if engine == "ray" else False
+    sink = None
     try:
+        if out is None:
+            done, sink = Done(), JsonLinesSink(None, stdout)
+        else:
+            done = open_output(out, job, overwrite)
+            sink = JsonLinesSink(out) if output_format(out) == "jsonl" else ParquetSink(out, task)
+        pending = [pair for pair in inputs if pair[0] not in done.paths]
+        if done.paths:
+            stderr.write(f"resuming {out}: {len(inputs) - len(pending):,} of {len(inputs):,} files already there\n")
+        progress = Progress(len(pending), stderr)
+        nodes: Counter = Counter()
         if engine == "ray":
-            started = start_ray(address, cpus)
             batches = ray_batches(task, pending, model_path, reader_path, batch_size, actors, nodes)
         else:
             batches = local_batches(task, recognizer, pending)
-        for rows in batches:
-            sink.write(rows)
-            progress.update(len(rows) if isinstance(rows, list) else rows.num_rows, count_errors(rows))
+        try:
+            for rows in batches:
+                sink.write(rows)
+                progress.update(len(rows) if isinstance(rows, list) else rows.num_rows, count_errors(rows))
+        finally:
+            progress.clear()
     except Exception as error:
         if engine != "ray" or isinstance(error, DigitrecError) or not is_ray_error(error):
             raise
         raise EngineError(f"the Ray job stopped: {first_line(error)} (the rows written so far stay; is the same "
                           "digitrec with its scale extra installed on every node?)") from None
     finally:
-        progress.clear()
-        sink.close()
+        if sink is not None:
+            sink.close()
         if started:  # Ray started here stops here; a cluster joined is left (disconnected)
             stop_ray()
     return Summary(written=progress.done, errors=progress.errors, skipped=len(inputs) - len(pending),
