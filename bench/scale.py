@@ -1,7 +1,7 @@
 """Reading at scale: the Ray engine against the local one on the same files, and a two-node cluster.
 
 Writes DIGITS digit PNGs (MNIST test digits, white on black as in MNIST, scaled to 56 px) and NUMBERS
-number PNGs (2-6 test digits set in a row by strings.compose, dark on light paper) into a folder, then
+number PNGs (2-6 test digits set in a row by number_strings.compose, dark on light paper) into a folder, then
 in one invocation:
 1. `predict` and `read` over them with the local engine and with `--engine ray` (Ray on this machine,
    all its cores): rows identical (digit and confidences within 1e-6, the same text), files/s of each and
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from digitrec import idx, strings
+from digitrec import idx, number_strings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6
@@ -64,7 +64,7 @@ def write_images(folder: Path, digits: int, numbers: int, seed: int = 0) -> tupl
     if len(list(number_dir.glob("*/*.png"))) != numbers:
         for index in range(numbers):
             chosen = rng.integers(0, len(images), int(rng.integers(2, 7)))
-            row = strings.compose([images[i] for i in chosen], strings.SPACINGS[index % len(strings.SPACINGS)], rng)
+            row = number_strings.compose([images[i] for i in chosen], number_strings.SPACINGS[index % len(number_strings.SPACINGS)], rng)
             text = "".join(str(int(labels[i])) for i in chosen)
             path = number_dir / f"{index // 1000:03d}" / f"{index:06d}-{text}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

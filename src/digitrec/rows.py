@@ -2,20 +2,22 @@
 
     results = predict_results(recognizer, inputs)       # Prediction or ImageError, in the inputs' order
     rows = [prediction_row(name, result) for (name, _), result in zip(inputs, results)]
-    rows = make_rows("read", recognizer, inputs)         # the same in one call, for a batch of files
+    rows = make_rows("read", recognizer, inputs, reader=reader)  # the same in one call, for a batch of files
 
 A file that cannot be read gives an error row in its place (every value None but its path and error),
 so one bad file never stops the rest. Every engine that runs batches (this process, a Ray worker: see
 scale.py) calls `make_rows`, so the rows are the same wherever they are made. `ROW_FIELDS` and
 `arrow_schema` say their fields and types once, for the Parquet output. Not owned here: finding the
-input files (the CLI), the models (recognizer, numbers).
+input files (inputs.py), the models (recognizer, reading).
 """
 
 from collections.abc import Sequence
 
 from digitrec.errors import DigitrecError, ImageError
 from digitrec.preprocess import Source
+from digitrec.reading import Reading, read
 from digitrec.recognizer import Prediction, Recognizer
+from digitrec.runtime import Runtime
 
 ROUNDED_TO = 6  # decimals of a prediction row's probabilities (a float32 model's are good to about 7)
 TASKS = ("predict", "read")
@@ -36,8 +38,7 @@ def prediction_row(name: str, result: Prediction | ImageError) -> dict:
             "error": None}
 
 
-def reading_row(name: str, result) -> dict:
-    """The row of a `numbers.Reading`, or of the `ImageError` that took its place."""
+def reading_row(name: str, result: Reading | ImageError) -> dict:
     if isinstance(result, ImageError):
         return {"path": name, "text": None, "confidence": None, "unsure": None, "digits": None, "error": str(result)}
     return {"path": name, **result.as_dict(), "error": None}
@@ -50,15 +51,15 @@ def predict_results(recognizer: Recognizer, inputs: Sequence[Input], workers: in
     return [source if isinstance(source, ImageError) else next(predicted) for _, source in inputs]
 
 
-def read_results(recognizer: Recognizer, inputs: Sequence[Input]) -> list:
-    """`Recognizer.read` on each input: its `Reading`, or the `ImageError` saying why there is none."""
+def read_results(recognizer: Recognizer, reader: Runtime, inputs: Sequence[Input]) -> list:
+    """`reading.read` on each input: its `Reading`, or the `ImageError` saying why there is none."""
     results = []
     for name, source in inputs:
         if isinstance(source, ImageError):
             results.append(source)
             continue
         try:
-            results.append(recognizer.read(source, name))
+            results.append(read(reader, recognizer, source, name))
         except ImageError as error:
             results.append(error)
         except DigitrecError:  # the model's fault (a NaN answer), not this file's: stop
@@ -68,18 +69,21 @@ def read_results(recognizer: Recognizer, inputs: Sequence[Input]) -> list:
     return results
 
 
-def results_of(task: str, recognizer: Recognizer, inputs: Sequence[Input], workers: int | None = None) -> list:
-    """`predict_results` or `read_results`, by `task` ("predict" or "read")."""
-    return predict_results(recognizer, inputs, workers) if task == "predict" else read_results(recognizer, inputs)
+def results_of(task: str, recognizer: Recognizer, inputs: Sequence[Input], workers: int | None = None,
+               reader: Runtime | None = None) -> list:
+    """`predict_results` or (with the number `reader`) `read_results`, by `task` ("predict" or "read")."""
+    return predict_results(recognizer, inputs, workers) if task == "predict" else read_results(recognizer, reader, inputs)
 
 
 def row_of(task: str, name: str, result) -> dict:
     return prediction_row(name, result) if task == "predict" else reading_row(name, result)
 
 
-def make_rows(task: str, recognizer: Recognizer, inputs: Sequence[Input], workers: int | None = None) -> list[dict]:
+def make_rows(task: str, recognizer: Recognizer, inputs: Sequence[Input], workers: int | None = None,
+              reader: Runtime | None = None) -> list[dict]:
     """The rows of `task` for `inputs`, in their order."""
-    return [row_of(task, name, result) for (name, _), result in zip(inputs, results_of(task, recognizer, inputs, workers))]
+    results = results_of(task, recognizer, inputs, workers, reader)
+    return [row_of(task, name, result) for (name, _), result in zip(inputs, results)]
 
 
 def arrow_schema(task: str):

@@ -7,7 +7,7 @@ run in this process (engine "local") or on a Ray cluster (engine "ray", the `sca
     from digitrec import scale
     rows = scale.rows_dataset(paths_or_dataset, "predict")  # a Ray Dataset of rows, for people using Ray
 
-Owns: what a SOURCE is (a folder, a glob, a .txt list of paths, a file), the output (JSON lines or a
+Owns: the output (JSON lines or a
 folder of Parquet parts, with a job record beside it that makes a rerun resume and refuses the output
 of another job), the progress line and summary, starting or joining Ray, shipping the model files from
 the driver to the workers and the workers that hold one model each. The engine only decides where a
@@ -15,7 +15,6 @@ batch runs: every batch becomes rows through `rows.make_rows`. Ray and pyarrow a
 and only when used, so the base install stays without them.
 """
 
-import glob
 import hashlib
 import json
 import logging
@@ -26,59 +25,33 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from digitrec.errors import DigitrecError, EngineError, ImageError, OutputError
-from digitrec.files import (
-    DEFAULT_INT8,
-    DEFAULT_MODEL,
-    DEFAULT_ONNX,
-    DEFAULT_READER,
-    DEFAULT_READER_ONNX,
-)
+from digitrec.files import BUNDLED_INT8, BUNDLED_MODEL, BUNDLED_ONNX, BUNDLED_READER, BUNDLED_READER_ONNX
 from digitrec.rows import ROW_FIELDS, arrow_schema, make_rows
+from digitrec.rundir import WEIGHTS_FILE
 
 ENGINES = ("local", "ray")
 FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}  # --out's suffix -> its format
-LIST_SUFFIX = ".txt"  # a SOURCE ending in this is a list of paths, one a line
 BATCH_SIZE = {"predict": 256, "read": 32}  # files per batch on a worker: a fraction of a second's work
 LOCAL_CHUNK = 4096  # files handed to `predict_many` at once by the local engine (its process pool's work)
 PART_ROWS = 50_000  # a Parquet part is written at this many rows ...
 PART_SECONDS = 10.0  # ... or when its oldest row has waited this long (what a killed job can lose)
 CONNECT_SECONDS = 25  # an --address that does not answer within this many seconds is an error
 JOB_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"  # a run directory's weights (rundir.WEIGHTS_FILE, without torch)
 NODE_COLUMN = "_node"  # the Ray node that made a row: counted by the driver, never written
-
-
-def expand_sources(sources: Iterable[str]) -> list[str]:
-    """The paths named by SOURCEs: a glob ('scans/**/*.png', quoted so the shell leaves it) is its matches,
-    sorted; a .txt file lists one path a line (blank lines and lines starting with # skipped); anything
-    else (a file, a folder, -) is itself. A glob matching nothing stays as given, to be reported as missing."""
-    paths: list[str] = []
-    for source in sources:
-        if source != "-" and glob.has_magic(source):
-            paths.extend(sorted(glob.glob(source, recursive=True)) or [source])
-        elif source.endswith(LIST_SUFFIX) and Path(source).is_file():
-            try:
-                lines = Path(source).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as error:
-                raise OutputError(f"{source}: cannot read this list of paths ({error})") from None
-            paths.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
-        else:
-            paths.append(source)
-    return paths
 
 
 # --- the model files, read by the driver, written out again by each worker ---
 
 def model_files(task: str, model_path: str | Path | None, reader_path: str | Path | None) -> dict[str, bytes]:
-    """The files a `Recognizer.load(model_path, reader=reader_path)` reads, by the name a worker gives them:
+    """The files `Recognizer.load(model_path)` and `runtime.load(reader_path, NUMBERS)` read, by the name a worker gives them:
     model.onnx (+ model.int8.onnx, the bundled default's batch copy) or model.safetensors; for `read`
     also reader.onnx or reader.safetensors. Each file alone rebuilds its model (its config is inside)."""
-    from digitrec.recognizer import onnxruntime_installed
+    from digitrec.runtime import onnxruntime_installed
 
     def one(role: str, path: str | Path | None, default_dir: Path, default_onnx: Path) -> dict[str, bytes]:
         if path is None:
@@ -92,29 +65,29 @@ def model_files(task: str, model_path: str | Path | None, reader_path: str | Pat
         except OSError as error:
             raise EngineError(f"{path}: cannot read the model file to send to the workers ({error.strerror})") from None
 
-    files = one("model", model_path, DEFAULT_MODEL, DEFAULT_ONNX)
+    files = one("model", model_path, BUNDLED_MODEL, BUNDLED_ONNX)
     if model_path is None and "model.onnx" in files:
-        files["model.int8.onnx"] = DEFAULT_INT8.read_bytes()
+        files["model.int8.onnx"] = BUNDLED_INT8.read_bytes()
     if task == "read":
-        files |= one("reader", reader_path, DEFAULT_READER, DEFAULT_READER_ONNX)
+        files |= one("reader", reader_path, BUNDLED_READER, BUNDLED_READER_ONNX)
     return files
 
 
-def recognizer_from_files(files: dict[str, bytes], folder: Path, threads: int = 1):
-    """The `Recognizer` that `model_files` describes, its files written into `folder`: the same models,
-    the same runtimes, so a worker's rows are the driver's."""
+def models_from_files(files: dict[str, bytes], folder: Path, threads: int = 1):
+    """The `Recognizer` and number reader (None for predict) that `model_files` describes, their files
+    written into `folder`: the same models on the same runtimes, so a worker's rows are the driver's."""
+    from digitrec import runtime
     from digitrec.recognizer import Recognizer
+    from digitrec.tasks import DIGITS, NUMBERS
 
     for name, content in files.items():
         (folder / name).write_bytes(content)
-    reader = next((folder / name for name in files if name.startswith("reader.")), None)
+    reader = next((runtime.load(folder / name, NUMBERS, threads) for name in files if name.startswith("reader.")), None)
     if "model.int8.onnx" in files:  # the bundled default on onnxruntime: its int8 copy for batches, as load() does
-        from digitrec.deploy import load_onnx
-
-        return Recognizer(*load_onnx(folder / "model.onnx", threads), reader_path=reader, threads=threads,
-                          batch_logits=load_onnx(folder / "model.int8.onnx", threads)[0])
+        return Recognizer(runtime.load_onnx(folder / "model.onnx", DIGITS, threads),
+                          runtime.load_onnx(folder / "model.int8.onnx", DIGITS, threads)), reader
     model = next(folder / name for name in files if name.startswith("model."))
-    return Recognizer.load(model, threads=threads, reader=reader)
+    return Recognizer.load(model, threads), reader
 
 
 def fingerprint(files: dict[str, bytes]) -> dict[str, str]:
@@ -366,10 +339,10 @@ def local_chunks(task: str, inputs: list) -> Iterator[list]:
         yield inputs[start : start + size]
 
 
-def local_batches(task: str, recognizer, inputs: list) -> Iterator[list]:
+def local_batches(task: str, recognizer, reader, inputs: list) -> Iterator[list]:
     """`rows.make_rows` over `inputs` in this process, a chunk at a time."""
     for chunk in local_chunks(task, inputs):
-        yield make_rows(task, recognizer, chunk)
+        yield make_rows(task, recognizer, chunk, reader=reader)
 
 
 def import_ray(own_cluster: bool = True):
@@ -470,17 +443,15 @@ class RowMaker:
         if Path(folder).is_dir():  # relative paths mean what they meant on the driver (where it is the same machine)
             os.chdir(folder)
         self.model_folder = tempfile.TemporaryDirectory(prefix="digitrec-model-")
-        self.recognizer = recognizer_from_files(files, Path(self.model_folder.name))
-        if task == "read":
-            self.recognizer.load_reader()
+        self.recognizer, self.reader = models_from_files(files, Path(self.model_folder.name))
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch):
         import pyarrow as pa
 
         names = [str(name) for name in batch.column("path").to_pylist()]
-        table = pa.Table.from_pylist(make_rows(self.task, self.recognizer, [(name, Path(name)) for name in names],
-                                               workers=1), schema=arrow_schema(self.task))
+        rows = make_rows(self.task, self.recognizer, [(name, Path(name)) for name in names], workers=1, reader=self.reader)
+        table = pa.Table.from_pylist(rows, schema=arrow_schema(self.task))
         if self.with_node:
             table = table.append_column(NODE_COLUMN, pa.array([self.node] * table.num_rows, pa.string()))
         return table
@@ -546,14 +517,14 @@ class Summary:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_job(task: str, inputs: list, recognizer, *, out: Path | None, engine: str = "local",
+def run_job(task: str, inputs: list, recognizer, *, reader=None, out: Path | None, engine: str = "local",
             model_path=None, reader_path=None, overwrite: bool = False, batch_size: int | None = None,
             actors: int | None = None, address: str | None = None, cpus: int | None = None,
             stdout=None, stderr=None) -> Summary:
     """One row per input into `out` (JSON lines or Parquet; None: JSON lines on `stdout`), skipping the
-    files whose rows `out` already holds; progress on `stderr`. `recognizer` (already loaded, so that a
-    bad model is one error before anything starts) runs the local engine; the Ray engine sends its
-    model files to the workers."""
+    files whose rows `out` already holds; progress on `stderr`. `recognizer` and, for read, the number
+    `reader` (already loaded, so that a bad model is one error before anything starts) run the local
+    engine; the Ray engine sends their model files to the workers."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     unique: dict[str, tuple] = {}
     for name, source in inputs:  # a file named twice gets one row
@@ -582,7 +553,7 @@ def run_job(task: str, inputs: list, recognizer, *, out: Path | None, engine: st
         if engine == "ray":
             batches = ray_batches(task, pending, model_path, reader_path, batch_size, actors, nodes)
         else:
-            batches = local_batches(task, recognizer, pending)
+            batches = local_batches(task, recognizer, reader, pending)
         try:
             for rows in batches:
                 sink.write(rows)
