@@ -39,7 +39,7 @@ READER_OPTION = click.option(
 def job_options(command):
     """`predict` and `read`'s flags for many files: where batches run, the output a rerun resumes (docs/scale.md)."""
     options = [
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,  # scale.ENGINES
                      help="Where batches run: this process, or Ray (this machine's cores, or --address's cluster; "
                           "needs pip install 'digitrec[scale]')."),
         click.option("--out", type=click.Path(path_type=Path), default=None,

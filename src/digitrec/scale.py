@@ -7,12 +7,12 @@ run in this process (engine "local") or on a Ray cluster (engine "ray", the `sca
     from digitrec import scale
     rows = scale.rows_dataset(paths_or_dataset, "predict")  # a Ray Dataset of rows, for people using Ray
 
-Owns: the output (JSON lines or a
-folder of Parquet parts, with a job record beside it that makes a rerun resume and refuses the output
-of another job), the progress line and summary, starting or joining Ray, shipping the model files from
-the driver to the workers and the workers that hold one model each. The engine only decides where a
-batch runs: every batch becomes rows through `rows.make_rows`. Ray and pyarrow are imported only here,
-and only when used, so the base install stays without them.
+Owns: the output (JSON lines or a folder of Parquet parts, with a job record beside it that makes a
+rerun resume and refuses the output of another job), the progress line and summary, starting or
+joining Ray, shipping the model files from the driver to the workers, and the workers that hold one
+model each. The engine only decides where a batch runs: every batch becomes rows through
+`rows.make_rows`. Not owned here: what a SOURCE names (inputs.py), the rows themselves (rows.py). Ray
+and pyarrow are imported only here, and only when used, so the base install stays without them.
 """
 
 import hashlib
