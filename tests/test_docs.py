@@ -17,6 +17,8 @@ The convention (also in docs/training.md, "Contributing"):
 - Inline commands (`digitrec ...`, `python -m digitrec ...`, `python bench/NAME.py ...`) are checked
   without running: the command exists and every `--flag` written is one of its options. Every
   `digitrec[extra]` named anywhere is an extra of pyproject.toml, and every relative link resolves.
+  A file path written inline under a folder the page's commands made (`runs/cnn/curves.png`) must exist
+  once they have run.
 """
 
 import gzip
@@ -48,6 +50,8 @@ SLOW_COMMANDS = {"export"}  # run only by test_slow_commands_run
 # Pages other branches of this wave write; until they land, links to them are skipped, not failed.
 # Once both exist, empty this set.
 WRITTEN_ELSEWHERE = {"docs/layout.md", "docs/web.md"}
+INLINE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+REPO_FOLDERS = {"src", "data", "docs", "tests", "bench", "scripts"}
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 DIGIT_PICTURES = {"seven.png": 0, "seven.jpg": 0, "a.png": 1, "b.png": 2}  # name -> index of an MNIST test digit
 NUMBER_PICTURES = {"year.png": "2026", "year.jpg": "2026"}
@@ -288,6 +292,10 @@ def run_page(page: Path, slow: bool) -> None:
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_page_commands_run(page, workspace):
     run_page(page, slow=False)
+    for code in (match[2].strip() for match in INLINE.finditer(prose(page))):  # files the page says they made
+        if re.fullmatch(r"[\w.-]+/[\w./-]+\.\w+", code) and code.split("/")[0] not in REPO_FOLDERS \
+                and Path(code.split("/")[0]).is_dir():
+            assert Path(code).exists(), f"{page.relative_to(REPO)}: the commands above did not make {code}"
 
 
 @pytest.mark.slow
@@ -298,7 +306,6 @@ def test_slow_commands_run(page, workspace):
     assert Path("model.onnx").exists() or "model.onnx" not in page.read_text()
 
 
-INLINE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
