@@ -16,12 +16,16 @@ The convention (also in docs/training.md, "Contributing"):
 - ```text blocks are never run: output, file trees, commands the suite cannot run.
 - Inline commands (`digitrec ...`, `python -m digitrec ...`, `python bench/NAME.py ...`) are checked
   without running: the command exists and every `--flag` written is one of its options. Every
-  `digitrec[extra]` named anywhere is an extra of pyproject.toml, and every relative link resolves.
+  `digitrec[extra]` named anywhere is an extra of pyproject.toml; every relative link and its #anchor
+  resolve; inline file names (`src/...`, `bench/x.py`, `digitrec/x.py`) exist, and `module.NAME`
+  (`recognizer.UNSURE_BELOW`) is in that digitrec module.
   A file path written inline under a folder the page's commands made (`runs/cnn/curves.png`) must exist
   once they have run.
 """
 
 import gzip
+import importlib
+import os
 import re
 import shlex
 import shutil
@@ -49,7 +53,15 @@ TRAIN_STEPS = "20"  # `digitrec train` in the docs runs with --steps 20 appended
 SLOW_COMMANDS = {"export"}  # run only by test_slow_commands_run
 # Pages other branches of this wave write; until they land, links to them are skipped, not failed.
 # Once both exist, empty this set.
-WRITTEN_ELSEWHERE = {"docs/layout.md", "docs/web.md"}
+WRITTEN_ELSEWHERE = {
+    "docs/layout.md",
+    "docs/web.md",
+    "docs/scale.md",
+    "docs/teach.md",
+    "docs/speed.md",
+    "docs/robustness.md",
+    "docs/robust-numbers.md",
+}
 INLINE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 REPO_FOLDERS = {"src", "data", "docs", "tests", "bench", "scripts"}
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -121,8 +133,15 @@ def parse(arguments: list[str], where: str) -> None:
 
 @cache
 def bench_help(script: str) -> str:
-    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
-                            env=python_env(), timeout=60)
+    result = subprocess.run(
+        [sys.executable, script, "--help"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=60,
+    )
     assert result.returncode == 0, f"{script} --help failed:\n{result.stderr[-2000:]}"
     return result.stdout
 
@@ -157,13 +176,13 @@ def check_setup(words: list[str], where: str) -> None:
             if not word.startswith("-") and "/" in word:
                 assert (REPO / word.split("::")[0]).exists(), f"{where}: {word} does not exist"
     else:
-        pytest.fail(f"{where}: tests/test_docs.py does not know how to check `{' '.join(words)}`; "
-                    "teach it, or put the command in a ```text block")
+        pytest.fail(
+            f"{where}: tests/test_docs.py does not know how to check `{' '.join(words)}`; "
+            "teach it, or put the command in a ```text block"
+        )
 
 
 def python_env() -> dict:
-    import os
-
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     return env
@@ -217,9 +236,13 @@ def run_serve(arguments: list[str], where: str) -> None:
     """`digitrec serve ...` with a free port appended: it must answer /api/health, then it is stopped."""
     parse(arguments, where)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "digitrec", *arguments, "--host", "127.0.0.1",
-                               "--port", str(port)], env=python_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "digitrec", *arguments, "--host", "127.0.0.1", "--port", str(port)],
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -244,8 +267,9 @@ def run_digitrec(arguments: list[str], where: str) -> None:
         arguments = [*arguments, "--steps", TRAIN_STEPS]
     parse(arguments, where)
     result = CliRunner().invoke(main, arguments)
-    assert result.exit_code == 0 and "Traceback" not in result.output, \
+    assert result.exit_code == 0 and "Traceback" not in result.output, (
         f"{where}: `digitrec {' '.join(arguments)}` exited {result.exit_code}:\n{result.output[-3000:]}"
+    )
 
 
 def check_line(line: str, where: str, slow: bool) -> None:
@@ -268,7 +292,7 @@ def check_one(line: str, where: str, slow: bool) -> None:
             assert CliRunner().invoke(main, arguments or ["--help"]).exit_code == 0, where
     elif words[0] == "torchrun":
         assert "-m" in words and words[words.index("-m") + 1] == "digitrec", f"{where}: torchrun runs -m digitrec"
-        parse(words[words.index("-m") + 2:], where)
+        parse(words[words.index("-m") + 2 :], where)
     elif words[0] in ("python", "python3") and len(words) > 1 and words[1].startswith("bench/"):
         check_bench(words[1], " ".join(words[2:]), where)
     else:
@@ -285,27 +309,32 @@ def run_page(page: Path, slow: bool) -> None:
         elif language == "python" and not slow:
             exec(compile(body, where, "exec"), namespace)  # noqa: S102 - the docs' own examples
         else:
-            assert language in ("sh", "python", "text", "json", "html", "javascript"), \
+            assert language in ("sh", "python", "text", "json", "html", "javascript"), (
                 f"{where}: a ```{language} block: use sh (run), python (run) or text (never run)"
+            )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_page_commands_run(page, workspace):
     run_page(page, slow=False)
     for code in (match[2].strip() for match in INLINE.finditer(prose(page))):  # files the page says they made
-        if re.fullmatch(r"[\w.-]+/[\w./-]+\.\w+", code) and code.split("/")[0] not in REPO_FOLDERS \
-                and Path(code.split("/")[0]).is_dir():
+        if (
+            re.fullmatch(r"[\w.-]+/[\w./-]+\.\w+", code)
+            and code.split("/")[0] not in REPO_FOLDERS
+            and Path(code.split("/")[0]).is_dir()
+        ):
             assert Path(code).exists(), f"{page.relative_to(REPO)}: the commands above did not make {code}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [page for page in PAGES if "digitrec export" in page.read_text()],
-                         ids=lambda page: str(page.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "page",
+    [page for page in PAGES if "digitrec export" in page.read_text()],
+    ids=lambda page: str(page.relative_to(REPO)),
+)
 def test_slow_commands_run(page, workspace):
     run_page(page, slow=True)
     assert Path("model.onnx").exists() or "model.onnx" not in page.read_text()
-
-
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
@@ -315,23 +344,52 @@ def test_inline_commands_exist_with_their_flags(page):
         words = code.split()
         start = next((i for i, word in enumerate(words) if word == "digitrec"), None)
         if code.startswith(("digitrec ", "python -m digitrec ")):
-            check_flags(words[(start or 0) + 1:], where)
+            check_flags(words[(start or 0) + 1 :], where)
         for script, rest in re.findall(r"python3? (bench/\w+\.py)([^`]*)", code):
             check_bench(script, rest, where)
         for named in re.findall(r"digitrec\[([a-z,]+)\]", code):
             assert set(named.split(",")) <= extras(), f"{where}: no such extra"
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", prose(page), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_relative_links_resolve(page):
     pending = []
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", prose(page)):
-        if not re.match(r"[a-z]+:", target) and not (page.parent / target).exists():
-            linked = (page.parent / target).resolve().relative_to(REPO).as_posix()
-            assert linked in WRITTEN_ELSEWHERE, f"{page.relative_to(REPO)}: the link {target} leads nowhere"
-            pending.append(linked)
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", prose(page)):
+        if re.match(r"[a-z]+:", target):
+            continue
+        linked = (page.parent / target).resolve() if target else page
+        if not linked.exists():
+            name = linked.relative_to(REPO).as_posix()
+            assert name in WRITTEN_ELSEWHERE, f"{page.relative_to(REPO)}: the link {target} leads nowhere"
+            pending.append(name)
+        elif anchor:
+            assert anchor in anchors(linked), f"{page.relative_to(REPO)}: {target} has no heading #{anchor}"
     if pending:
         pytest.skip(f"not written yet: {sorted(set(pending))}")
+
+
+FILE_SUFFIXES = {"json", "jsonl", "html", "png", "py", "onnx", "safetensors", "txt", "pt", "md", "gz", "new"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_inline_names_of_files_and_constants_exist(page):
+    """`src/...`, `bench/x.py`, `digitrec/x.py` name files that exist; `module.NAME` names what the module has."""
+    package = REPO / "src" / "digitrec"
+    for code in (match[2].strip() for match in INLINE.finditer(prose(page))):
+        where = f"{page.relative_to(REPO)}: `{code}`"
+        if re.fullmatch(r"(?:src|tests|bench|scripts|data)/[\w./-]*|[\w/]+\.py", code):
+            candidates = [REPO / code, REPO / "src" / code, package / code]
+            assert any(path.exists() for path in candidates), f"{where}: no such file"
+        module = re.fullmatch(r"([a-z_]+)\.([A-Za-z_]\w*)", code)
+        if module and module[2] not in FILE_SUFFIXES and (package / f"{module[1]}.py").exists():
+            imported = importlib.import_module(f"digitrec.{module[1]}")
+            assert hasattr(imported, module[2]), f"{where}: digitrec.{module[1]} has no {module[2]}"
 
 
 def test_train_override_wins_over_the_documented_steps():
