@@ -17,7 +17,7 @@ The convention (also in docs/training.md, "Contributing"):
 - Inline commands (`digitrec ...`, `python -m digitrec ...`, `python bench/NAME.py ...`) are checked
   without running: the command exists and every `--flag` written is one of its options. Every
   `digitrec[extra]` named anywhere is an extra of pyproject.toml; every relative link and its #anchor
-  resolve; inline file names (`src/...`, `bench/x.py`, `digitrec/x.py`) exist, and `module.NAME`
+  resolve; inline file names (`src/...`, `bench/x.py`, `digitrec/x.py`) exist, and `module.CONSTANT`
   (`recognizer.UNSURE_BELOW`) is in that digitrec module.
   A file path written inline under a folder the page's commands made (`runs/cnn/curves.png`) must exist
   once they have run.
@@ -373,22 +373,20 @@ def test_relative_links_resolve(page):
         pytest.skip(f"not written yet: {sorted(set(pending))}")
 
 
-FILE_SUFFIXES = {"json", "jsonl", "html", "png", "py", "onnx", "safetensors", "txt", "pt", "md", "gz", "new"}
-
-
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_inline_names_of_files_and_constants_exist(page):
-    """`src/...`, `bench/x.py`, `digitrec/x.py` name files that exist; `module.NAME` names what the module has."""
+    """`src/...`, `bench/x.py`, `digitrec/x.py` name files that exist; `module.CONSTANT` is in that module."""
     package = REPO / "src" / "digitrec"
     for code in (match[2].strip() for match in INLINE.finditer(prose(page))):
         where = f"{page.relative_to(REPO)}: `{code}`"
         if re.fullmatch(r"(?:src|tests|bench|scripts|data)/[\w./-]*|[\w/]+\.py", code):
             candidates = [REPO / code, REPO / "src" / code, package / code]
             assert any(path.exists() for path in candidates), f"{where}: no such file"
-        module = re.fullmatch(r"([a-z_]+)\.([A-Za-z_]\w*)", code)
-        if module and module[2] not in FILE_SUFFIXES and (package / f"{module[1]}.py").exists():
-            imported = importlib.import_module(f"digitrec.{module[1]}")
-            assert hasattr(imported, module[2]), f"{where}: digitrec.{module[1]} has no {module[2]}"
+        constant = re.fullmatch(r"([a-z_]+)\.([A-Z][A-Z0-9_]*)", code)  # `preprocess.MAX_PIXELS`
+        if constant:
+            assert (package / f"{constant[1]}.py").exists(), f"{where}: digitrec has no module {constant[1]}"
+            module = importlib.import_module(f"digitrec.{constant[1]}")
+            assert hasattr(module, constant[2]), f"{where}: digitrec.{constant[1]} has no {constant[2]}"
 
 
 def test_train_override_wins_over_the_documented_steps():
