@@ -379,7 +379,7 @@ def test_inline_names_of_files_and_constants_exist(page):
     package = REPO / "src" / "digitrec"
     for code in (match[2].strip() for match in INLINE.finditer(prose(page))):
         where = f"{page.relative_to(REPO)}: `{code}`"
-        if re.fullmatch(r"(?:src|tests|bench|scripts|data)/[\w./-]*|[\w/]+\.py", code):
+        if re.fullmatch(r"(?:src|tests|bench|scripts|data|digitrec)/[\w./-]*|\w+\.py", code):
             candidates = [REPO / code, REPO / "src" / code, package / code]
             assert any(path.exists() for path in candidates), f"{where}: no such file"
         constant = re.fullmatch(r"([a-z_]+)\.([A-Z][A-Z0-9_]*)", code)  # `preprocess.MAX_PIXELS`
