@@ -382,9 +382,10 @@ def test_inline_names_of_files_and_constants_exist(page):
         if re.fullmatch(r"(?:src|tests|bench|scripts|data|digitrec)/[\w./-]*|\w+\.py", code):
             candidates = [REPO / code, REPO / "src" / code, package / code]
             assert any(path.exists() for path in candidates), f"{where}: no such file"
-        constant = re.fullmatch(r"([a-z_]+)\.([A-Z][A-Z0-9_]*)", code)  # `preprocess.MAX_PIXELS`
+        constant = re.fullmatch(r"([a-z_]+(?:\.[a-z_]+)*)\.([A-Z][A-Z0-9_]*)", code)  # `preprocess.MAX_PIXELS`
         if constant:
-            assert (package / f"{constant[1]}.py").exists(), f"{where}: digitrec has no module {constant[1]}"
+            path = package / constant[1].replace(".", "/")
+            assert path.with_suffix(".py").exists() or path.is_dir(), f"{where}: digitrec has no module {constant[1]}"
             module = importlib.import_module(f"digitrec.{constant[1]}")
             assert hasattr(module, constant[2]), f"{where}: digitrec.{constant[1]} has no {constant[2]}"
 
