@@ -2,18 +2,18 @@
 
 The convention (also in docs/training.md, "Contributing"):
 
-- ```sh (or ```bash) blocks hold commands, one a line; `#` starts a comment, a trailing `\\` continues.
-  `digitrec ...` and `python -m digitrec ...` lines run for real through the CLI, in document order, in
-  one temporary folder per page, which holds the pictures a page may name (DIGIT_PICTURES,
-  NUMBER_PICTURES and a folder `scans/`: MNIST test digits drawn dark on white, as a scan would be) and a
-  copy of the bundled models under `src/digitrec/bundled/`. Expensive commands run cheaply: `train` with
-  `--steps 20` appended (Click keeps the last value), `serve` on a free port until `/api/health`
-  answers, then stopped. SLOW_COMMANDS (`export`) and commands with one of SLOW_OPTIONS
-  (`--engine ray`) are only parsed by Click here and run by the `slow` test. `torchrun ... -m digitrec`
-  lines are parsed by Click, not run. `python bench/NAME.py ...`: the script exists and every flag used
-  is one its argparse declares. Set-up lines (`python3 -m venv DIR`, `pip install -e '.[extras]'` or
-  `'digitrec[extras]'`, `scripts/test ...`): the extras and paths they name exist. Any other line
-  fails the test: teach this module to check it, or put it in a ```text block.
+- ```sh (or ```bash) blocks hold commands, one a line (or joined by &&); `#` starts a comment, a trailing `\\`
+  continues. `digitrec ...` and `python -m digitrec ...` lines run for real through the CLI, in document
+  order, in one temporary folder per page, which holds the pictures a page may name (DIGIT_PICTURES,
+  NUMBER_PICTURES and a folder `scans/`: MNIST test digits drawn dark on white, as a scan would be) and a copy
+  of the bundled models under `src/digitrec/bundled/`. Expensive commands run cheaply: `train` with `--steps
+  20` appended (Click keeps the last value), `serve` on a free port until `/api/health` answers, then stopped.
+  SLOW_COMMANDS (`export`) and commands with one of SLOW_OPTIONS (`--engine ray`) are only parsed by Click
+  here and run by the `slow` test. `torchrun ... -m digitrec` lines are parsed by Click, not run. `python
+  bench/NAME.py ...`: the script exists and every flag used is one its argparse declares. Set-up lines
+  (`python3 -m venv DIR`, `pip install -e '.[extras]'` or `'digitrec[extras]'`, `scripts/test ...`, `ruff
+  check|format`): the extras, paths and tools they name exist. Any other line fails the test: teach this module to check it, or put it in
+  a ```text block.
 - ```python blocks run, each page's in one namespace, in the same folder, in order with its commands.
 - ```text blocks are never run: output, file trees, commands the suite cannot run. A block without a
   language fails the test (say which it is).
@@ -72,7 +72,7 @@ INLINE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 REPO_FOLDERS = {"src", "data", "docs", "tests", "bench", "scripts"}
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 DIGIT_PICTURES = {"seven.png": 0, "seven.jpg": 0, "a.png": 1, "b.png": 2}  # name -> index of an MNIST test digit
-NUMBER_PICTURES = {"year.png": "2026", "year.jpg": "2026"}
+NUMBER_PICTURES = {"year.png": "2026", "year.jpg": "2026", "meter.jpg": "04719"}
 
 
 def blocks(page: Path) -> list[tuple[str, str, int]]:
@@ -96,8 +96,7 @@ def shell_lines(body: str) -> list[str]:
             continue
         pending = ""
         line = line.split(" #")[0].strip() if not line.startswith("#") else ""
-        if line:
-            lines.append(line)
+        lines.extend(command.strip() for command in line.split(" && ") if command.strip())
     return lines
 
 
@@ -160,6 +159,10 @@ def check_bench(script: str, rest: str, where: str) -> None:
         assert not missing, f"{where}: {script} has no option {sorted(missing)}"
 
 
+def requirements_of(extra: str) -> list[str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+
+
 def extras() -> set[str]:
     return set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
 
@@ -174,6 +177,10 @@ def check_setup(words: list[str], where: str) -> None:
             match = re.fullmatch(r"(?:\.|digitrec)(?:\[([a-z,]+)\])?", target)
             assert match, f"{where}: only this package's extras are installed in a fenced block, not {target!r}"
             assert set(filter(None, (match[1] or "").split(","))) <= extras(), f"{where}: unknown extra in {target}"
+    elif Path(words[0]).name == "ruff" and words[1:2] in (["check"], ["format"]):
+        assert any(re.match(r"ruff\b", need) for need in requirements_of("test")), (
+            f"{where}: ruff is not in the test extra"
+        )
     elif words[0] == "scripts/test":
         assert (REPO / "scripts/test").stat().st_mode & 0o111, f"{where}: scripts/test is not executable"
         for word in words[1:]:
