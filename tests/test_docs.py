@@ -58,7 +58,7 @@ TRAIN_STEPS = "20"  # `digitrec train` in the docs runs with --steps 20 appended
 SLOW_COMMANDS = {"export"}  # run only by test_slow_commands_run (15-25 s each)
 SLOW_OPTIONS = {("--engine", "ray")}  # so are commands with one of these (Ray takes seconds to start)
 # Pages other branches of this wave write; until they land, links to them are skipped, not failed.
-# Once both exist, empty this set.
+# Once they all exist, empty this set.
 WRITTEN_ELSEWHERE = {
     "docs/web.md",
     "docs/scale.md",
