@@ -14,7 +14,8 @@
 #     (at most MAX_STEPS, default 12000; under 3000 it trains nothing: too few to be worth it). Each
 #     training is stopped by `timeout` at 2 x TRAIN_SECONDS + 60 s whatever happens.
 #   VARIANTS (default "w16=;w24=--width 24 --seed 1"): readers trained at once, as name=extra `digitrec train`
-#     flags separated by ";" (the cores making strings are shared out between them).
+#     flags separated by ";" (the cores making strings are shared out between them). When they could not
+#     all reach ENOUGH_STEPS (default 10000) that way, only the first is trained, with every core.
 #   RECIPE (default robust); EVAL_COUNT (default 200) validation strings of each kind per reader.
 #   For a dry run on a CPU: DEVICE=cpu STEPS=20 (STEPS skips the sizing) and small VARIANTS.
 # Writes to $OUT, for each variant NAME: NAME/{config.json,metrics.json,log.jsonl,weights.safetensors},
@@ -45,12 +46,9 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
 PY
 cat "$OUT/versions.txt"
 
+: > "$OUT/timing.txt"
 IFS=';' read -ra RUNS <<< "$VARIANTS"
-COUNT=${#RUNS[@]}
-WORKERS=$(( ($(nproc) - COUNT) / COUNT ))
-(( WORKERS < 1 )) && WORKERS=1
-# how many steps fit: batches of strings made per second by WORKERS processes, and the GPU's time per step
-[ -n "${STEPS:-}" ] || STEPS=$("$PY" - "$WORKERS" "$TRAIN_SECONDS" "$MAX_STEPS" "$RECIPE" 2> "$OUT/timing.txt" <<'PY'
+cat > /tmp/gpu-reader-timing.py <<'PY'
 import itertools, sys, time
 import torch
 import torch.nn.functional as F
@@ -91,7 +89,23 @@ print(f"strings: {1000 * making:.1f} ms per batch of {config.batch_size} with {w
       f"{1000 * stepping:.1f} ms (alone); -> {steps} steps in about {steps * per_step:.0f} s", file=sys.stderr)
 print(steps)
 PY
-)
+# size STEPS for ${#RUNS[@]} readers at once: batches of strings made per second by WORKERS processes each,
+# and the GPU's time per step
+size() {
+    WORKERS=$(( ($(nproc) - ${#RUNS[@]}) / ${#RUNS[@]} ))
+    (( WORKERS < 1 )) && WORKERS=1
+    STEPS=$("$PY" /tmp/gpu-reader-timing.py "$WORKERS" "$TRAIN_SECONDS" "$MAX_STEPS" "$RECIPE" 2>> "$OUT/timing.txt")
+}
+if [ -z "${STEPS:-}" ]; then
+    size
+    if (( ${#RUNS[@]} > 1 )) && ! (( ${STEPS:-0} >= ${ENOUGH_STEPS:-10000} )); then
+        echo "${#RUNS[@]} readers at once: only ${STEPS:-no} steps each; training ${RUNS[0]%%=*} alone" >> "$OUT/timing.txt"
+        RUNS=("${RUNS[0]}")
+        size
+    fi
+else
+    WORKERS=$(( ($(nproc) - ${#RUNS[@]}) / ${#RUNS[@]} )); (( WORKERS < 1 )) && WORKERS=1
+fi
 cat "$OUT/timing.txt"
 if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || (( STEPS < ${MIN_STEPS:-3000} )); then
     echo "only ${STEPS:-no} steps would fit in ${TRAIN_SECONDS}s: not training (see $OUT/timing.txt)"; exit 1
