@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitrec.web.app import MAX_BODY_BYTES
+from digitrec.web.http import MAX_BODY_BYTES
 from digitrec.web.server import KEEP_ALIVE_SECONDS, MAX_CONNECTIONS, MAX_HEAD_BYTES, MAX_HEADERS, READ_TIMEOUT_SECONDS
 
 from person_style import encode
@@ -102,19 +102,19 @@ def push(connection: socket.socket, data: bytes | memoryview) -> memoryview:
 def test_slow_stalled_and_idle_connections_are_closed_on_time_while_the_server_answers(server):
     opened = time.monotonic()
     unfinished_head = server.connect()
-    push(unfinished_head, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n")
+    push(unfinished_head, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n")
     short_body = server.connect()
-    push(short_body, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\0" * 10)
+    push(short_body, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\0" * 10)
     endless = server.connect()
-    push(endless, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n")
+    push(endless, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n")
     silent = server.connect()
     kept_alive = server.connect()
-    push(kept_alive, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    push(kept_alive, b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
     slowloris = [server.connect() for _ in range(20)]
     for connection in slowloris:
-        push(connection, b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+        push(connection, b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n")
     upload_size = MAX_BODY_BYTES - 100_000  # allowed, and never finished: one byte short
-    uploads = {server.connect(): (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    uploads = {server.connect(): (b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
                                   b"Content-Length: %d\r\n\r\n" % upload_size + b"\x89" * (upload_size - 1))
                for _ in range(60)}
     stalled = [unfinished_head, short_body, endless, silent, *slowloris, *uploads]
@@ -193,11 +193,11 @@ def test_an_endless_url_or_header_block_is_refused_with_431(server):
     before = server.rss()
     endless_url = b"GET /" + b"a" * (50 * MAX_HEAD_BYTES)
     assert refused_head(server, endless_url).startswith(b"HTTP/1.1 431 ")
-    many_headers = b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"X-a: b\r\n" * (MAX_HEADERS + 1) + b"\r\n"
+    many_headers = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n" + b"X-a: b\r\n" * (MAX_HEADERS + 1) + b"\r\n"
     assert len(many_headers) < MAX_HEAD_BYTES
     reply = refused_head(server, many_headers)
     assert reply.startswith(b"HTTP/1.1 431 ") and f"over {MAX_HEADERS} header fields".encode() in reply
-    allowed = b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"X-a: b\r\n" * (MAX_HEADERS - 3) + b"\r\n"
+    allowed = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + b"X-a: b\r\n" * (MAX_HEADERS - 3) + b"\r\n"
     assert refused_head(server, allowed).startswith(b"HTTP/1.1 200 ")
     assert server.rss() - before < 20 * MB
 

@@ -272,7 +272,7 @@ def test_the_api_docs_and_the_favicon_come_from_this_server(client):
 
 def test_the_documentation_says_the_limits_of_the_constants(client):
     from digitrec.recognizer import UNSURE_BELOW
-    from digitrec.web.app import MAX_BODY_BYTES
+    from digitrec.web.http import MAX_BODY_BYTES
 
     predict = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
     assert f"below {UNSURE_BELOW}" in predict["description"]

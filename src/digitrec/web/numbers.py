@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
-from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image
+from digitrec.web.http import IMAGE_BODY, IMAGE_ERRORS, on_image
 
 router = APIRouter()
 
