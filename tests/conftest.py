@@ -1,14 +1,23 @@
-"""Shared fixtures: the real MNIST from data/mnist/, and one real softmax run trained once per session."""
+"""Shared fixtures: the real MNIST from data/mnist/, one real softmax run trained once per session, one real
+uvicorn server of the bundled model per session (`live_server`) with a client of it, and Chromium.
 
+Markers (pyproject.toml): `browser` (Chromium through Playwright), `slow`, `distributed`; e.g. a quick
+subset is `pytest -m "not browser and not slow and not distributed"`.
+"""
+
+import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from servers import LiveServer
 
 from digitrec import data, train
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_MNIST = REPO / "data" / "mnist"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +30,56 @@ def softmax_run(mnist, tmp_path_factory) -> train.TrainResult:
     """The tutorial's softmax regression with its defaults (1,000 steps, about a second)."""
     run_dir = tmp_path_factory.mktemp("runs") / "softmax"
     return train.train(train.resolve_config("softmax"), mnist, torch.device("cpu"), run_dir, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """The app of the bundled model, served once for the whole session by uvicorn on 127.0.0.1."""
+    from digitrec.recognizer import Recognizer
+    from digitrec.web import create_app
+
+    server = LiveServer(create_app(Recognizer.load()))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=30) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def seven_png(mnist) -> bytes:
+    """The first MNIST test digit, a 7, as a 280x280 PNG: dark ink on white, as people write."""
+    import numpy as np
+    from person_style import encode
+    from PIL import Image
+
+    digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)
+    return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, driven by Playwright."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, live_server):
+    """The drawing page of the session's server, in one tab per module."""
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(live_server.url)
+    yield page
+    page.close()

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+from browsing import SEVEN, draw, shown_digit
 
-from test_browser import SEVEN, browser, draw, page, shown_digit  # noqa: F401  (the page on the session's server)
-from test_web import live_server  # noqa: F401
+pytestmark = pytest.mark.browser
 
 READ_CANVAS = """id => {
   const canvas = document.getElementById(id);
@@ -17,11 +18,11 @@ READ_CANVAS = """id => {
 }"""
 
 
-def canvas_pixels(page, canvas_id: str) -> np.ndarray:  # noqa: F811
+def canvas_pixels(page, canvas_id: str) -> np.ndarray:
     return np.array(page.evaluate(READ_CANVAS, canvas_id), dtype=np.float64).reshape(28, 28, 4)[..., :3] / 255
 
 
-def test_inside_view_shows_feature_maps_and_saliency_on_the_drawn_ink(page, tmp_path):  # noqa: F811
+def test_inside_view_shows_feature_maps_and_saliency_on_the_drawn_ink(page, tmp_path):
     page.click("#clear")
     page.wait_for_function("document.getElementById('inside').dataset.state === 'empty'")
     assert page.locator("#inside-body").is_hidden()

@@ -6,14 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+from browsing import SEVEN, draw
 from PIL import Image
+from servers import LiveServer
+from test_training import LONG_STEPS, one_thread_children  # noqa: F401  (a fixture)
 
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
 
-from test_browser import SEVEN, browser, draw  # noqa: F401  (browser: a fixture)
-from test_training import LONG_STEPS, one_thread_children  # noqa: F401  (a fixture)
-from test_web import LiveServer
+pytestmark = pytest.mark.browser
 
 
 def screenshot(locator, name: str, tmp_path: Path) -> Path:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,10 @@ import httpx
 import pytest
 import torch
 from PIL import Image
+from servers import LiveServer, children, free_port
 
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
-
-from test_web import LiveServer, children
 
 # one thread per training child: on a loaded 2-core machine torch's second thread waits more than it works
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -141,7 +139,7 @@ def test_bad_start_parameters_are_422_with_a_clear_detail_and_start_nothing(clie
 
 def test_a_body_that_is_not_json_is_422(client):
     response = client.post("/api/runs", content=b"{model: softmax", headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and response.json()["detail"] == "the body is not valid JSON"
+    assert response.status_code == 422 and response.json()["detail"] == "the body is not valid JSON (or is nested too deep)"
 
 
 @pytest.mark.parametrize("method, path, status, fragment", [
@@ -310,7 +308,7 @@ def test_without_torch_the_panel_is_disabled_with_the_install_command(server, fi
         "from fastapi.testclient import TestClient\n"
         "from digitrec.recognizer import Recognizer\n"
         "from digitrec.web import create_app\n"
-        f"client = TestClient(create_app(Recognizer.load(), runs_dir={str(runs_dir)!r}))\n"
+        f"client = TestClient(create_app(Recognizer.load(), runs_dir={str(runs_dir)!r}), base_url='http://127.0.0.1')\n"
         "print(json.dumps([client.get('/api/training').json(), client.get('/api/runs').json(),\n"
         "                  client.post('/api/runs', json={'model': 'softmax'}).json(),\n"
         "                  client.get('/api/runs/' + NAME).status_code, client.get('/').status_code]))\n"
@@ -322,12 +320,6 @@ def test_without_torch_the_panel_is_disabled_with_the_install_command(server, fi
     reason = "Training needs torch, which this install lacks: pip install 'digitrec[train]'"
     assert training == {"enabled": False, "reason": reason, "recipes": {}, "active": None, "selected": None}
     assert listed == [] and refused == {"detail": reason} and detail_status == 404 and page_status == 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(runs_dir: Path) -> tuple[subprocess.Popen, httpx.Client]:

@@ -3,57 +3,18 @@
 import base64
 import io
 import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from person_style import encode
 from PIL import Image
+from servers import LiveServer, children
 
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
-
-from person_style import encode
-
-
-class LiveServer:
-    def __init__(self, app):
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="session")
-def live_server():
-    server = LiveServer(create_app(Recognizer.load()))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    with httpx.Client(base_url=live_server.url, timeout=30) as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-def seven_png(mnist) -> bytes:
-    digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)  # a 7
-    return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
 
 
 def assert_healthy(client):
@@ -159,19 +120,6 @@ def test_oversized_streamed_body_without_content_length_is_413(client):
     response = client.post("/api/predict", content=chunks(), headers={"Content-Type": "image/png"})
     assert response.status_code == 413
     assert_healthy(client)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the process ended while we looked
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.mark.parametrize("workers", [1, 2])

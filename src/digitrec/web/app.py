@@ -25,7 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digitrec.preprocess import keep_freed_memory
 from digitrec.recognizer import Recognizer
 from digitrec.web import explain, numbers, predict, training
-from digitrec.web.http import BodyLimit, HeadAsGet, HostCheck, OriginCheck, http_error, validation_error
+from digitrec.web.http import (
+    BodyLimit,
+    HeadAsGet,
+    HostCheck,
+    OriginCheck,
+    http_error,
+    validation_error,
+)
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
 READER_VARIABLE = "DIGITREC_SERVE_READER"  # the number reader's path

@@ -7,7 +7,13 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
-from digitrec.web.http import IMAGE_BODY, IMAGE_ERRORS, PAGE_POLICY, on_image, png_data_url
+from digitrec.web.http import (
+    IMAGE_BODY,
+    IMAGE_ERRORS,
+    PAGE_POLICY,
+    on_image,
+    png_data_url,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -402,7 +402,8 @@ class Runs:
         return {**run, "steps_per_second": rate, "seconds_left": seconds_left}
 
     async def events(self, name: str, last_event_id: str | None):
-        """(event, id, data) of the run's log: the log so far, then each new record (`log`), a `progress`
+        """(event, id, data) of the run's log: the log so far, then the new records (`log`, a list of records
+        read at once, all but the last without an id: each is one event to send), a `progress`
         event on every change and at least every second, `reset` when a resume replaced the log, and `end`
         when the run is no longer training. A reconnecting page gives the last id it saw and continues from
         there. Every data is finite JSON (a NaN in the log is null). A log that cannot be read ends the
@@ -421,11 +422,12 @@ class Runs:
             if replaced:
                 recent = []
                 yield "reset", None, {}
-            for record in records:
-                yield "log", str(position), record
-                if record.get("validation_accuracy") is not None:
-                    run["validation_accuracy"] = record["validation_accuracy"]
-                run["step"] = record["step"]
+            if records:
+                yield "log", str(position), records  # a batch: each record is one `log` event
+                validated = [record["validation_accuracy"] for record in records
+                             if record.get("validation_accuracy") is not None]
+                run["validation_accuracy"] = validated[-1] if validated else run["validation_accuracy"]
+                run["step"] = records[-1]["step"]
             recent = (recent + records)[-10:]
             if ended:
                 yield "end", None, self.progress(await self.run(name), recent)

@@ -16,7 +16,13 @@ from digitrec import rundir
 from digitrec.errors import ModelError
 from digitrec.web import runs as runs_module
 from digitrec.web.http import REPORT_POLICY, json_only
-from digitrec.web.runs import PAGE_MAX_BATCH_SIZE, PAGE_MAX_STEPS, Runs, finite_json, recipes
+from digitrec.web.runs import (
+    PAGE_MAX_BATCH_SIZE,
+    PAGE_MAX_STEPS,
+    Runs,
+    finite_json,
+    recipes,
+)
 
 # what each refusal of the runs manager is, in HTTP
 STATUS_OF = {runs_module.Refused: 403, runs_module.NoSuchRun: 404, runs_module.Conflict: 409,
@@ -93,6 +99,13 @@ class ModelChoiceOut(BaseModel):
     test_accuracy: float | None
 
 
+def log_events(records: list[dict], last_id: str) -> str:
+    """Server-sent `log` events, one per record; the last carries the id a reconnecting page sends back."""
+    events = [f"event: log\ndata: {finite_json(record)}\n\n" for record in records]
+    events[-1] = f"id: {last_id}\n" + events[-1]
+    return "".join(events)
+
+
 def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1) -> APIRouter:
     """The `/api/runs`, `/api/training` and `PUT /api/model` routes over `runs_dir` (None: no training)."""
     runs = Runs(runs_dir, host, allow_training, workers)
@@ -156,7 +169,10 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
 
         async def stream():
             async for event, event_id, data in runs.events(name, request.headers.get("last-event-id")):
-                yield (f"id: {event_id}\n" if event_id else "") + f"event: {event}\ndata: {finite_json(data)}\n\n"
+                if event == "log":  # a batch of records (a whole log at once): formatted off the event loop
+                    yield await anyio.to_thread.run_sync(log_events, data, event_id)
+                else:
+                    yield f"event: {event}\ndata: {finite_json(data)}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
