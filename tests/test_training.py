@@ -102,11 +102,13 @@ def progress_events(client, name: str, seconds: float) -> list[dict]:
 
 
 def test_the_training_api_is_documented_with_its_bodies(client):
-    paths = client.get("/openapi.json").json()["paths"]
+    documented = client.get("/openapi.json").json()
+    paths = documented["paths"]
     for path in ("/api/training", "/api/runs", "/api/runs/{name}", "/api/runs/{name}/stop", "/api/runs/{name}/resume",
                  "/api/runs/{name}/events", "/api/runs/{name}/report", "/api/model"):
         assert path in paths, path
-    start_body = paths["/api/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    reference = paths["/api/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    start_body = documented["components"]["schemas"][reference.rsplit("/", 1)[1]]
     assert set(start_body["properties"]) == {"model", "recipe", "steps", "batch_size", "lr", "seed"}
     assert "put" in paths["/api/model"] and "get" in paths["/api/model"]
 
@@ -126,6 +128,7 @@ def test_the_training_api_is_documented_with_its_bodies(client):
     ({"model": "softmax", "lr": "fast"}, "lr: Input should be a valid number"),
     ({"model": "softmax", "seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"model": "softmax", "recipe": "full"}, "model 'softmax' has no recipe 'full' (choose from default)"),
+    ({"model": "softmax", "recipe": ""}, "recipe: String should have at least 1 character"),
     ({"model": "softmax", "epochs": 3}, "epochs: Extra inputs are not permitted"),
     ([1, 2], "body: Input should be a valid dictionary"),
 ])
@@ -383,3 +386,28 @@ def test_a_run_outlives_no_server_it_stops_with_a_checkpoint_and_resumes_after_a
         server.terminate()
         server.wait(60)
         client.close()
+
+
+def test_a_run_stopped_within_a_second_of_its_start_stays_listed_as_failed_saying_so(client, server):
+    name = client.post("/api/runs", json={"model": "softmax", "steps": LONG_STEPS}).json()["name"]
+    assert client.post(f"/api/runs/{name}/stop").status_code == 202
+    run = wait_for_status(client, name, "failed", "stopped")
+    assert run["status"] in ("failed", "stopped") and run["detail"]
+    assert "Traceback" not in (server.runs_dir / name / "train-output.txt").read_text()
+    assert run_info(client, name) == run  # still listed
+
+
+def test_a_failed_resume_says_why_and_stays_resumable(client, server, softmax_run):
+    run_dir = server.runs_dir / "damaged-checkpoint"
+    run_dir.mkdir()
+    for name in ("config.json", "log.jsonl"):
+        (run_dir / name).write_bytes((softmax_run.run_dir / name).read_bytes())
+    (run_dir / "checkpoint-0000050.pt").write_bytes(b"not a checkpoint")
+    (run_dir / "checkpoints.json").write_text(json.dumps({"checkpoints": [
+        {"file": "checkpoint-0000050.pt", "step": 50, "sha256": "0" * 64}]}))
+    assert run_info(client, "damaged-checkpoint")["status"] == "stopped"
+    assert client.post("/api/runs/damaged-checkpoint/resume").status_code == 202
+    wait_for(lambda: client.get("/api/training").json()["active"] is None)
+    run = run_info(client, "damaged-checkpoint")
+    assert run["status"] == "stopped" and run["resumable"]
+    assert run["detail"].startswith("its last resume failed: error: ") and "damaged" in run["detail"]
