@@ -1,6 +1,18 @@
 """Drawing on the page with the mouse, for the browser tests (Chromium driven by Playwright)."""
 
 import math
+import shutil
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def launch_chromium(playwright, *flags: str):
+    """Debian's Chromium, headless, with nothing that reaches the network by itself."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", *flags],
+    )
 
 
 def draw(page, strokes, pad="#pad"):

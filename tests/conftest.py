@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from browsing import launch_chromium
 from servers import LiveServer
 
 from digitrec import data, train
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_MNIST = REPO / "data" / "mnist"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session")
@@ -61,19 +61,20 @@ def seven_png(mnist) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """Debian's Chromium, driven by Playwright."""
+def playwright():
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not shutil.which("chromium"):
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
+    """Debian's Chromium, driven by Playwright."""
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture(scope="module")
