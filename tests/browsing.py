@@ -28,7 +28,7 @@ def draw(page, strokes, pad="#pad"):
 
 
 def shown_digit(page, expected: str) -> str:
-    page.wait_for_function(f"document.getElementById('digit').textContent === '{expected}'", timeout=10_000)
+    page.wait_for_function(f"() => document.getElementById('digit').textContent === '{expected}'", timeout=10_000)
     return page.locator("#digit").text_content()
 
 

@@ -27,11 +27,11 @@ def test_undo_and_clear(page):
     draw(page, ONE)
     shown_digit(page, "1")
     page.click("#undo")
-    page.wait_for_function("document.getElementById('digit').textContent === '–'")
+    page.wait_for_function("() => document.getElementById('digit').textContent === '–'")
     draw(page, SEVEN)
     shown_digit(page, "7")
     page.keyboard.press("Escape")
-    page.wait_for_function("document.getElementById('digit').textContent === '–'")
+    page.wait_for_function("() => document.getElementById('digit').textContent === '–'")
 
 
 def test_uploaded_file_is_recognized(page, mnist, tmp_path):

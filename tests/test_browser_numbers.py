@@ -22,7 +22,7 @@ TWO = [[(0.05, 0.25), (0.3, 0.0), (0.7, 0.0), (0.95, 0.25), (0.8, 0.5), (0.0, 1.
 
 
 def shown_number(page, expected: str) -> str:
-    page.wait_for_function(f"document.getElementById('number-text').textContent === '{expected}'", timeout=15_000)
+    page.wait_for_function(f"() => document.getElementById('number-text').textContent === '{expected}'", timeout=15_000)
     return page.locator("#number-text").text_content()
 
 
@@ -43,7 +43,7 @@ def test_a_number_written_with_multi_stroke_digits_is_read_live(page, tmp_path):
     page.click("#number-undo")  # the 2 goes: three digits are left
     assert shown_number(page, "457") == "457"
     page.click("#number-clear")
-    page.wait_for_function("document.getElementById('number-text').textContent === '–'")
+    page.wait_for_function("() => document.getElementById('number-text').textContent === '–'")
 
 
 def test_an_uploaded_number_is_read(page, mnist, tmp_path):

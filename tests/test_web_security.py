@@ -24,7 +24,6 @@ from digitrec.web.http import PAGE_POLICY
 
 from servers import LiveServer, free_port
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 NESTED = b'{"model": ' * 1100 + b"1" + b"}" * 1100  # deeper than Python's JSON parser goes
 
 
