@@ -432,6 +432,8 @@ class Runs:
             if ended:
                 yield "end", None, self.progress(await self.run(name), recent)
                 return
+            if run["steps"] is None:  # the child had not written its config yet when the stream began
+                run = await self.run(name)
             run = {**run, "status": "stopping" if self.stop_sent else "running", "resumable": False}
             progress = self.progress(run, recent)
             if progress != last_progress or time.monotonic() - sent_at >= HEARTBEAT_SECONDS:
