@@ -117,11 +117,12 @@ def test_only_ip_addresses_and_localhost_are_answered_as_the_host(client, host, 
         assert "does not answer to the name" in response.json()["detail"] and "--allowed-host" in response.json()["detail"]
 
 
-def test_allowed_hosts_add_names(tmp_path):
-    live = LiveServer(create_app(Recognizer.load(), allowed_hosts=("mybox.local",)))
+def test_allowed_hosts_and_the_bound_name_are_answered(tmp_path):
+    live = LiveServer(create_app(Recognizer.load(), host="box.lan", allowed_hosts=("mybox.local",)))
     try:
         with httpx.Client(base_url=live.url, timeout=30) as session:
             assert session.get("/api/health", headers={"Host": "mybox.local:8000"}).status_code == 200
+            assert session.get("/api/health", headers={"Host": "box.lan:8000"}).status_code == 200
             assert session.get("/api/health", headers={"Host": "otherbox.local"}).status_code == 403
     finally:
         live.stop()

@@ -54,7 +54,8 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
 
     With `runs_dir`, the page lists the runs there and, when the server listens on a loopback `host` (or
     `allow_training`) in one process (`workers`) with torch installed, trains new ones (web/runs.py).
-    Requests must name the server by an IP address, `localhost` or one of `allowed_hosts` (web/http.py).
+    Requests must name the server by an IP address, `localhost`, the name it is bound to (`host`) or one of
+    `allowed_hosts` (web/http.py).
 
     Decoding an image releases the GIL, so a few threads overlap; many (anyio's default is 40) only
     fight over the GIL and the cores (docs/benchmarks.md's serving table).
@@ -78,7 +79,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
         app.add_exception_handler(error, runs_error(status))
     app.add_middleware(BodyLimit)
     app.add_middleware(OriginCheck)
-    app.add_middleware(HostCheck, allowed=tuple(allowed_hosts))  # the outermost but HEAD: checked first
+    app.add_middleware(HostCheck, allowed=(host, *allowed_hosts))  # the outermost but HEAD: checked first
     app.add_middleware(HeadAsGet)
     return app
 
