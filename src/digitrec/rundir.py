@@ -189,7 +189,7 @@ def read_log_since(run_dir: str | Path, position: LogPosition = LogPosition()) -
         chunk = log.read(MAX_LOG_BYTES - start)
     complete = chunk[: chunk.rfind(b"\n") + 1]
     records = []
-    for number, line in enumerate(complete.splitlines(), 1):
+    for line in complete.splitlines():
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
