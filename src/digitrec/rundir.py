@@ -327,13 +327,14 @@ def remove_checkpoints(run_dir: Path) -> None:
 # ---- what a folder holds
 
 
-def status(run_dir: str | Path) -> str:
-    """FINISHED, RESUMABLE, STARTED, EMPTY, MISSING or NOT_A_RUN (see their comments above)."""
+def status(run_dir: str | Path, entries: list[dict] | None = None) -> str:
+    """FINISHED, RESUMABLE, STARTED, EMPTY, MISSING or NOT_A_RUN (see their comments above); `entries`: the
+    folder's `checkpoint_entries`, if the caller has read them already."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return MISSING
     names = {path.name for path in run_dir.iterdir()}
-    if checkpoint_entries(run_dir):
+    if checkpoint_entries(run_dir) if entries is None else entries:
         return RESUMABLE
     if {WEIGHTS_FILE, METRICS_FILE} <= names:
         return FINISHED
@@ -354,7 +355,8 @@ def describe(run_dir: str | Path) -> dict:
     files cannot be read as a run's is DAMAGED, with `problem` saying why; a folder that holds only what a
     starter kept of `digitrec train`'s output (it ended before writing anything) is STARTED."""
     run_dir = Path(run_dir)
-    found = status(run_dir)
+    checkpoints = checkpoint_entries(run_dir)
+    found = status(run_dir, checkpoints)
     summary = {"path": str(run_dir), "name": run_dir.name, "status": found, "model": None, "recipe": None,
                "steps": None, "total_steps": None, "validation_accuracy": None, "test_accuracy": None,
                "train_seconds": None, "updated": None, "problem": None}
@@ -378,7 +380,7 @@ def describe(run_dir: str | Path) -> dict:
         return {**summary, "status": DAMAGED, "problem": str(error)}
     validated = [record["validation_accuracy"] for record in log if record.get("validation_accuracy") is not None]
     if found == RESUMABLE:
-        steps = checkpoint_entries(run_dir)[-1]["step"]
+        steps = checkpoints[-1]["step"]
     elif log:
         steps = log[-1]["step"]
     else:
