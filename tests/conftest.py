@@ -1,5 +1,6 @@
-"""Shared fixtures: the real MNIST from data/mnist/, one real softmax run trained once per session, one real
-uvicorn server of the bundled model per session (`live_server`) with a client of it, and Chromium.
+"""Shared fixtures: the real MNIST from data/mnist/, one real softmax run trained once per session, a valid
+digit image in every accepted format, one real uvicorn server of the bundled model per session
+(`live_server`) with a client of it, and Chromium (helpers.py holds the shared plain functions).
 
 Markers (pyproject.toml): `browser` (Chromium through Playwright), `slow`, `distributed`; e.g. a quick
 subset is `pytest -m "not browser and not slow and not distributed"`.
@@ -9,12 +10,15 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
-from browsing import launch_chromium
-from servers import LiveServer
+from PIL import Image
 
 from digitrec import data, train
+from digitrec.person_style import encode
+
+from helpers import LiveServer, launch_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_MNIST = REPO / "data" / "mnist"
@@ -30,6 +34,22 @@ def softmax_run(mnist, tmp_path_factory) -> train.TrainResult:
     """The tutorial's softmax regression with its defaults (1,000 steps, about a second)."""
     run_dir = tmp_path_factory.mktemp("runs") / "softmax"
     return train.train(train.resolve_config("softmax"), mnist, torch.device("cpu"), run_dir, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def valid_images(mnist) -> list[bytes]:
+    """A digit in each accepted format, in several of the modes those formats hold."""
+    digit = Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((56, 56))
+    float_tiff = Image.fromarray(np.asarray(digit, dtype=np.float32) / 255, "F")
+    rgba = digit.convert("RGBA")
+    rgba.putalpha(Image.eval(digit, lambda v: 255 - v))
+    return [
+        encode(digit, "PNG"), encode(rgba, "PNG"), encode(digit.convert("P"), "PNG", transparency=255),
+        encode(digit.convert("I;16"), "PNG"), encode(digit, "JPEG", quality=85), encode(digit.convert("RGB"), "JPEG"),
+        encode(digit, "BMP"), encode(digit.convert("RGB"), "BMP"), encode(digit.convert("P"), "GIF"),
+        encode(digit, "WEBP"), encode(rgba, "WEBP", lossless=True), encode(digit, "TIFF"),
+        encode(digit, "TIFF", compression="tiff_lzw"), encode(float_tiff, "TIFF"), encode(digit.convert("CMYK"), "TIFF"),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +72,6 @@ def client(live_server):
 @pytest.fixture(scope="session")
 def seven_png(mnist) -> bytes:
     """The first MNIST test digit, a 7, as a 280x280 PNG: dark ink on white, as people write."""
-    import numpy as np
-    from person_style import encode
-    from PIL import Image
-
     digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)
     return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
 

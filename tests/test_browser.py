@@ -4,8 +4,9 @@ import io
 
 import numpy as np
 import pytest
-from browsing import ONE, SEVEN, ZERO, draw, shown_digit
 from PIL import Image
+
+from helpers import ONE, SEVEN, ZERO, draw, shown_digit
 
 pytestmark = pytest.mark.browser
 

@@ -10,8 +10,7 @@ import pytest
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
 
-from browsing import launch_chromium
-from servers import LiveServer
+from helpers import LiveServer, launch_chromium
 
 pytestmark = pytest.mark.browser
 

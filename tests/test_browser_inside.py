@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browsing import SEVEN, draw, shown_digit
+
+from helpers import SEVEN, draw, shown_digit
 
 pytestmark = pytest.mark.browser
 

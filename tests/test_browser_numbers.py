@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from browsing import draw
 from PIL import Image
+
+from helpers import draw
 
 pytestmark = pytest.mark.browser
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from digitrec import evaluate, models, report
 
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

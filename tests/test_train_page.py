@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-from browsing import SEVEN, draw
 from PIL import Image
-from servers import LiveServer
-from test_training import LONG_STEPS, one_thread_children  # noqa: F401  (a fixture)
 
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
+from test_training import LONG_STEPS, one_thread_children  # noqa: F401  (a fixture)
+
+from helpers import SEVEN, LiveServer, draw
 
 pytestmark = pytest.mark.browser
 

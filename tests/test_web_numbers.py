@@ -5,9 +5,10 @@ import io
 
 import numpy as np
 import pytest
-from number_strings import compose
-from person_style import encode
 from PIL import Image
+
+from digitrec.number_strings import compose
+from digitrec.person_style import encode
 
 
 @pytest.fixture(scope="module")

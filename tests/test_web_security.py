@@ -22,7 +22,7 @@ from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
 from digitrec.web.http import PAGE_POLICY
 
-from servers import LiveServer, free_port
+from helpers import LiveServer, free_port
 
 NESTED = b'{"model": ' * 1100 + b"1" + b"}" * 1100  # deeper than Python's JSON parser goes
 

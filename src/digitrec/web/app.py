@@ -22,8 +22,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from digitrec import runtime
 from digitrec.preprocess import keep_freed_memory
 from digitrec.recognizer import Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import NUMBERS
 from digitrec.web import explain, numbers, predict, training
 from digitrec.web.http import (
     BodyLimit,
@@ -49,8 +52,9 @@ def runs_error(status: int):
 
 def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_dir: Path | None = None,
                host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1,
-               allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
-    """The app around `recognizer`; at most `threads` requests are recognized at once, in threads.
+               allowed_hosts: tuple[str, ...] = (), reader: Runtime | None = None) -> FastAPI:
+    """The app around `recognizer` and the number reader `reader` (None: the bundled one); at most
+    `threads` requests are recognized at once, in threads.
 
     With `runs_dir`, the page lists the runs there and, when the server listens on a loopback `host` (or
     `allow_training`) in one process (`workers`) with torch installed, trains new ones (web/runs.py).
@@ -67,6 +71,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
         favicon_url=FAVICON_URL,
     )
     app.state.recognizer = recognizer  # routes read it from here, so the model in use can be replaced
+    app.state.reader = reader or runtime.load(None, NUMBERS, threads=1)  # what /api/read reads numbers with
     app.state.limiter = anyio.CapacityLimiter(threads)  # at most `threads` recognitions at once, whichever route asks
     app.include_router(predict.router)
     app.include_router(explain.router)
@@ -93,8 +98,6 @@ def serving_app() -> FastAPI:
     settings = json.loads(os.environ.get(TRAINING_VARIABLE) or "{}")
     runs_dir = settings.pop("runs_dir", None)
     settings["allowed_hosts"] = tuple(settings.get("allowed_hosts", ()))
-    recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1,
-                                 reader=os.environ.get(READER_VARIABLE) or None)
-    recognizer.load_reader()  # with the app: a bad one fails at start
-    return create_app(recognizer,
-                      runs_dir=Path(runs_dir) if runs_dir else None, **settings)
+    recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1)
+    reader = runtime.load(os.environ.get(READER_VARIABLE) or None, NUMBERS, threads=1)  # a bad one fails at start
+    return create_app(recognizer, reader=reader, runs_dir=Path(runs_dir) if runs_dir else None, **settings)

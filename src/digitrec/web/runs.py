@@ -454,13 +454,13 @@ class Runs:
         if not digit_model(run["model"]):
             return None, f"model {run['model']!r} reads whole numbers: the page shows reports of digit models"
         run_dir = self.runs_dir / name
-        if not os.path.lexists(run_dir / "report.json"):
+        if not os.path.lexists(run_dir / rundir.REPORT_JSON_FILE):
             if not may_evaluate:
                 return None, ("no report yet: this server does not evaluate runs (it offers no training); "
                               f"make one with: digitrec evaluate {name} --report")
             self.make_report(run_dir)
         try:
-            summary = checked_summary(rundir.read_json(run_dir / "report.json"), str(run_dir / "report.json"))
+            summary = checked_summary(rundir.read_json(run_dir / rundir.REPORT_JSON_FILE), str(run_dir / rundir.REPORT_JSON_FILE))
         except ModelError as error:
             return None, str(error)
         pictures = test_digit_pictures([mistake["index"] for mistake in summary["mistakes"]])
@@ -500,7 +500,7 @@ class Runs:
         if summary is None:
             raise Conflict(f"run {name} has no report: {why_not}")
         try:
-            return await self.read(rundir.read_bytes, self.runs_dir / name / "report.html", rundir.MAX_REPORT_BYTES)
+            return await self.read(rundir.read_bytes, self.runs_dir / name / rundir.REPORT_HTML_FILE, rundir.MAX_REPORT_BYTES)
         except ModelError as error:
             raise Conflict(f"run {name} has no report: {error}") from None
 

@@ -196,13 +196,11 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
             path, selected = await runs.finished_run(choice.run), {"run": choice.run}
         else:
             path, selected = (None if choice.bundled == "default" else BUNDLED_DIR / choice.bundled), {"bundled": choice.bundled}
-        current = request.app.state.recognizer
         try:
-            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1, current.reader_path)
+            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1)
         except ModelError as problem:  # e.g. a number reader's run: not a digit model
             raise runs_module.Invalid(str(problem)) from None
-        recognizer.reader = current.reader  # the number reader stays as it was
-        request.app.state.recognizer = recognizer
+        request.app.state.recognizer = recognizer  # the number reader (app.state.reader) stays as it was
         runs.selected = selected
         return ModelChoiceOut(selected=selected, name=recognizer.info["name"],
                               test_accuracy=recognizer.info["metrics"].get("test_accuracy"))
