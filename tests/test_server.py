@@ -220,6 +220,7 @@ def test_images_as_large_as_allowed_leave_no_lasting_memory_behind(server):
     assert server.rss() - server.baseline < LASTING_RSS_LIMIT, (server.rss() - server.baseline) / MB
 
 
+@pytest.mark.slow
 def test_blank_images_as_large_as_allowed_leave_no_memory_behind(server):
     buffer = io.BytesIO()
     Image.new("L", (5000, 5000), 255).save(buffer, "PNG")  # 25 megapixels of paper, 35 kB as a PNG

@@ -392,6 +392,7 @@ def test_a_run_outlives_no_server_it_stops_with_a_checkpoint_and_resumes_after_a
         client.close()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_within_a_second_of_its_start_stays_listed_as_failed_saying_so(client, server):
     name = client.post("/api/runs", json={"model": "softmax", "steps": LONG_STEPS}).json()["name"]
     assert client.post(f"/api/runs/{name}/stop").status_code == 202
@@ -401,6 +402,7 @@ def test_a_run_stopped_within_a_second_of_its_start_stays_listed_as_failed_sayin
     assert run_info(client, name) == run  # still listed
 
 
+@pytest.mark.slow
 def test_a_failed_resume_says_why_and_stays_resumable(client, server, softmax_run):
     run_dir = server.runs_dir / "damaged-checkpoint"
     run_dir.mkdir()

@@ -128,6 +128,7 @@ def test_allowed_hosts_and_the_bound_name_are_answered(tmp_path):
         live.stop()
 
 
+@pytest.mark.slow
 def test_serve_takes_allowed_host_flags(tmp_path):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--runs", str(tmp_path),
@@ -272,6 +273,7 @@ def test_a_fifo_in_a_run_neither_blocks_the_server_nor_the_list(client, runs_dir
         assert run["status"] == "damaged" and "not a regular file" in run["detail"]
 
 
+@pytest.mark.slow
 def test_a_huge_log_is_read_off_the_event_loop(client, runs_dir, softmax_run):
     run_dir = copy_run(softmax_run, runs_dir, "huge-log")
     record = {"step": 1, "loss": 0.25, "train_accuracy": 0.9, "seconds": 0.5}
@@ -343,6 +345,7 @@ def test_unreadable_weights_and_a_bad_report_give_a_reason_not_a_500(client, run
     assert detail.status_code == 200 and "confusion_matrix is not 10 rows of 10 counts" in detail.json()["summary_note"]
 
 
+@pytest.mark.slow
 def test_a_finished_runs_detail_is_made_once_in_a_child_and_its_report_is_sandboxed(client, runs_dir, softmax_run):
     run_dir = copy_run(softmax_run, runs_dir, "reported")
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
