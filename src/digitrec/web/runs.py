@@ -3,8 +3,8 @@ No HTTP here: the routes (web/training.py) turn this module's errors into status
 
 Owns no training: a run is an ordinary `python -m digitrec train ... --out RUNS/NAME` process (the one
 training loop in train.py), so the page and the API stay responsive while it trains, and its folder holds
-the same files a command-line run writes. Stop is Ctrl-C's SIGINT (the child checkpoints and exits 130);
-resume is `digitrec train --resume RUNS/NAME`. A run's status is read from its files (`rundir.describe`,
+the same files a command-line run writes. Stop is SIGTERM, which the child handles as Ctrl-C (it
+checkpoints and exits 130; one still starting ends quietly, before it began: nothing to save); resume is `digitrec train --resume RUNS/NAME`. A run's status is read from its files (`rundir.describe`,
 each file once, in a worker thread with a timeout), plus whether this server's child is training it:
 
     running    this server's child is training it (stopping: asked to stop, checkpointing)
@@ -335,8 +335,10 @@ class Runs:
         if name != self.active():
             await self.run(name)  # a 404 for no such run
             raise Conflict(f"run {name} is not training")
-        if not self.stop_sent:  # a second SIGINT would abandon the run without its checkpoint
-            self.child.send_signal(signal.SIGINT)
+        if not self.stop_sent:
+            # SIGTERM, not Ctrl-C's SIGINT: the child handles both alike once training (it checkpoints and exits
+            # 130), but a SIGINT while Python is still starting ends it with a traceback, a SIGTERM quietly
+            self.child.send_signal(signal.SIGTERM)
             self.stop_sent = True
         return await self.run(name)
 
