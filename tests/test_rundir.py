@@ -158,8 +158,9 @@ def test_every_run_records_how_it_was_made(softmax_run, mnist):
     recorded = json.loads((softmax_run.run_dir / "metrics.json").read_text())["provenance"]
     assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
     assert recorded["device"] == "cpu" and recorded["precision"] == "fp32" and recorded["processes"] == 1
+    assert recorded["cuda_graph"] is False  # the CPU never captures a training step
     assert recorded == {**provenance.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
-                                                                                  "precision", "processes")}}
+                                                                                  "precision", "processes", "cuda_graph")}}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
