@@ -56,7 +56,6 @@ def test_an_uploaded_number_is_read(page, mnist, tmp_path):
     assert shown_number(page, "1984") == "1984"
 
 
-@pytest.mark.browser
 def test_a_number_written_with_crossing_neighbours_is_read_or_flagged(page):  # noqa: F811
     """Written fast, each digit's cell starting a quarter of a digit inside the one before: the strokes of
     neighbours cross, and the number is still read whole. When the reading says it is unsure, the page
