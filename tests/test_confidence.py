@@ -7,12 +7,12 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import run
 
 from digitrec import confidence
 from digitrec.confidence import CalibrationWarning
 from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.recognizer import Recognizer
+from test_cli import run
 
 
 @pytest.fixture(scope="module")
