@@ -1,6 +1,6 @@
 """How far a digit model's confidence can be trusted: calibration error, the unsure flag and selective
 prediction, on MNIST digits in every person style (digitrec.calibrate.readings: the plain image and the
-eight renderings of digitrec.styles, read as `digitrec predict` reads files).
+eight renderings of digitrec.person_style, read as `digitrec predict` reads files).
 
 Per style: accuracy, and the share of wrong and of right readings flagged unsure. All styles together:
 the expected calibration error (15 bins) of the raw and of the calibrated confidence, the flag rates

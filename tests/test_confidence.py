@@ -6,14 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
-from person_style import render
 from PIL import Image
-from test_cli import run
 
 from digitrec import confidence
 from digitrec.confidence import CalibrationWarning
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
+from digitrec.person_style import render
 from digitrec.recognizer import Recognizer
+from test_cli import run
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +28,14 @@ def validation_logits(bundled, mnist) -> tuple[np.ndarray, np.ndarray]:
 
 def copy_of_the_bundled_model(tmp_path, calibration: str | None):
     """The bundled ONNX model in a folder of its own, with `calibration` as its calibration file's text."""
-    shutil.copy(DEFAULT_ONNX, tmp_path / "model.onnx")
+    shutil.copy(BUNDLED_ONNX, tmp_path / "model.onnx")
     if calibration is not None:
         (tmp_path / confidence.CALIBRATION_FILE).write_text(calibration)
     return tmp_path / "model.onnx"
 
 
 def test_the_bundled_calibration_holds_its_recorded_values():
-    calibration = confidence.load(DEFAULT_MODEL)
+    calibration = confidence.load(BUNDLED_MODEL)
     assert calibration.calibrated
     assert (calibration.temperature, calibration.unsure_below) == (0.35947, 0.998512)
     measured = calibration.record["validation"]  # what `digitrec calibrate` measured when it chose them

@@ -10,9 +10,8 @@ from PIL import Image, ImageFilter
 
 from digitrec import preprocess
 from digitrec.errors import ImageError
+from digitrec.person_style import encode
 from digitrec.preprocess import preprocess as prep
-
-from person_style import encode
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +260,10 @@ def test_to_png_round_trips_the_preprocessed_view(digits):
 
 @pytest.mark.parametrize("style", ["ruled paper", "squared paper"])
 def test_digits_on_ruled_and_squared_paper_are_read_right_through_predict(mnist, style):
-    """Test digits written on a notebook's page and photographed (digitrec.styles): the printed lines,
+    """Test digits written on a notebook's page and photographed (digitrec.person_style): the printed lines,
     the margin line, the shadow and the specks are paper, not ink (they once read 5-16 %)."""
     from digitrec.recognizer import Recognizer
-    from digitrec.styles import render
+    from digitrec.person_style import render
 
     digits = (mnist.test.images[:100, 0].numpy() * 255).round().astype(np.uint8)
     rng = np.random.default_rng(0)

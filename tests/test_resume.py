@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from digitrec import rundir, train
 
-from test_cli import assert_one_line_error, run
-from test_rundir import fake_state
+from helpers import assert_one_line_error, fake_state, run
 
 # one thread in every process, so the runs being compared do their arithmetic in the same order
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -63,6 +62,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     process = digitrec("train", *SMALL_RUN, "--checkpoint-every", "40", "--out", run_dir)
@@ -84,6 +84,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights
     assert not list(run_dir.glob("checkpoint*"))  # a finished run keeps only its weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_current_step_saves_and_the_run_resumes(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     process = digitrec("train", *SMALL_RUN, "--out", run_dir)
@@ -113,6 +114,28 @@ def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist
     rundir.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
     resumed = train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=rundir.load_checkpoint(tmp_path), **quiet)
     for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_a_run_with_ema_resumes_to_the_uninterrupted_runs_exact_average_and_weights(mnist, tmp_path):
+    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, ema=0.9,
+                                  precision="fp32")
+    quiet = {"print_line": lambda _: None, "show_progress": False}
+    whole = train.train(config, mnist, torch.device("cpu"), **quiet)
+
+    first = train.Training(config, mnist, torch.device("cpu"))
+    first.advance(17)  # mid-way through the average's faster start and between log rows
+    rundir.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
+    state = rundir.load_checkpoint(tmp_path)
+    assert state["ema"].keys() == first.model.state_dict().keys()
+    resumed = train.Training(config, mnist, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    resumed.advance(30)
+    for name, tensor in whole.model.state_dict().items():  # the saved model is the average
+        assert torch.equal(tensor, resumed.ema_model.state_dict()[name]), name
+    uninterrupted = train.Training(config, mnist, torch.device("cpu"))
+    uninterrupted.advance(30)
+    for name, tensor in uninterrupted.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 

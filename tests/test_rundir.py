@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -12,14 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import digitrec
-from digitrec import rundir, train
+from digitrec import provenance, rundir, train
 from digitrec.errors import ModelError, OutputError
 
-from test_cli import assert_one_line_error, run
-
-
-def fake_state(step: int) -> dict:
-    return {"step": step, "weights": torch.full((3,), float(step))}
+from helpers import assert_one_line_error, fake_state, run
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
@@ -52,9 +49,9 @@ def test_checkpoint_deletion_never_touches_files_the_list_names_outside_its_own_
     for step in (10, 20, 30):  # rotation drops the oldest entries
         rundir.save_checkpoint(run_dir, fake_state(step))
     assert checkpoint_steps(run_dir) == [20, 30]
-    rundir.remove_checkpoints(run_dir)
     assert all(path.read_text() == "keep me" for path in bystanders)
-    assert sorted(path.name for path in run_dir.iterdir()) == ["notes.pt", "sub"]
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "checkpoint-0000020.pt", "checkpoint-0000030.pt", rundir.CHECKPOINTS_FILE, "notes.pt", "sub"]
 
 
 def test_a_list_naming_files_elsewhere_is_no_checkpoint_to_resume_from(tmp_path):
@@ -107,12 +104,16 @@ def test_describe_and_list_runs_give_each_runs_model_progress_accuracy_and_statu
     (tmp_path / "empty").mkdir()
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
-    (tmp_path / "finished").symlink_to(softmax_run.run_dir)
+    (tmp_path / "linked").symlink_to(softmax_run.run_dir)  # a link out of the folder is listed, never read
+    shutil.copytree(softmax_run.run_dir, tmp_path / "finished")
 
     runs = rundir.list_runs(tmp_path)
-    assert [(run["name"], run["status"]) for run in runs] == [("finished", "finished"), ("stopped", "resumable")]
-    assert (runs[1]["model"], runs[1]["steps"], runs[1]["total_steps"]) == ("fast", 60, 400)
-    assert runs[1]["validation_accuracy"] == 0.97 and runs[1]["test_accuracy"] is None
+    assert [(run["name"], run["status"]) for run in runs] == [("finished", "finished"), ("linked", "damaged"),
+                                                              ("stopped", "resumable")]
+    assert runs[1]["problem"] == f"{tmp_path / 'linked'}: a link to a folder (runs are read only inside {tmp_path})"
+    assert runs[1]["model"] is None and runs[0]["test_accuracy"] == softmax_run.metrics["test_accuracy"]
+    assert (runs[2]["model"], runs[2]["steps"], runs[2]["total_steps"]) == ("fast", 60, 400)
+    assert runs[2]["validation_accuracy"] == 0.97 and runs[2]["test_accuracy"] is None
     assert rundir.status(tmp_path / "empty") == rundir.EMPTY
     (tmp_path / "starting").mkdir()  # the web server opens the child's output file before `digitrec train --out`
     (tmp_path / "starting" / rundir.OUTPUT_FILE).write_text("")
@@ -140,25 +141,26 @@ def test_a_failed_save_leaves_the_previous_run_as_it_was_and_nothing_beside_it(t
 
 
 def test_provenance_records_versions_commit_command_and_cpu():
-    record = rundir.provenance(device="cpu", torch_threads=2)
+    record = provenance.provenance(device="cpu", torch_threads=2)
     assert record["torch"] == metadata.version("torch") and record["onnxruntime"] == metadata.version("onnxruntime")
     assert record["device"] == "cpu" and record["torch_threads"] == 2
-    checkout = Path(rundir.__file__).resolve().parents[2]
+    checkout = Path(provenance.__file__).resolve().parents[2]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
     assert record["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if cpuinfo:
         assert record["cpu"] and record["cpu"] in cpuinfo
         flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
-        assert record["cpu_flags"] == [flag for flag in rundir.CPU_FLAGS if flag in flags]
+        assert record["cpu_flags"] == [flag for flag in provenance.CPU_FLAGS if flag in flags]
 
 
 def test_every_run_records_how_it_was_made(softmax_run, mnist):
     recorded = json.loads((softmax_run.run_dir / "metrics.json").read_text())["provenance"]
     assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
     assert recorded["device"] == "cpu" and recorded["precision"] == "fp32" and recorded["processes"] == 1
-    assert recorded == {**rundir.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
-                                                                                  "precision", "processes")}}
+    assert recorded["cuda_graph"] is False  # the CPU never captures a training step
+    assert recorded == {**provenance.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
+                                                                                  "precision", "processes", "cuda_graph")}}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -292,6 +294,7 @@ def test_a_run_refused_at_its_first_step_leaves_no_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_report_without_a_path_writes_into_the_working_directory_not_the_package(tmp_path, monkeypatch):
     from digitrec import files
 
@@ -307,7 +310,7 @@ def test_evaluate_report_without_a_path_writes_into_the_working_directory_not_th
 def test_evaluate_on_an_onnx_file_says_what_to_do(tmp_path):
     from digitrec import files
 
-    assert_one_line_error(run("evaluate", files.DEFAULT_ONNX), "not an ONNX export", "digitrec predict --model")
+    assert_one_line_error(run("evaluate", files.BUNDLED_ONNX), "not an ONNX export", "digitrec predict --model")
 
 
 def test_a_log_read_in_pieces_gives_each_record_once_and_starts_over_when_a_resume_rewrites_it(tmp_path):

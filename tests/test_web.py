@@ -3,57 +3,21 @@
 import base64
 import io
 import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
+from digitrec.person_style import encode
 from digitrec.recognizer import Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import DIGITS
 from digitrec.web import create_app
 
-from person_style import encode
-
-
-class LiveServer:
-    def __init__(self, app):
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="session")
-def live_server():
-    server = LiveServer(create_app(Recognizer.load()))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    with httpx.Client(base_url=live_server.url, timeout=30) as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-def seven_png(mnist) -> bytes:
-    digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)  # a 7
-    return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
+from helpers import LiveServer, children
 
 
 def assert_healthy(client):
@@ -91,11 +55,11 @@ def test_jpeg_body_is_recognized(client, mnist):
 
 def test_model_endpoint_describes_the_bundled_model_with_its_recorded_figures(client):
     from digitrec import confidence
-    from digitrec.files import DEFAULT_MODEL
+    from digitrec.files import BUNDLED_MODEL
 
     info = client.get("/api/model").json()
     assert info == {"name": "fast", "recipe": "full", "parameters": 104_938, "test_accuracy": 0.9971,
-                    "runtime": "onnxruntime", "unsure_below": confidence.load(DEFAULT_MODEL).unsure_below}
+                    "runtime": "onnxruntime", "unsure_below": confidence.load(BUNDLED_MODEL).unsure_below}
 
 
 def test_openapi_docs_are_served(client):
@@ -162,20 +126,7 @@ def test_oversized_streamed_body_without_content_length_is_413(client):
     assert_healthy(client)
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the process ended while we looked
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     import subprocess
     import sys
@@ -212,7 +163,7 @@ def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
 
 
 def test_serve_with_missing_model_is_one_line(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     result = run("serve", "--model", tmp_path / "none")
     assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output
@@ -272,7 +223,7 @@ def test_the_api_docs_and_the_favicon_come_from_this_server(client):
 
 
 def test_the_documentation_says_the_limits_of_the_constants(client):
-    from digitrec.web.app import MAX_BODY_BYTES
+    from digitrec.web.http import MAX_BODY_BYTES
 
     predict = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
     assert "`unsure_below` in /api/model" in predict["description"]
@@ -280,8 +231,11 @@ def test_the_documentation_says_the_limits_of_the_constants(client):
 
 
 def test_a_model_without_a_finite_answer_is_a_422_on_every_image_route_not_a_500(seven_png):
-    bundled = Recognizer.load()
-    overflowing = Recognizer(lambda batch: np.full((len(batch), 10), np.inf, np.float32), bundled.info)
+    class Overflowing(Runtime):
+        def forward(self, batch):
+            return np.full((len(batch), 10), np.inf, np.float32)
+
+    overflowing = Recognizer(Overflowing(DIGITS, Recognizer.load().info))
     server = LiveServer(create_app(overflowing))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:

@@ -1,6 +1,6 @@
 """A digit model's readings of MNIST digits as people's images show them, and its calibration fitted on them.
 
-`readings` renders a split's digits in every person style (digitrec.styles: the plain 28x28 image and
+`readings` renders a split's digits in every person style (digitrec.person_style: the plain 28x28 image and
 eight renderings, from JPEG photos to ruled and squared paper) and reads them as `digitrec predict`
 does (`Recognizer.predict_many`: decoding, finding the ink, framing), keeping each reading's logits
 from the model's float copy. `calibrate` fits the model's calibration (confidence.py) on the
@@ -16,9 +16,9 @@ import numpy as np
 from digitrec import confidence, data
 from digitrec.confidence import Calibration
 from digitrec.errors import ImageError
-from digitrec.files import DEFAULT_MODEL
+from digitrec.files import BUNDLED_MODEL
 from digitrec.recognizer import Recognizer
-from digitrec.styles import STYLES, render
+from digitrec.person_style import STYLES, render
 
 PLAIN = "plain 28x28"  # the MNIST image itself, through preprocess
 COUNT = 2000  # digits of the split per style (the validation split has 5,000)
@@ -66,6 +66,6 @@ def calibrate(model_path: str | Path | None = None, count: int = COUNT, data_dir
     record = {"fitted_on": f"the first {count:,} validation digits in each of {len(found)} styles: "
                            + ", ".join(found), "failed": sum(one.failed for one in found.values())}
     fitted = confidence.fit(logits, labels, record)
-    model_path = DEFAULT_MODEL if model_path is None else model_path
+    model_path = BUNDLED_MODEL if model_path is None else model_path
     path = confidence.save(fitted, model_path) if write else confidence.calibration_path(model_path)
     return fitted, path

@@ -16,7 +16,7 @@ uncalibrated scores (T = 1) and the old threshold `UNCALIBRATED_UNSURE_BELOW`, w
 Owns: the calibration's file, fitting T, choosing the threshold, ECE and the reliability and
 coverage-against-error tables. Not owned here: which readings it is fitted on (`digitrec calibrate`,
 see calibrate.py), nor the models (recognizer.py). Imports only numpy, so the torch-free path shares it.
-A number's confidence (numbers.py) builds on the same `Calibration` with its own section of the file.
+A number's confidence (reading.py) builds on the same `Calibration`, in the number reader's own file.
 """
 
 import json

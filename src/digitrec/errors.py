@@ -40,3 +40,7 @@ class OutputError(DigitrecError):
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = reason or message  # the system's words, e.g. "No space left on device"
+
+
+class EngineError(DigitrecError):
+    """The engine that runs a job cannot start, or its cluster does not answer."""

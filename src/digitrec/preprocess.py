@@ -6,7 +6,7 @@ centre. `preprocess` does the same to any image: decode (six common formats, any
 transparency composited away), decide the polarity from the image itself, suppress paper texture and
 noise, thicken hairline strokes, crop, scale and centre. On an MNIST digit it is nearly the identity.
 Also the one PNG encoder of that 28x28 view (`to_png`), and the allocator setting for a process that
-preprocesses image after image (`keep_freed_memory`). Only numpy and Pillow: no torch here.
+preprocesses image after image (`keep_freed_memory`). Only numpy, Pillow and scipy.ndimage: no torch here.
 """
 
 import ctypes
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from digitrec.errors import ImageError
 
@@ -37,7 +38,7 @@ MIN_CONTRAST = 0.1  # ink that differs from the paper by less than this (on 0..1
 MIN_STROKE, TARGET_STROKE = 1.5, 3.0
 NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..1) is median-filtered
 NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed
-# Paper, not ink (see `ink_map`); chosen on renderings of validation digits (digitrec.styles, bench/person_style.py):
+# Paper, not ink (see `ink_map`); chosen on renderings of validation digits (digitrec.person_style, bench/person_style.py):
 AMBIGUOUS_BORDER = 0.2  # a border whose median is within this of mid-grey does not say which is paper
 LIGHT_CELLS, MIN_CELL = 16, 8  # the paper's light is measured in cells of 1/16 of the longer side, at least 8 px
 LIGHT_PERCENTILE = 97  # a cell's paper: its bright level (ink and printed lines cover far less than this of most cells)
@@ -144,7 +145,7 @@ def grey_levels(image: Image.Image) -> np.ndarray:
     if has_alpha and image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] == 255:
         has_alpha = False  # an opaque canvas export: its alpha says nothing
     if not has_alpha:
-        return unit(image.convert("L"))
+        return unit(image if image.mode == "L" else image.convert("L"))
     rgba = unit(image.convert("RGBA"))
     alpha = rgba[:, :, 3]
     luminance = 0.299 * rgba[:, :, 0] + 0.587 * rgba[:, :, 1] + 0.114 * rgba[:, :, 2]  # ITU-R 601, as Pillow's "L"
@@ -293,47 +294,16 @@ def without_specks(ink: np.ndarray, corrected: bool) -> np.ndarray:
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components of `mask`: a label image (-1 off the mask) and each one's box as rows of
-    (top, bottom, left, right, area), bottom and right exclusive. Works on runs of pixels within rows,
-    joined by label propagation, so it stays in numpy however many pixels there are."""
-    height, width = mask.shape
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_rows, run_starts = np.nonzero(edges == 1)
-    run_ends = np.nonzero(edges == -1)[1]  # exclusive; the same row-major order as the starts
-    if not len(run_rows):
+    """8-connected components of `mask`: a label image (-1 off the mask; components numbered in the order
+    a row-major scan meets them) and each one's box as rows of (top, bottom, left, right, area), bottom
+    and right exclusive."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
         return np.full(mask.shape, -1, np.int32), np.zeros((0, 5), np.int64)
-    # runs in consecutive rows touch when their column ranges overlap or meet diagonally
-    stride = width + 2
-    keys_start, keys_end = run_rows * stride + run_starts, run_rows * stride + run_ends
-    below = (run_rows + 1) * stride
-    first = np.searchsorted(keys_end, below + run_starts - 1, side="right")  # first run below ending after our start - 1
-    last = np.searchsorted(keys_start, below + run_ends + 1, side="left")  # one past the last starting before our end + 1
-    counts = np.maximum(last - first, 0)
-    upper = np.repeat(np.arange(len(run_rows)), counts)
-    lower = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    root = np.arange(len(run_rows))
-    while True:  # hook each touching pair onto the smaller root, then flatten: O(log n) rounds
-        low = np.minimum(root[upper], root[lower])
-        np.minimum.at(root, root[upper], low)
-        np.minimum.at(root, root[lower], low)
-        while not np.array_equal(flat := root[root], root):
-            root = flat
-        if np.array_equal(root[upper], root[lower]):
-            break
-    _, component = np.unique(root, return_inverse=True)
-    count = component.max() + 1
-    lengths = run_ends - run_starts
-    boxes = np.stack([
-        np.full(count, height), np.zeros(count, np.int64), np.full(count, width), np.zeros(count, np.int64),
-        np.bincount(component, lengths, count).astype(np.int64)], axis=1)
-    np.minimum.at(boxes[:, 0], component, run_rows)
-    np.maximum.at(boxes[:, 1], component, run_rows + 1)
-    np.minimum.at(boxes[:, 2], component, run_starts)
-    np.maximum.at(boxes[:, 3], component, run_ends)
-    labels = np.full(height * width, -1, np.int32)
-    pixels = np.flatnonzero(mask)  # row-major, so they fall into the runs in order
-    labels[pixels] = component[np.searchsorted(run_rows * width + run_starts, pixels, side="right") - 1]
-    return labels.reshape(mask.shape), boxes
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    boxes = np.array([[rows.start, rows.stop, columns.start, columns.stop, area]
+                      for (rows, columns), area in zip(ndimage.find_objects(labels), areas)], np.int64)
+    return (labels - 1).astype(np.int32), boxes
 
 
 def stroke_width(ink: np.ndarray) -> float:
@@ -341,8 +311,8 @@ def stroke_width(ink: np.ndarray) -> float:
     solid = ink > 0.5
     interior = solid.copy()
     interior[1:-1, 1:-1] &= solid[:-2, 1:-1] & solid[2:, 1:-1] & solid[1:-1, :-2] & solid[1:-1, 2:]
-    outline = max(int((solid & ~interior).sum()), 1)
-    return 2 * int(solid.sum()) / outline
+    outline = max(np.count_nonzero(solid & ~interior), 1)  # count_nonzero: 5x faster than a boolean sum
+    return 2 * np.count_nonzero(solid) / outline
 
 
 def preprocess(source: Source, name: str = "image") -> np.ndarray:
@@ -404,7 +374,7 @@ def dilate(ink: np.ndarray, radius: int) -> np.ndarray:
 def centre_by_mass(ink: np.ndarray) -> np.ndarray:
     """Paste `ink` (at most 20x20) into 28x28 so that its centre of mass lands on MNIST's centre."""
     total = float(ink.sum())
-    rows, cols = np.indices(ink.shape)
+    rows, cols = np.arange(ink.shape[0])[:, None], np.arange(ink.shape[1])  # broadcast: no (H, W) index arrays
     top = int(round(CENTRE - (rows * ink).sum() / total))
     left = int(round(CENTRE - (cols * ink).sum() / total))
     top = min(max(top, 0), FIELD_SIDE - ink.shape[0])

@@ -4,14 +4,13 @@
     recognizer = Recognizer.load()            # the bundled default model
     result = recognizer.predict("seven.jpg")  # a path, bytes, a PIL image or a numpy array
     result.digit, result.confidence, result.probabilities, result.unsure
-    reading = recognizer.read("year.jpg")     # a whole number: reading.text == "2026", boxes, confidences
 
-Owns model loading for inference (torch weights, or an `.onnx` file run by onnxruntime without
-importing torch) and batching, for the digit model and for the number reader that `read` uses (loaded on
-the first `read`); the CLI and the web app both call it.
+Owns turning images into digits with probabilities: preprocessing, batching, worker processes; the CLI
+and the web app both call it. Loading the model (torch weights, or an `.onnx` file run by onnxruntime
+without importing torch) is runtime.py's; reading a whole number is reading.py's, which takes a
+recognizer and a number reader (`reading.read(reader, recognizer, image)`).
 """
 
-import importlib.util
 import itertools
 import multiprocessing
 import os
@@ -23,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from digitrec import confidence
-from digitrec.confidence import UNCALIBRATED, Calibration
-from digitrec.deploy import softmax
-from digitrec.errors import ImageError, ModelError
-from digitrec.files import DEFAULT_INT8, DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
-from digitrec.metadata import model_info
+from digitrec import confidence, runtime
+from digitrec.errors import ImageError
+from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
 from digitrec.preprocess import Source, keep_freed_memory, preprocess
+from digitrec.runtime import Runtime
+from digitrec.tasks import DIGITS
 
 # the threshold on an uncalibrated model's top probability (a model's own is in its calibration: confidence.py)
 UNSURE_BELOW = confidence.UNCALIBRATED_UNSURE_BELOW
@@ -66,43 +64,38 @@ def try_preprocess(name: str, image: Source) -> np.ndarray | ImageError:
         return ImageError(f"{name}: {type(error).__name__}: {error}")
 
 
-def prepare_in(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> list[np.ndarray | ImageError]:
-    """`try_preprocess` over `chunk` in `pool`; fewer results than images when a worker process died."""
+def submit_to(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> Iterable:
+    """`try_preprocess` over `chunk` started in `pool`: an iterator of its results, in order."""
+    try:
+        return pool.map(try_preprocess, *zip(*chunk), chunksize=16)
+    except BrokenProcessPool:  # a worker of an earlier chunk died
+        return iter(())
+
+
+def gather(results: Iterable) -> list[np.ndarray | ImageError]:
+    """The results of `submit_to`; fewer than its chunk's images when a worker process died."""
     prepared: list[np.ndarray | ImageError] = []
     try:
-        for result in pool.map(try_preprocess, *zip(*chunk), chunksize=16):
+        for result in results:
             prepared.append(result)
     except BrokenProcessPool:
         pass
     return prepared
 
 
-def onnxruntime_installed() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
 class Recognizer:
-    """Turns images into predictions with one model, loaded once."""
+    """Turns images into predictions with one digit model, loaded once."""
 
-    def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
-                 outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
-                 batch_logits: Callable[[np.ndarray], np.ndarray] | None = None,
-                 reader_path: str | Path | None = None, threads: int = 0, calibration: Calibration = UNCALIBRATED):
-        self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
-        # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `logits`
-        self.batch_logits = batch_logits or logits
-        self.info = info  # name, parameters, recorded metrics, weights path
-        # (B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
-        # `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`
-        self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
-        self.reader_path, self.threads = reader_path, threads
-        self.reader: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None  # scores function, info
-        self.calibration = calibration  # logits -> confidence and unsure (confidence.py)
+    def __init__(self, model: Runtime, batch_model: Runtime | None = None):
+        self.model = model  # the digit model: (B, 1, 28, 28) float32 -> (B, 10) logits
+        # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `model`
+        self.batch_model = batch_model or model
+        self.info = model.info  # name, parameters, recorded metrics, weights path
+        self.calibration = model.calibration  # logits -> confidence and unsure (confidence.py), from beside the model
 
     @classmethod
-    def load(cls, path: str | Path | None = None, threads: int = 0, reader: str | Path | None = None) -> "Recognizer":
-        """The model at `path` (run directory, .safetensors or .onnx file), or the bundled default; `reader`:
-        the number reader `read` uses (the same kinds of path; None: the bundled one), loaded when first used.
+    def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
+        """The digit model at `path` (run directory, .safetensors or .onnx file), or the bundled default.
 
         The bundled default runs on onnxruntime when it is installed (several times faster than torch for
         one image, see the README's runtimes table, and no torch needed), else on torch; both copies give
@@ -113,44 +106,26 @@ class Recognizer:
         thread count. The model's calibration (confidence.py) is read from beside it; without one, the
         scores are used as they are, with one warning.
         """
-        if path is None and onnxruntime_installed():
-            from digitrec.deploy import load_onnx
+        if path is None and runtime.onnxruntime_installed():
+            return cls(runtime.load_onnx(BUNDLED_ONNX, DIGITS, threads), runtime.load_onnx(BUNDLED_INT8, DIGITS, threads))
+        return cls(runtime.load(path, DIGITS, threads))
 
-            return cls(*load_onnx(DEFAULT_ONNX, threads), batch_logits=load_onnx(DEFAULT_INT8, threads)[0],
-                       reader_path=reader, threads=threads, calibration=confidence.load(DEFAULT_MODEL))
-        if path is not None and Path(path).suffix == ".onnx":
-            from digitrec.deploy import load_onnx
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 1, 28, 28) float32 -> (B, 10) float32 logits of the float model."""
+        return self.model.forward(batch)
 
-            return cls(*load_onnx(Path(path), threads), reader_path=reader, threads=threads,
-                       calibration=confidence.load(path))
-        logits, info, outputs = load_torch(path, threads)
-        return cls(logits, info, outputs, reader_path=reader, threads=threads,
-                   calibration=confidence.load(Path(info["weights"])))
+    def batch_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The same through the copy `predict_many` runs (the int8 copy of the bundled default)."""
+        return self.batch_model.forward(batch)
 
-    def load_reader(self) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-        """The number reader, loaded now if it is not yet (a caller that reads many images calls this first,
-        so that a bad reader is one error, not one per image)."""
-        if self.reader is None:
-            self.reader = load_reader(self.reader_path, self.threads)
-        return self.reader
-
-    def reader_scores(self, strips: np.ndarray) -> np.ndarray:
-        """The number reader's per-column probabilities (B, 11, W/2) for strips (B, 1, 32, W); see strings.py."""
-        scores = self.load_reader()[0](strips)
-        if not np.isfinite(scores).all():
-            raise ModelError("the number reader's answer is NaN or infinite: it cannot be used")
-        return softmax(scores.astype(np.float64), 1)
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
+        `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`."""
+        return self.model.outputs(batch)
 
     def predict(self, image: Source, name: str = "image") -> Prediction:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
         return self.predict_arrays(preprocess(image, name)[None])[0]
-
-    def read(self, image: Source, name: str = "image"):
-        """The number written in one image ("2026"): a `numbers.Reading` with the text, its confidence
-        and each digit's box; raises `ImageError` when there is none. See digitrec/numbers.py."""
-        from digitrec.numbers import read  # numbers builds on this module
-
-        return read(self, image, name)
 
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
@@ -162,23 +137,41 @@ class Recognizer:
         answered: list[Future] = []  # per batch, its results
         pool = None
         inference = ThreadPoolExecutor(1)
+
+        def hand_over(chunk: list) -> tuple[list, Iterable] | None:
+            """Start preparing `chunk`: in the pool (made once there is a full batch), else here and now."""
+            nonlocal pool
+            if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
+                wait(answered)  # no fork while a thread runs the model
+                # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=keep_freed_memory)
+            if pool is None:
+                answered.append(inference.submit(self.predict_prepared, [try_preprocess(name, image) for name, image in chunk]))
+                return None
+            return chunk, submit_to(pool, chunk)
+
+        def collect(handed: tuple[list, Iterable]) -> bool:
+            """Wait for a chunk handed to the pool and pass it on to the model; whether the pool broke."""
+            nonlocal pool
+            chunk, results = handed
+            prepared = gather(results)
+            broke = len(prepared) < len(chunk)
+            if broke:  # a worker died (killed, out of memory): the pool is broken
+                pool.shutdown()
+                pool = None
+                prepared += [ImageError(f"{name}: the process reading it died") for name, _ in chunk[len(prepared):]]
+            answered.append(inference.submit(self.predict_prepared, prepared))
+            return broke
+
         try:
+            in_flight = None  # the chunk the pool works on while the next is handed over: no idle workers between chunks
             for chunk in chunks(images, BATCH_SIZE):
-                if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
-                    wait(answered)  # no fork while a thread runs the model
-                    # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
-                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                               initializer=keep_freed_memory)
-                if pool is None:
-                    prepared = [try_preprocess(name, image) for name, image in chunk]
-                else:
-                    prepared = prepare_in(pool, chunk)
-                    if len(prepared) < len(chunk):  # a worker died (killed, out of memory): the pool is broken
-                        pool.shutdown()
-                        pool = None
-                        died = chunk[len(prepared):]
-                        prepared += [ImageError(f"{name}: the process reading it died") for name, _ in died]
-                answered.append(inference.submit(self.predict_prepared, prepared))
+                handed = hand_over(chunk)
+                if in_flight is not None and collect(in_flight) and handed is not None:
+                    handed = hand_over(chunk)  # it went to the pool that broke: again, to a new one
+                in_flight = handed
+            if in_flight is not None:
+                collect(in_flight)
             return [result for batch in answered for result in batch.result()]
         finally:
             inference.shutdown(cancel_futures=True)
@@ -195,10 +188,7 @@ class Recognizer:
                        logits: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Prediction]:
         """Already-preprocessed (N, 28, 28) arrays in 0..1, through `logits` (default: the model's float `logits`)."""
         batch = np.asarray(arrays, dtype=np.float32)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-        logits = (logits or self.logits)(batch)
-        if not np.isfinite(logits).all():  # loading refuses NaN weights; this catches an overflow
-            raise ModelError("the model's answer is NaN or infinite: it cannot be used")
-        probabilities = self.calibration.probabilities(logits)
+        probabilities = DIGITS.probabilities((logits or self.logits)(batch), self.calibration)  # refuses an overflow's NaN
         return [
             Prediction(
                 digit=int(p.argmax()),
@@ -209,49 +199,3 @@ class Recognizer:
             )
             for p, array in zip(probabilities, batch[:, 0])
         ]
-
-
-def torch_model(path: str | Path | None, threads: int, task: str, default: Path) -> tuple[Callable, dict, object]:
-    """A saved model of `task` on torch (see `checkpoint.load`): its forward function (numpy in, float32
-    numpy out, no gradients), its info, and the module itself."""
-    import torch
-
-    from digitrec import checkpoint, models
-
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = checkpoint.load(path, task=task, default=default)
-    model = loaded.model
-
-    @torch.inference_mode()
-    def forward(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(batch)).float().numpy()
-
-    return forward, model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch"), model
-
-
-def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dict, Callable]:
-    import torch
-
-    from digitrec import models
-
-    logits, info, model = torch_model(path, threads, "digits", DEFAULT_MODEL)
-
-    @torch.inference_mode()
-    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value.float().numpy() for name, value in models.inside_outputs(model, torch.from_numpy(batch)).items()}
-
-    return logits, info, outputs
-
-
-def load_reader(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """The number reader at `path` (run directory, .safetensors or .onnx file; None: the bundled one, on
-    onnxruntime when installed): its scores function, (B, 1, 32, W) -> (B, 11, W/2), and its info."""
-    if path is None and onnxruntime_installed():
-        path = DEFAULT_READER_ONNX
-    if path is not None and Path(path).suffix == ".onnx":
-        from digitrec.deploy import load_reader_onnx
-
-        return load_reader_onnx(Path(path), threads)
-    scores, info, _ = torch_model(path, threads, "numbers", DEFAULT_READER)
-    return scores, info

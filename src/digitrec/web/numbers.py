@@ -6,8 +6,9 @@ The same body forms and limits as `/api/predict` (`image_bytes`), the same recog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
-from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image
+from digitrec.reading import read as read_number
+from digitrec.recognizer import UNSURE_BELOW
+from digitrec.web.http import IMAGE_BODY, IMAGE_ERRORS, on_image
 
 router = APIRouter()
 
@@ -27,8 +28,8 @@ class DigitOut(BaseModel):
 
 class ReadingOut(BaseModel):
     text: str
-    confidence: float  # the product of the digits' confidences
-    unsure: bool  # any digit unsure
+    confidence: float  # the calibrated chance that the whole reading is right (digits and their number)
+    unsure: bool  # confidence below the reader's threshold; then at least one digit is marked unsure
     digits: list[DigitOut]
 
 
@@ -37,9 +38,12 @@ class ReadingOut(BaseModel):
     response_model=ReadingOut,
     responses=IMAGE_ERRORS,
     openapi_extra=IMAGE_BODY,
-    description=f"Read a whole number, left to right. Each digit has its box in the image's pixels; `unsure` "
-                f"marks a digit whose probability is below {UNSURE_BELOW}, and the reading when any digit is unsure.",
+    description="Read a whole number, left to right. Each digit has its box in the image's pixels. `confidence` is "
+                "the calibrated chance that the whole reading is right (a digit missed or two read as one included); "
+                f"`unsure` marks a reading below the reader's threshold, and in it the digits below {UNSURE_BELOW} "
+                "(or else the least sure one).",
 )
 async def read(request: Request):
-    reading = await on_image(request, Recognizer.read, "upload")
+    reading = await on_image(request, lambda recognizer, image, reader, name: read_number(reader, recognizer, image, name),
+                             request.app.state.reader, "upload")
     return reading.as_dict()

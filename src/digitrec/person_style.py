@@ -1,21 +1,22 @@
-"""A 28x28 digit (or a row of digits) rendered the way a person's image of it looks: the person styles.
+"""MNIST digits, and numbers written with them, rendered the way a person's images look: what the tests
+and bench/ (person_style.py, read_numbers.py, inference.py) measure the recognizer and the reader on.
 
-Used to measure (bench/person_style.py, the tests) and to calibrate (`digitrec calibrate` fits a model's
-confidence on validation digits in every style); never to train (training varies digits at MNIST's
-scale, as tensors: see augment.py).
+Also what `digitrec calibrate` fits a digit model's confidence on (validation digits in every style);
+never trained on (training varies digits at MNIST's scale, as tensors: augment.py).
 
-Each rendering scales the digit up to a few hundred pixels, may thicken or thin its strokes, sets it
-off-centre on a larger canvas, dark on light or light on dark, adds paper texture and noise, blurs it
+Each rendering scales the 28x28 digit up to a few hundred pixels, may thicken or thin its strokes, sets
+it off-centre on a larger canvas, dark on light or light on dark, adds paper texture and noise, blurs it
 mildly, and saves it as JPEG, PNG or a transparent-background RGBA PNG. The paper styles write it on a
-school notebook's page, photographed: ruled lines (blue, a red margin line on some pages) or squared
-paper, lit unevenly with a soft shadow, a few specks of dust, in colour, as JPEG.
-Only numpy and Pillow: no torch here.
+school notebook's page, photographed: ruled lines (blue or grey, a red margin line on some pages) or
+squared paper, lit unevenly with a soft shadow, a few specks of dust, in colour, as JPEG.
 """
 
 import io
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from digitrec.number_strings import written
 
 PLAIN_STYLES = ("dark-on-light jpeg", "light-on-dark png", "rgba transparent", "thick pen", "thin pen", "photo")
 PAPER_STYLES = ("ruled paper", "squared paper")
@@ -125,3 +126,18 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+NUMBER_STYLE = "dark-on-light jpeg"
+
+
+def number_image(images: np.ndarray, labels: np.ndarray, length: int, kind: str,
+                 rng: np.random.Generator) -> tuple[bytes, str]:
+    """A random `length`-digit string drawn from `images` (N, 28, 28, 0..1) with their `labels`, written as
+    `kind` (one of number_strings.CLASSES, by number_strings.written) and rendered as a person's JPEG (a
+    photographed number is already its photo); returns the file's bytes and the true text."""
+    chosen = rng.integers(0, len(images), length)
+    made = written([images[i] for i in chosen], kind, rng)
+    if not isinstance(made, bytes):
+        made = render((made * 255).round().astype(np.uint8), NUMBER_STYLE, rng)
+    return made, "".join(str(int(labels[i])) for i in chosen)
