@@ -40,3 +40,16 @@ class OutputError(DigitrecError):
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = reason or message  # the system's words, e.g. "No space left on device"
+
+
+class StoreError(DigitrecError):
+    """The corrections database cannot be used: a folder, locked, read-only, damaged or from a newer digitrec.
+    Nothing in it was changed."""
+
+
+class StoreFull(StoreError):
+    """The corrections database holds as many corrections as it may (corrections.MAX_CORRECTIONS)."""
+
+
+class NoSuchCorrection(StoreError):
+    """A correction id that the database does not hold."""

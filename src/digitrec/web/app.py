@@ -236,11 +236,14 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
 
 
 def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_dir: Path | None = None,
-               host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1) -> FastAPI:
+               host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1,
+               corrections_db: Path | None = None) -> FastAPI:
     """The app around `recognizer`; at most `threads` requests are recognized at once, in threads.
 
     With `runs_dir`, the page lists the runs there and, when the server listens on a loopback `host` (or
     `allow_training`) in one process (`workers`) with torch installed, trains new ones (web/training.py).
+    Corrections go to the database at `corrections_db` (default: corrections.default_path()), and learning
+    from them runs as one of those runs (web/corrections.py).
 
     Decoding an image releases the GIL, so a few threads overlap; many (anyio's default is 40) only
     fight over the GIL and the cores (the README's serving table: p50 and throughput before and after).
@@ -259,7 +262,12 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
 
     app.include_router(explain_routes)
     app.include_router(number_routes)
-    app.include_router(training.router(runs_dir, host, allow_training, workers))
+    from digitrec.corrections import Store
+    from digitrec.web.corrections import router as correction_routes  # imports this module
+
+    runs_routes = training.router(runs_dir, host, allow_training, workers)
+    app.include_router(runs_routes)
+    app.include_router(correction_routes(Store(corrections_db), runs_routes.runs))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit)
@@ -275,8 +283,10 @@ def serving_app() -> FastAPI:
     keep_freed_memory()
     settings = json.loads(os.environ.get(TRAINING_VARIABLE) or "{}")
     runs_dir = settings.pop("runs_dir", None)
+    corrections_db = settings.pop("corrections_db", None)
     recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1,
                                  reader=os.environ.get(READER_VARIABLE) or None)
     recognizer.load_reader()  # with the app: a bad one fails at start
     return create_app(recognizer,
-                      runs_dir=Path(runs_dir) if runs_dir else None, **settings)
+                      runs_dir=Path(runs_dir) if runs_dir else None,
+                      corrections_db=Path(corrections_db) if corrections_db else None, **settings)

@@ -306,8 +306,9 @@ class Runs:
             name = f"{prefix}-{stamp}-{number}"
         return name
 
-    def launch(self, name: str, arguments: list[str]) -> None:
-        """Start `digitrec train ARGUMENTS --quiet` for run `name`, its output into the run folder.
+    def launch(self, name: str, arguments: list[str], command: tuple[str, ...] = ("train",)) -> None:
+        """Start `digitrec train ARGUMENTS --quiet` (or another `command` that writes a run, e.g. `teach learn`)
+        for run `name`, its output into the run folder.
 
         Called on the event loop's thread (async routes): the child's "parent died" signal fires when the
         thread that started it ends, and that thread lives as long as the server.
@@ -316,7 +317,7 @@ class Runs:
         run_dir.mkdir(parents=True, exist_ok=True)
         with (run_dir / rundir.OUTPUT_FILE).open("ab") as output:
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "digitrec", "train", *arguments, "--quiet"],
+                [sys.executable, "-m", "digitrec", *command, *arguments, "--quiet"],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the server's terminal reaches the server, which stops the child once
                 preexec_fn=stop_with_parent if libc is not None and sys.platform == "linux" else None,
@@ -415,7 +416,8 @@ def recipes() -> dict[str, dict[str, dict]]:
     for model, spec in models.REGISTRY.items():
         if spec.task != "digits":
             continue
-        ordered = [spec.default_recipe, *(name for name in spec.recipes if name != spec.default_recipe)]
+        ordered = [spec.default_recipe, *(name for name in spec.recipes
+                                          if name not in (spec.default_recipe, models.PERSONAL_RECIPE))]
         configs = {name: train.resolve_config(model, name) for name in ordered}
         chosen[model] = {name: {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
                          for name, config in configs.items()}
@@ -452,6 +454,7 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
         runs.close()
 
     api = APIRouter(prefix="/api", tags=["training"], lifespan=lifespan)
+    api.runs = runs  # the corrections routes learn through the same runs (web/corrections.py)
     errors = {403: {"description": "training is not offered by this server"}, 404: {"description": "no such run"},
               409: {"description": "conflicts with the run training now"}, 422: {"description": "bad parameters"}}
 
