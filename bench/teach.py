@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the personal recipe's steps")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="measure on the writer's first N digits only")
     parser.add_argument("--share", type=float, default=personal.CORRECTION_SHARE, help="corrections' share of a batch")
     arguments = parser.parse_args()
 
@@ -97,7 +98,9 @@ def main() -> None:
     elif arguments.writer == "synthetic":
         images, labels = synthetic_digits(mnist.test)
     else:
-        images, labels = synthetic_digits(mnist.validation)
+        images, labels = synthetic_digits(data.Split(mnist.validation.images[: arguments.limit],
+                                                     mnist.validation.labels[: arguments.limit]))
+    images, labels = images[: arguments.limit], labels[: arguments.limit]
     forgetting = mnist.validation if arguments.writer == "synthetic-validation" else mnist.test
     before_all = accuracy(loaded.model, images, labels)
     print(f"writer {arguments.writer}: {len(labels)} digits, the default reads {100 * before_all:.2f} %")

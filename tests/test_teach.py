@@ -145,9 +145,16 @@ def test_killing_learn_halfway_keeps_the_previous_personal_model_and_every_corre
         child = subprocess.Popen([sys.executable, "-m", "digitrec", "teach", "learn", "--db", str(database), "--out",
                                   str(out), "--steps", "5000", "--no-holdout", "--quiet"],
                                  env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        log = rundir.replacement_dir(out) / rundir.LOG_FILE
+        log, started = rundir.replacement_dir(out) / rundir.LOG_FILE, time.time()
         deadline = time.monotonic() + 240
-        while not (log.is_file() and log.read_text().count("\n") >= 1):  # halfway: it has taken steps
+
+        def logged() -> bool:  # halfway: this child has taken steps (the SIGKILLed one left its own log)
+            try:
+                return log.stat().st_mtime > started and log.read_text().count("\n") >= 1
+            except OSError:
+                return False
+
+        while not logged():
             assert child.poll() is None and time.monotonic() < deadline, child.stdout.read()
             time.sleep(0.2)
         child.send_signal(ending)
