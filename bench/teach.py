@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from digitrec import checkpoint, data, models, personal
+from digitrec import checkpoint, data, personal
 from digitrec.preprocess import frame
 
 SHEAR, WIDTH = 0.5, 0.7  # the synthetic writer's slant (x shift per unit of height) and relative width
@@ -104,7 +104,8 @@ def main() -> None:
     forgetting = mnist.validation if arguments.writer == "synthetic-validation" else mnist.test
     before_all = accuracy(loaded.model, images, labels)
     print(f"writer {arguments.writer}: {len(labels)} digits, the default reads {100 * before_all:.2f} %")
-    print(f"recipe: {dict((k, v) for k, v in asdict(config).items() if k in ('steps', 'batch_size', 'lr'))}, "
+    recipe = {key: value for key, value in asdict(config).items() if key in ("steps", "batch_size", "lr")}
+    print(f"recipe: {recipe}, "
           f"share {arguments.share}; CPU threads {torch.get_num_threads()}")
     print(f"{'K':>3} {'draw':>4} {'before':>8} {'after':>8} {'mnist':>8} {'seconds':>8}")
     for k in arguments.k:

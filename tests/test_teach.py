@@ -148,7 +148,7 @@ def test_killing_learn_halfway_keeps_the_previous_personal_model_and_every_corre
         log, started = rundir.replacement_dir(out) / rundir.LOG_FILE, time.time()
         deadline = time.monotonic() + 240
 
-        def logged() -> bool:  # halfway: this child has taken steps (the SIGKILLed one left its own log)
+        def logged(log=log, started=started) -> bool:  # halfway: this child took steps (the killed one left a log)
             try:
                 return log.stat().st_mtime > started and log.read_text().count("\n") >= 1
             except OSError:

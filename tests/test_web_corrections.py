@@ -10,13 +10,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from test_training import one_thread_children  # noqa: F401  (a fixture)
+from test_web import LiveServer
 
 from digitrec import corrections
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
-
-from test_training import one_thread_children  # noqa: F401  (a fixture)
-from test_web import LiveServer
 
 
 def data_url(picture: Image.Image) -> str:

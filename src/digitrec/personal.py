@@ -32,7 +32,8 @@ CORRECTION_SHARE = 0.5  # of each batch; the rest are replayed MNIST training di
 HOLDOUT_SHARE = 0.2  # of each digit's corrections, held out to measure (only digits with at least MIN_HELD_IN + 1)
 MIN_HELD_IN = 2  # a digit keeps at least this many corrections to learn from when some are held out
 HOLDOUT_SEED = 0
-PERSONAL_DIR_NAME = "personal"  # the default run folder, beside the corrections database
+PERSONAL_DIR_NAME = "personal"
+CPU = torch.device("cpu")  # the default run folder, beside the corrections database
 
 
 def personal_config(start: dict, **overrides) -> TrainConfig:
@@ -96,7 +97,7 @@ def accuracy(model: torch.nn.Module, split: data.Split) -> float:
 
 
 def fine_tune(config: TrainConfig, mnist: data.MNIST, start: dict[str, torch.Tensor], corrections: data.Split,
-              device: torch.device = torch.device("cpu"), run_dir: Path | None = None, overwrite: bool = False,
+              device: torch.device = CPU, run_dir: Path | None = None, overwrite: bool = False,
               print_line: Callable[[str], None] = print, show_progress: bool = False,
               draw_curves: Callable[[list[dict]], bytes] | None = None,
               correction_share: float = CORRECTION_SHARE) -> train.TrainResult:
@@ -144,7 +145,7 @@ class Learned:
 
 
 def learn(store: Store, start_from: str | Path | None = None, out: Path | None = None, data_dir: str | Path | None = None,
-          device: torch.device = torch.device("cpu"), print_line: Callable[[str], None] = print,
+          device: torch.device = CPU, print_line: Callable[[str], None] = print,
           show_progress: bool = False, draw_curves: Callable[[list[dict]], bytes] | None = None,
           holdout: bool = True, **overrides) -> Learned:
     """Teach the model at `start_from` (None: the bundled default) every correction in `store`, measure it

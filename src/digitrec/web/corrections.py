@@ -21,10 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from digitrec import teach
 from digitrec.corrections import MAX_CORRECTIONS, Correction, Store
-from digitrec.errors import ImageError, ModelError, NoSuchCorrection, StoreError, StoreFull
+from digitrec.errors import (
+    ImageError,
+    ModelError,
+    NoSuchCorrection,
+    StoreError,
+    StoreFull,
+)
 from digitrec.numbers import MAX_DIGITS
 from digitrec.web.app import MAX_BODY_BYTES, decode_data_url, png_data_url
-from digitrec.web.training import Runs, RunOut, body_schema, json_body, validated
+from digitrec.web.training import RunOut, Runs, body_schema, json_body, validated
 
 MAX_LEARN_STEPS = 5000  # ten times the personal recipe's; more is a typo
 DATA_URL_CHARACTERS = 4 * MAX_BODY_BYTES // 3 + 64  # base64 of the largest body, with its "data:image/png;base64," head
