@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from digitrec import checkpoint, data, personal
+from digitrec import checkpoint, data, personal, train
 from digitrec.preprocess import frame
 
 SHEAR, WIDTH = 0.5, 0.7  # the synthetic writer's slant (x shift per unit of height) and relative width
@@ -71,7 +71,7 @@ def draw(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     split = personal.as_split(images, labels)
-    return personal.accuracy(model, split)
+    return personal.accuracy(model.cpu(), split)
 
 
 def main() -> None:
@@ -83,10 +83,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="measure on the writer's first N digits only")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (the accuracies; seconds then are the GPU's)")
     parser.add_argument("--share", type=float, default=personal.CORRECTION_SHARE, help="corrections' share of a batch")
     arguments = parser.parse_args()
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    device = train.pick_device(arguments.device)
     mnist = data.load()
     loaded = checkpoint.load(None)
     start = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
@@ -101,7 +103,6 @@ def main() -> None:
         images, labels = synthetic_digits(data.Split(mnist.validation.images[: arguments.limit],
                                                      mnist.validation.labels[: arguments.limit]))
     images, labels = images[: arguments.limit], labels[: arguments.limit]
-    forgetting = mnist.validation if arguments.writer == "synthetic-validation" else mnist.test
     before_all = accuracy(loaded.model, images, labels)
     print(f"writer {arguments.writer}: {len(labels)} digits, the default reads {100 * before_all:.2f} %")
     recipe = {key: value for key, value in asdict(config).items() if key in ("steps", "batch_size", "lr")}
@@ -115,10 +116,10 @@ def main() -> None:
             rest_images, rest_labels = images[~chosen], labels[~chosen]
             before = accuracy(loaded.model, rest_images, rest_labels)
             started = time.perf_counter()
-            model = personal.learn_arrays(config, mnist, start, images[chosen], labels[chosen], arguments.share)
+            result = personal.learn_arrays(config, mnist, start, images[chosen], labels[chosen], arguments.share, device)
             elapsed = time.perf_counter() - started  # includes the final MNIST test evaluation (finish)
-            after = accuracy(model, rest_images, rest_labels)
-            kept = personal.accuracy(model, forgetting)
+            after = accuracy(result.model, rest_images, rest_labels)
+            kept = result.metrics["validation_accuracy" if arguments.writer == "synthetic-validation" else "test_accuracy"]
             afters.append(after)
             seconds.append(elapsed)
             print(f"{k:>3} {seed:>4} {100 * before:>7.2f}% {100 * after:>7.2f}% {100 * kept:>7.2f}% {elapsed:>8.1f}",

@@ -35,7 +35,7 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {}
 PERSONAL_RECIPE = "personal"  # starts from a trained model's weights, so `digitrec teach learn` runs it, not `train`
 PERSONAL = dict(
-    steps=300, batch_size=128, optimizer="nesterov", lr=0.01, schedule="warmup_cosine", warmup_fraction=0.1,
+    steps=300, batch_size=64, optimizer="nesterov", lr=0.03, schedule="warmup_cosine", warmup_fraction=0.1,
     weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1, augment_scale=0.1,
     augment_stroke=1.0, channels_last=True, log_every=25, eval_every=100,
 )

@@ -178,8 +178,8 @@ def learn(store: Store, start_from: str | Path | None = None, out: Path | None =
 
 
 def learn_arrays(config: TrainConfig, mnist: data.MNIST, start: dict[str, torch.Tensor], images: np.ndarray,
-                 labels: np.ndarray, correction_share: float = CORRECTION_SHARE) -> torch.nn.Module:
+                 labels: np.ndarray, correction_share: float = CORRECTION_SHARE, device: torch.device = CPU) -> train.TrainResult:
     """A personal model from corrections given as arrays, saved nowhere: bench/teach.py's measuring runs."""
-    return fine_tune(config, mnist, start, as_split(images, labels), print_line=lambda line: None,
-                     correction_share=correction_share).model
+    return fine_tune(config, mnist, start, as_split(images, labels), device, print_line=lambda line: None,
+                     correction_share=correction_share)
 
