@@ -17,7 +17,7 @@ the previous personal model, and the corrections are only ever read.
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -166,10 +166,12 @@ def learn(store: Store, start_from: str | Path | None = None, out: Path | None =
     before = after = None
     if mask.any():
         print_line(f"measuring: learning {int((~mask).sum())} corrections, {int(mask.sum())} held out")
-        measured = fine_tune(config, mnist, start, as_split(images[~mask], labels[~mask]), device,
-                             print_line=lambda line: None)
         kept = as_split(images[mask], labels[mask])
-        before, after = accuracy(loaded.model, kept), accuracy(measured.model, kept)
+        # measured on the held-out corrections as its test set, validated once at its end: it is not saved
+        measuring = data.MNIST(mnist.train, mnist.validation, kept, mnist.directory)
+        measured = fine_tune(replace(config, eval_every=config.steps), measuring, start,
+                             as_split(images[~mask], labels[~mask]), device, print_line=lambda line: None)
+        before, after = accuracy(loaded.model, kept), measured.metrics["test_accuracy"]
     print_line(f"learning {len(labels)} corrections: {config.steps} steps from {loaded.weights_path.parent}")
     result = fine_tune(config, mnist, start, as_split(images, labels), device, out, overwrite=overwrite,
                        print_line=print_line, show_progress=show_progress, draw_curves=draw_curves)
