@@ -20,7 +20,7 @@ from PIL import Image
 
 from digitrec import checkpoint, models, personal, rundir, train
 from digitrec.cli import main
-from digitrec.corrections import Store
+from digitrec.corrections import NewCorrection, Store
 from digitrec.errors import ConfigError
 from digitrec.recognizer import Recognizer
 
@@ -167,3 +167,17 @@ def test_killing_learn_halfway_keeps_the_previous_personal_model_and_every_corre
     again = run("teach", "learn", "--db", database, "--out", out, "--steps", 10, "--quiet")  # the killed run's folder goes
     assert again.exit_code == 0, again.output
     assert weights_digest(out) != previous and not rundir.replacement_dir(out).exists()
+
+
+def test_learn_measures_on_a_held_out_share_learned_without_it(mnist, tmp_path):
+    store = Store(tmp_path / "c.sqlite3")
+    labels = mnist.test.labels.numpy()
+    chosen = [int(i) for digit in (4, 9) for i in np.flatnonzero(labels == digit)[:5]]  # five 4s and five 9s
+    store.add_many([NewCorrection(as_png(mnist.test.images[i, 0].numpy()), mnist.test.images[i, 0].numpy(),
+                                  int(labels[i]), source="import") for i in chosen])
+    lines = []
+    learned = personal.learn(store, out=tmp_path / "personal", print_line=lines.append, steps=10)
+    assert learned.held_out == 2 and lines[0] == "measuring: learning 8 corrections, 2 held out"
+    assert learned.held_out_before == 1.0 and 0 <= learned.held_out_after <= 1  # MNIST's own 4s and 9s: read right before
+    assert learned.corrections == 10 and learned.test_before == 0.9971 and learned.test_after > 0.99
+    assert rundir.status(tmp_path / "personal") == rundir.FINISHED
