@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from digitrec import data
-from digitrec.deploy import session_logits
-from digitrec.files import BUNDLED_DIR, DEFAULT_ONNX
+from digitrec import data, runtime, tasks
+from digitrec.files import BUNDLED_DIR, BUNDLED_ONNX
 from digitrec.recognizer import Recognizer
 from digitrec.web.explain import explanation_out
 
@@ -78,7 +77,7 @@ def main():
     test = data.load().test
     pngs = canvas_pngs(test.images[:DIGITS, 0].numpy())
     print(f"{'model, runtime (1 thread)':<30}{'explain ms':>14}{'explain CPU ms':>16}{'predict ms':>13}{'JSON kB':>10}")
-    inside_row("default (fast), onnxruntime", Recognizer.load(DEFAULT_ONNX, threads=1), pngs)
+    inside_row("default (fast), onnxruntime", Recognizer.load(BUNDLED_ONNX, threads=1), pngs)
     if importlib.util.find_spec("torch") is not None:
         import torch
 
@@ -97,9 +96,8 @@ def main():
             inside_row("softmax, onnxruntime", Recognizer.load(Path(folder) / "softmax.onnx", threads=1), pngs)
 
     one = test.images[:1].numpy()
-    with_outputs = Recognizer.load(DEFAULT_ONNX, threads=1)
-    logits, _, _ = session_logits(logits_only(DEFAULT_ONNX), "logits only", threads=1)
-    without = Recognizer(logits, with_outputs.info)
+    with_outputs = Recognizer.load(BUNDLED_ONNX, threads=1)
+    without = Recognizer(runtime.from_source(logits_only(BUNDLED_ONNX), "logits only", tasks.DIGITS, threads=1))
     print("\nplain prediction with the bundled model.onnx, 1 thread, in ms (5 rounds, the two files alternating):")
     works = {
         "inference, one preprocessed image": lambda recognizer: [recognizer.logits(one) for _ in range(500)],
@@ -110,7 +108,7 @@ def main():
         rounds = {"with the Inside outputs": [], "logits output only": []}
         for _ in range(5):
             for name, recognizer in (("with the Inside outputs", with_outputs), ("logits output only", without)):
-                rounds[name].append(1000 * median_seconds(lambda: work(recognizer)) / calls)
+                rounds[name].append(1000 * median_seconds(lambda work=work, recognizer=recognizer: work(recognizer)) / calls)
         for name, values in rounds.items():
             print(f"  {work_name:<36}{name:<26}" + "  ".join(f"{value:.3f}" for value in values)
                   + f"   median {statistics.median(values):.3f}")

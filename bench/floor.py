@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from digitrec import data, models, rundir, train
+from digitrec import data, models, provenance, train
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -45,7 +45,7 @@ def main():
         F.cross_entropy(model(images), labels).backward()
     per_image = counter.get_total_flops() / config.batch_size
     recipe = per_image * config.batch_size * config.steps
-    cpu_name, _ = rundir.cpu()
+    cpu_name, _ = provenance.cpu()
     print(f"CPU: {cpu_name}, {torch.get_num_threads()} threads; --precision auto chooses "
           f"{train.choose_precision('auto', torch.device('cpu'))}")
     print(f"fast {args.recipe} (width {config.width}, pool_first {config.pool_first}): {per_image / 1e6:.1f} MFLOP per "

@@ -20,20 +20,17 @@ points on the test set and 0.1 points on every person-style set (give `--person-
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from digitrec import data
-from digitrec.deploy import session_logits
-from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
+from digitrec import data, runtime
+from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
+from digitrec.person_style import STYLES, render
 from digitrec.quantize import CALIBRATION_DIGITS, PERSON_STYLE_POINTS, TEST_POINTS, accuracy, logits_only, quantize_int8
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from person_style import STYLES, render  # noqa: E402
+from digitrec.tasks import DIGITS
 
 
 def logits_only_bytes(path: Path) -> bytes:
@@ -46,16 +43,16 @@ def logits_only_bytes(path: Path) -> bytes:
 
 def throughput(images: np.ndarray, rounds: int) -> None:
     variants = [  # name, model, batch size, threads (0: one per core)
-        ("float, all outputs (baseline)", str(DEFAULT_ONNX), 256, 0),
-        ("float, all outputs", str(DEFAULT_ONNX), 1024, 0),
-        ("float, logits only", logits_only_bytes(DEFAULT_ONNX), 256, 0),
-        ("int8", str(DEFAULT_INT8), 256, 0),
-        ("int8", str(DEFAULT_INT8), 1024, 0),
-        ("int8", str(DEFAULT_INT8), 256, 1),
+        ("float, all outputs (baseline)", str(BUNDLED_ONNX), 256, 0),
+        ("float, all outputs", str(BUNDLED_ONNX), 1024, 0),
+        ("float, logits only", logits_only_bytes(BUNDLED_ONNX), 256, 0),
+        ("int8", str(BUNDLED_INT8), 256, 0),
+        ("int8", str(BUNDLED_INT8), 1024, 0),
+        ("int8", str(BUNDLED_INT8), 256, 1),
     ]
     runs = []
     for name, model, batch_size, threads in variants:
-        logits, _, _ = session_logits(model, name, threads)
+        logits = runtime.from_source(model, name, DIGITS, threads).forward
         runs.append(lambda logits=logits, size=batch_size: [logits(images[i : i + size]) for i in range(0, len(images), size)])
         runs[-1]()  # warm-up
     seconds = [[] for _ in variants]
@@ -76,7 +73,7 @@ def throughput(images: np.ndarray, rounds: int) -> None:
 def person_style_sets(split, count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each style's renderings of the first `count` digits as the model sees them (bench/person_style.py's
     renderings, in its order), and their labels; an image preprocessing refuses counts as wrong (label -1)."""
-    recognizer = Recognizer.load(DEFAULT_ONNX)  # the float model: only the preprocessed arrays are kept
+    recognizer = Recognizer.load(BUNDLED_ONNX)  # the float model: only the preprocessed arrays are kept
     digits = (split.images[:count, 0].numpy() * 255).round().astype(np.uint8)
     labels = split.labels[:count].numpy()
     rng = np.random.default_rng(0)
@@ -90,8 +87,8 @@ def person_style_sets(split, count: int) -> dict[str, tuple[np.ndarray, np.ndarr
 
 
 def accuracies(test, person_style: dict) -> None:
-    float_logits, _, _ = session_logits(str(DEFAULT_ONNX), "float")
-    int8_logits, _, _ = session_logits(str(DEFAULT_INT8), "int8")
+    float_logits = runtime.load_onnx(BUNDLED_ONNX, DIGITS).forward
+    int8_logits = runtime.load_onnx(BUNDLED_INT8, DIGITS).forward
     sets = {"test (10,000)": (test.images.numpy(), test.labels.numpy()), **person_style}
     print(f"{'accuracy':<32}{'float':>9}{'int8':>9}{'points':>8}")
     for name, (images, labels) in sets.items():
@@ -102,8 +99,8 @@ def accuracies(test, person_style: dict) -> None:
 def write_bundled(mnist, person_style: dict) -> None:
     checks = {"test": (mnist.test.images.numpy(), mnist.test.labels.numpy(), TEST_POINTS)}
     checks |= {style: (images, labels, PERSON_STYLE_POINTS) for style, (images, labels) in person_style.items()}
-    report = quantize_int8(DEFAULT_ONNX, DEFAULT_INT8, mnist.train.images[:CALIBRATION_DIGITS].numpy(), checks)
-    print(f"wrote {DEFAULT_INT8}: " + ", ".join(f"{name} {100 * (e['int8'] - e['float']):+.2f}" for name, e in report.items()))
+    report = quantize_int8(BUNDLED_ONNX, BUNDLED_INT8, mnist.train.images[:CALIBRATION_DIGITS].numpy(), checks)
+    print(f"wrote {BUNDLED_INT8}: " + ", ".join(f"{name} {100 * (e['int8'] - e['float']):+.2f}" for name, e in report.items()))
 
 
 def main():

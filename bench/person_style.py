@@ -1,6 +1,6 @@
 """Accuracy on the whole MNIST test set rendered the way people's images look, against the originals.
 
-Each of the 10,000 test digits is rendered in each style of tests/person_style.py (scaled up, off-centre,
+Each of the 10,000 test digits is rendered in each style of digitrec/person_style.py (scaled up, off-centre,
 dark on light or light on dark, paper noise, blur, JPEG, transparent RGBA, thick and thin pens) and
 recognized through `Recognizer.predict_many`, as `digitrec predict` reads files (the bundled model on
 onnxruntime runs its int8 copy there, and here on the originals too); the table compares each style's
@@ -13,17 +13,13 @@ Choose with `--split validation`; report with the test split.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from digitrec import data
+from digitrec.person_style import STYLES, render
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from person_style import STYLES, render  # noqa: E402
 
 
 def main():

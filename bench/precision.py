@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from digitrec import data, rundir, train
+from digitrec import data, provenance, train
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)  # one thread: a loaded machine cannot stall it at OpenMP barriers
     mnist = data.load()
-    model_name, flags = rundir.cpu()
+    model_name, flags = provenance.cpu()
     print(f"CPU: {model_name}, flags {', '.join(flags)}; "
           f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads; auto chooses {train.choose_precision('auto', torch.device('cpu'))}")
@@ -41,9 +41,9 @@ def main():
             for precision in ("fp32", "bf16"):
                 config = train.resolve_config(args.model, args.recipe, seed=seed, precision=precision, steps=args.steps)
                 config = replace(config, eval_every=config.steps)  # evaluation is not training time
-                started, cpu_started = time.perf_counter(), time.process_time()
+                cpu_started = time.process_time()
                 result = train.train(config, mnist, torch.device("cpu"), show_progress=False, print_line=lambda _: None)
-                wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+                cpu = time.process_time() - cpu_started
                 accuracy = result.metrics["test_accuracy"]
                 results[precision].append((result.metrics["train_seconds"], cpu, accuracy))
                 print(f"{seed:>4} {precision:>9} {result.metrics['train_seconds']:>8.2f} {cpu:>8.2f} "

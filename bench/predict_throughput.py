@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from digitrec import data
-from digitrec.cli import expand_inputs
+from digitrec.inputs import expand_inputs
 from digitrec.recognizer import Recognizer
 
 

@@ -1,7 +1,7 @@
 """Reading whole numbers: accuracy per spacing and length, and numbers/s, on strings of MNIST digits.
 
 Each string is made of random digits of the chosen split, set with one spacing (separate, close,
-touching, overlapping) and rendered as a person's JPEG by tests/number_strings.py; the set is the same
+touching, overlapping) and rendered as a person's JPEG by digitrec/person_style.py; the set is the same
 on every run (seeded). For each spacing and length: whole-string accuracy, per-digit accuracy (position
 by position, where the reading has the right length), mean edit distance; for single digits also
 `predict` on the same images. Then numbers/s end to end (JPEG bytes -> text) for 4-digit strings, in
@@ -16,20 +16,20 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from digitrec import data
+from digitrec import data, runtime
 from digitrec.errors import ImageError
+from digitrec.number_strings import SPACINGS
+from digitrec.person_style import number_image
+from digitrec.reading import read
 from digitrec.recognizer import Recognizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from number_strings import SPACINGS, number_image  # noqa: E402
+from digitrec.tasks import NUMBERS
 
 recognizer: Recognizer | None = None  # each speed worker's own
+reader = None  # and its number reader
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -43,14 +43,14 @@ def edit_distance(a: str, b: str) -> int:
 
 def read_text(image: bytes) -> str:
     try:
-        return recognizer.read(image).text
+        return read(reader, recognizer, image).text
     except ImageError:
         return ""
 
 
-def start_worker(model, reader):
-    global recognizer
-    recognizer = Recognizer.load(model, threads=1, reader=reader)
+def start_worker(model, reader_path):
+    global recognizer, reader
+    recognizer, reader = Recognizer.load(model, threads=1), runtime.load(reader_path, NUMBERS, threads=1)
 
 
 def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats: int = 3) -> float:
@@ -76,7 +76,7 @@ def numbers_per_second(images: list[bytes], model, reader, workers: int, repeats
 
 
 def main():
-    global recognizer
+    global recognizer, reader
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--reader", default=None)
@@ -87,7 +87,7 @@ def main():
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
-    recognizer = Recognizer.load(args.model, reader=args.reader)
+    recognizer, reader = Recognizer.load(args.model), runtime.load(args.reader, NUMBERS)
     lengths = [int(n) for n in args.lengths.split(",")]
     print(f"{'spacing':<12}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}"
           f"{'predict':>9}{'s':>7}")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from digitrec import data
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.recognizer import BATCH_SIZE, Recognizer
 
 
@@ -33,14 +33,14 @@ def main():
     one = images[:1]
     print(f"{'runtime':<14}{'images/s (batches of 256)':>27}{'one image, ms':>15}{'test accuracy':>15}")
     answers = {}
-    for runtime, path in (("torch", DEFAULT_MODEL), ("onnxruntime", DEFAULT_ONNX)):
+    for runtime, path in (("torch", BUNDLED_MODEL), ("onnxruntime", BUNDLED_ONNX)):
         recognizer = Recognizer.load(path)
 
-        def all_logits():
+        def all_logits(recognizer=recognizer):
             return np.concatenate([recognizer.logits(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)])
 
         batched = median_seconds(all_logits)
-        single = median_seconds(lambda: [recognizer.logits(one) for _ in range(200)]) / 200
+        single = median_seconds(lambda recognizer=recognizer: [recognizer.logits(one) for _ in range(200)]) / 200
         answers[runtime] = all_logits().argmax(1)
         accuracy = (answers[runtime] == labels).mean()
         print(f"{runtime:<14}{len(images) / batched:>27,.0f}{1000 * single:>15.3f}{100 * accuracy:>14.2f}%")

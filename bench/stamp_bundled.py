@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from digitrec import checkpoint, data, evaluate, models, rundir
+from digitrec import checkpoint, data, evaluate, models, provenance, rundir
 from digitrec.files import BUNDLED_DIR, write_atomic
 
 
@@ -33,9 +33,9 @@ def measured_metrics(run_dir: Path, mnist: data.MNIST, previous: dict) -> dict:
     model = checkpoint.load(run_dir).model
     tensors, _ = stored_tensors(run_dir / rundir.WEIGHTS_FILE)
     command = ["digitrec", "train", "--model", config["model"], "--recipe", config["recipe"], "--seed", str(config["seed"])]
-    provenance = previous.get("provenance", {})
-    trained_on = provenance.get("trained_on") or {  # a run's own record: where it trained
-        key: source[key] for source in (previous, provenance) if "measured" not in source
+    recorded = previous.get("provenance", {})
+    trained_on = recorded.get("trained_on") or {  # a run's own record: where it trained
+        key: source[key] for source in (previous, recorded) if "measured" not in source
         for key in ("device", "torch_threads", "processes", "precision", "cpu", "cpu_flags") if key in source}
     return {
         "model": config["model"],
@@ -46,7 +46,7 @@ def measured_metrics(run_dir: Path, mnist: data.MNIST, previous: dict) -> dict:
         "validation_accuracy": evaluate.accuracy(evaluate.model_logits(model, mnist.validation), mnist.validation.labels),
         "test_accuracy": evaluate.accuracy(evaluate.model_logits(model, mnist.test), mnist.test.labels),
         "stored_as": str(next(t.dtype for t in tensors.values() if t.is_floating_point())).removeprefix("torch."),
-        "provenance": rundir.provenance(
+        "provenance": provenance.provenance(
             measured="the stored weights, as predict loads them (float32 compute)", device="cpu",
             torch_threads=torch.get_num_threads(), precision="float32",
             trained_with=shlex.join(command), trained_on=trained_on,

@@ -5,14 +5,14 @@ answer for a similar drawing; and the number pad's "Wrong? It was" says why it c
 import json
 
 import pytest
+
+from digitrec.recognizer import Recognizer
+from digitrec.web import create_app
 from test_browser import SEVEN, browser, draw, shown_digit  # noqa: F401  (browser: a fixture)
 from test_training import one_thread_children  # noqa: F401  (a fixture)
 from test_web import LiveServer
 
-from digitrec.recognizer import Recognizer
-from digitrec.web import create_app
-
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LEARN_STEPS = 40  # the page asks for the recipe's 300; this test asks for fewer (same code path, sooner done)
 
 

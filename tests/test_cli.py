@@ -3,26 +3,11 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from digitrec import models
-from digitrec.cli import main
 
 from conftest import BUNDLED_MNIST
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
+from helpers import assert_one_line_error, run
 
 
 def test_data_command_prints_location_sizes_and_checksums():
@@ -143,7 +128,9 @@ def test_train_help_lists_every_setting_with_its_range_and_default():
     assert "fast: quick, full" in help_text
 
 
-@pytest.mark.parametrize("model", sorted(models.REGISTRY))
+# the reader's dry run makes and measures 1,000 strings of digits twice: about 20 s
+@pytest.mark.parametrize("model", [pytest.param(name, marks=pytest.mark.slow) if name == "reader" else name
+                                   for name in sorted(models.REGISTRY)])
 def test_dry_run_trains_a_few_logged_steps_of_each_model_and_writes_nothing(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("train", "--model", model, "--dry-run", "--quiet", "--data-dir", BUNDLED_MNIST)
@@ -176,7 +163,7 @@ def test_read_prints_each_number_writes_csv_and_segments_and_fails_on_a_bad_file
     import numpy as np
     from PIL import Image
 
-    from number_strings import compose
+    from digitrec.number_strings import compose
 
     images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
     row = compose([images[np.nonzero(labels == d)[0][0]] for d in (4, 7)], "separate", np.random.default_rng(0))

@@ -145,7 +145,7 @@ def test_missing_files_are_downloaded_verified_and_loaded(tmp_path, mirror):
     assert len(data.load(directory).test) == 10000
 
 
-@pytest.mark.parametrize("mirror", ["corrupt", "drop"], indirect=True)
+@pytest.mark.parametrize("mirror", [pytest.param("corrupt", marks=pytest.mark.slow), "drop"], indirect=True)
 def test_bad_download_is_rejected_and_leaves_nothing_behind(tmp_path, mirror):
     directory = tmp_path / "empty"
     directory.mkdir()

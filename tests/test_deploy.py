@@ -2,23 +2,22 @@
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from digitrec import strings
+from digitrec import number_strings, runtime
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
-from digitrec.files import DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
-from digitrec.recognizer import Recognizer, load_reader
+from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX, BUNDLED_READER, BUNDLED_READER_ONNX
+from digitrec.person_style import number_image
+from digitrec.reading import read
+from digitrec.recognizer import Recognizer
+from digitrec.tasks import NUMBERS
 
-from number_strings import number_image
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run, seven_png, without_torch
 
 
 @pytest.fixture(scope="module")
@@ -28,46 +27,35 @@ def exported(tmp_path_factory, mnist):
     return path, parity
 
 
+@pytest.mark.slow
 def test_export_matches_torch_on_the_whole_test_set(exported):
     _, parity = exported
     assert parity["images"] == 10000 and parity["same_digits"] == 10000
     assert parity["max_logit_difference"] <= PARITY_TOLERANCE
 
 
+@pytest.mark.slow
 def test_onnx_recognizer_gives_the_torch_answers(exported, mnist):
     path, _ = exported
     digits = mnist.test.images[:200, 0].numpy()
-    torch_digits = [p.digit for p in Recognizer.load(DEFAULT_MODEL).predict_arrays(digits)]
+    torch_digits = [p.digit for p in Recognizer.load(BUNDLED_MODEL).predict_arrays(digits)]
     onnx_recognizer = Recognizer.load(path)
     assert [p.digit for p in onnx_recognizer.predict_arrays(digits)] == torch_digits
     assert onnx_recognizer.info["runtime"] == "onnxruntime" and onnx_recognizer.info["name"] == "fast"
 
 
+@pytest.mark.slow
 def test_bundled_onnx_copy_is_the_bundled_model(mnist):
     """The default Recognizer runs the bundled .onnx when onnxruntime is installed: it must not go stale."""
     images = mnist.test.images.numpy()
     onnx_logits = Recognizer.load().logits(images)
-    torch_logits = Recognizer.load(DEFAULT_MODEL).logits(images)
-    assert Recognizer.load().info["weights"] == str(DEFAULT_ONNX)
+    torch_logits = Recognizer.load(BUNDLED_MODEL).logits(images)
+    assert Recognizer.load().info["weights"] == str(BUNDLED_ONNX)
     assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
     assert np.abs(onnx_logits - torch_logits).max() <= PARITY_TOLERANCE
 
 
-def seven_png(mnist, folder) -> Path:
-    """The first test digit (a 7) as a 100 x 100 dark-on-light PNG in `folder`."""
-    image = folder / "seven.png"
-    Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((100, 100)).save(image)
-    return image
-
-
-def without_torch(commands: str) -> str:
-    """What `commands` print, run by a fresh Python in which importing torch fails (a deployment installed
-    without the `train` extra); they may use `json`, `CliRunner` and the CLI's `main`."""
-    script = ("import sys, json\nsys.modules['torch'] = None\nfrom click.testing import CliRunner\n"
-              "from digitrec.cli import main\n" + commands)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-
-
+@pytest.mark.slow
 def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path):
     path, _ = exported
     image = seven_png(mnist, tmp_path)
@@ -87,6 +75,22 @@ def test_onnx_path_runs_where_torch_cannot_be_imported(exported, mnist, tmp_path
     )
 
 
+def test_the_bundled_models_read_digits_and_numbers_where_torch_cannot_be_imported(mnist, tmp_path):
+    images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
+    picture, text = number_image(images, labels, 4, "separate", np.random.default_rng(7))
+    (tmp_path / "number.jpg").write_bytes(picture)
+    seven = seven_png(mnist, tmp_path)
+    output = without_torch(
+        f"for command in (['predict', {str(seven)!r}, '--json'], ['read', {str(tmp_path / 'number.jpg')!r}, '--json']):\n"
+        "    result = CliRunner().invoke(main, command)\n"
+        "    print(json.dumps({'exit_code': result.exit_code, 'output': result.output}))\n"
+    )
+    predicted, read = (json.loads(line) for line in output.strip().splitlines())
+    assert predicted["exit_code"] == 0 and json.loads(predicted["output"])["digit"] == 7
+    assert read["exit_code"] == 0 and json.loads(read["output"])["text"] == text
+
+
+@pytest.mark.slow
 def test_export_command_reports_parity(tmp_path):
     result = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output
@@ -172,7 +176,7 @@ def test_the_export_parity_check_fails_on_nan(tmp_path, mnist):
 @pytest.fixture(scope="module")
 def exported_reader(tmp_path_factory, mnist):
     path = tmp_path_factory.mktemp("onnx") / "reader.onnx"
-    parity = export_onnx(DEFAULT_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy())
+    parity = export_onnx(BUNDLED_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy())
     return path, parity
 
 
@@ -182,29 +186,28 @@ def test_the_number_reader_exports_with_a_free_width_and_reads_as_torch_does(exp
     images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
     rng = np.random.default_rng(4)
     pictures = [number_image(images, labels, length, "touching", rng)[0] for length in (1, 3, 7)]  # three widths
-    on_torch = Recognizer.load(reader=DEFAULT_READER)
-    on_onnx = Recognizer.load(reader=path)
-    assert [on_onnx.read(p).text for p in pictures] == [on_torch.read(p).text for p in pictures]
+    recognizer = Recognizer.load()
+    on_torch, on_onnx = runtime.load(BUNDLED_READER, NUMBERS), runtime.load(path, NUMBERS)
+    assert [read(on_onnx, recognizer, p).text for p in pictures] == [read(on_torch, recognizer, p).text for p in pictures]
 
 
 def test_the_bundled_reader_onnx_copy_is_the_bundled_reader(mnist):
     """`read` runs the bundled reader's .onnx when onnxruntime is installed: it must not go stale."""
-    made = strings.fixed_set(mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy(), 50)
-    onnx_scores, info = load_reader(None)
-    torch_scores, _ = load_reader(DEFAULT_READER)
-    assert info["weights"] == str(DEFAULT_READER_ONNX)
-    assert np.abs(onnx_scores(made.pixels) - torch_scores(made.pixels)).max() <= PARITY_TOLERANCE
+    made = number_strings.fixed_set(mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy(), 50)
+    on_onnx, on_torch = runtime.load(None, NUMBERS), runtime.load(BUNDLED_READER, NUMBERS)
+    assert on_onnx.info["weights"] == str(BUNDLED_READER_ONNX)
+    assert np.abs(on_onnx.forward(made.pixels) - on_torch.forward(made.pixels)).max() <= PARITY_TOLERANCE
 
 
 def test_a_reader_given_as_the_digit_model_and_a_digit_model_given_as_the_reader_are_refused(tmp_path):
     with pytest.raises(ModelError, match="model 'reader' reads numbers, not digits: give it as --reader"):
-        Recognizer.load(DEFAULT_READER)
+        Recognizer.load(BUNDLED_READER)
     with pytest.raises(ModelError, match="model 'fast' reads digits, not numbers: give it as --model"):
-        load_reader(DEFAULT_MODEL)
+        runtime.load(BUNDLED_MODEL, NUMBERS)
     with pytest.raises(ModelError, match="not a digitrec number reader"):
-        load_reader(DEFAULT_ONNX)
+        runtime.load(BUNDLED_ONNX, NUMBERS)
     with pytest.raises(ModelError, match="not a digitrec model"):
-        Recognizer.load(DEFAULT_READER_ONNX)
+        Recognizer.load(BUNDLED_READER_ONNX)
     picture = tmp_path / "n.png"
     Image.new("L", (60, 28), 255).save(picture)
-    assert_one_line_error(run("read", "--reader", DEFAULT_MODEL, picture), "give it as --model")
+    assert_one_line_error(run("read", "--reader", BUNDLED_MODEL, picture), "give it as --model")

@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from digitrec import train
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # torchrun starts two training processes per test
 
 
 def torchrun_train(run_dir, *args) -> subprocess.CompletedProcess:

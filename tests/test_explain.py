@@ -9,12 +9,12 @@ from PIL import Image
 from digitrec import checkpoint, models
 from digitrec.deploy import export_onnx
 from digitrec.explain import explain, explain_array
-from digitrec.files import BUNDLED_DIR, DEFAULT_MODEL, DEFAULT_ONNX
+from digitrec.files import BUNDLED_DIR, BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.preprocess import dilate
-from digitrec.deploy import softmax
 from digitrec.recognizer import Recognizer
+from digitrec.tasks.base import softmax
 
-from test_cli import run
+from helpers import run
 
 DIGITS = 50
 
@@ -22,7 +22,7 @@ DIGITS = 50
 @pytest.fixture(scope="module")
 def bundled():
     recognizer = Recognizer.load()  # the default install's path: model.onnx on onnxruntime
-    assert recognizer.info["weights"] == str(DEFAULT_ONNX)
+    assert recognizer.info["weights"] == str(BUNDLED_ONNX)
     return recognizer
 
 
@@ -71,7 +71,7 @@ def test_bundled_onnx_activations_equal_torch_hooks_on_the_same_weights(bundled,
     images = mnist.test.images[:100].numpy()
     exported = bundled.outputs(images)
     with torch.no_grad():
-        hooked = models.inside_outputs(checkpoint.load(DEFAULT_MODEL).model, torch.from_numpy(images))
+        hooked = models.inside_outputs(checkpoint.load(BUNDLED_MODEL).model, torch.from_numpy(images))
     assert list(exported) == ["logits", "activation:conv1", "activation:conv2", "activation:conv3", "filters:conv1"]
     assert list(hooked) == list(exported)
     assert [exported[f"activation:conv{i}"].shape[1:] for i in (1, 2, 3)] == [(32, 14, 14), (64, 7, 7), (128, 3, 3)]  # pool first
@@ -81,7 +81,7 @@ def test_bundled_onnx_activations_equal_torch_hooks_on_the_same_weights(bundled,
 
 def test_both_runtimes_give_one_explanation(bundled, mnist):
     digit = mnist.test.images[0, 0].numpy()
-    on_onnx, on_torch = explain_array(bundled, digit), explain_array(Recognizer.load(DEFAULT_MODEL), digit)
+    on_onnx, on_torch = explain_array(bundled, digit), explain_array(Recognizer.load(BUNDLED_MODEL), digit)
     assert on_onnx.prediction.digit == on_torch.prediction.digit
     assert np.abs(on_onnx.saliency - on_torch.saliency).max() < 1e-3
     for exported, hooked in zip(on_onnx.stages, on_torch.stages):
@@ -126,7 +126,7 @@ def test_explain_command_writes_a_picture_per_image_and_prints_the_digit(mnist, 
 def test_an_onnx_file_exported_before_the_inside_outputs_still_gets_saliency(bundled, mnist, tmp_path):
     import onnx
 
-    model = onnx.load(str(DEFAULT_ONNX))
+    model = onnx.load(str(BUNDLED_ONNX))
     logits_output = [output for output in model.graph.output if output.name == "logits"]
     del model.graph.output[:]
     model.graph.output.extend(logits_output)
@@ -138,7 +138,7 @@ def test_an_onnx_file_exported_before_the_inside_outputs_still_gets_saliency(bun
 
 
 def test_explain_runs_where_torch_cannot_be_imported(mnist, tmp_path):
-    from test_deploy import seven_png, without_torch
+    from helpers import seven_png, without_torch
 
     seven = seven_png(mnist, tmp_path)
     output = without_torch(

@@ -7,7 +7,7 @@ import torch
 
 from digitrec import checkpoint, evaluate, files, train
 
-from test_cli import run
+from helpers import run
 
 
 def test_presets_resolve_to_the_documented_configs():
@@ -22,6 +22,7 @@ def test_presets_resolve_to_the_documented_configs():
     assert (full.augment_degrees, full.augment_shift, full.augment_scale, full.augment_stroke) == (10, 0.1, 0.1, 1.0)
 
 
+@pytest.mark.slow
 def test_quick_recipe_passes_98_8_percent_on_the_real_test_set_in_seconds(mnist):
     result = train.train(train.resolve_config("fast", "quick"), mnist, torch.device("cpu"), show_progress=False,
                          print_line=lambda _: None)
@@ -38,16 +39,18 @@ def test_bundled_default_reaches_exactly_its_recorded_accuracy(mnist):
     assert loaded.weights_path.stat().st_size < 5_000_000
 
 
+@pytest.mark.slow
 def test_bundled_tutorial_cnn_reaches_exactly_its_recorded_accuracy(mnist):
     loaded = checkpoint.load(files.BUNDLED_DIR / "cnn")
     accuracy = evaluate.accuracy(evaluate.model_logits(loaded.model, mnist.test), mnist.test.labels)
     assert accuracy == loaded.metrics["test_accuracy"] > 0.99
 
 
+@pytest.mark.slow
 def test_evaluate_without_a_path_uses_the_bundled_model():
     result = run("evaluate", "--json")
     summary = json.loads(result.output)
-    recorded = json.loads((files.DEFAULT_MODEL / "metrics.json").read_text())
+    recorded = json.loads((files.BUNDLED_MODEL / "metrics.json").read_text())
     assert summary["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-6)
 
 

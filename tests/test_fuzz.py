@@ -5,59 +5,13 @@ inserted or overwritten), give a digit or an `ImageError` through `Recognizer`, 
 import httpx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from PIL import Image
+from hypothesis import given
 
 from digitrec.errors import ImageError
 from digitrec.recognizer import Prediction, Recognizer
-
-from person_style import encode
 from test_web import live_server  # noqa: F401  (the session's real uvicorn server)
 
-
-@pytest.fixture(scope="module")
-def valid_images(mnist) -> list[bytes]:
-    """A digit in each accepted format, in several of the modes those formats hold."""
-    digit = Image.fromarray(255 - (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)).resize((56, 56))
-    float_tiff = Image.fromarray(np.asarray(digit, dtype=np.float32) / 255, "F")
-    rgba = digit.convert("RGBA")
-    rgba.putalpha(Image.eval(digit, lambda v: 255 - v))
-    return [
-        encode(digit, "PNG"), encode(rgba, "PNG"), encode(digit.convert("P"), "PNG", transparency=255),
-        encode(digit.convert("I;16"), "PNG"), encode(digit, "JPEG", quality=85), encode(digit.convert("RGB"), "JPEG"),
-        encode(digit, "BMP"), encode(digit.convert("RGB"), "BMP"), encode(digit.convert("P"), "GIF"),
-        encode(digit, "WEBP"), encode(rgba, "WEBP", lossless=True), encode(digit, "TIFF"),
-        encode(digit, "TIFF", compression="tiff_lzw"), encode(float_tiff, "TIFF"), encode(digit.convert("CMYK"), "TIFF"),
-    ]
-
-
-MUTATION = st.one_of(
-    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
-    st.tuples(st.just("cut"), st.integers(0, 10**6), st.just(0)),
-    st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=16)),
-    st.tuples(st.just("overwrite"), st.integers(0, 10**6), st.binary(min_size=1, max_size=16)),
-)
-
-
-def mutate(data: bytes, mutations) -> bytes:
-    damaged = bytearray(data)
-    for kind, position, argument in mutations:
-        at = position % max(len(damaged), 1)
-        if kind == "flip" and damaged:
-            damaged[at] ^= 1 << argument
-        elif kind == "cut":
-            del damaged[at:]
-        elif kind == "insert":
-            damaged[at:at] = argument
-        elif kind == "overwrite":
-            damaged[at:at + len(argument)] = argument
-    return bytes(damaged)
-
-
-fuzzing = settings(max_examples=150, deadline=None, database=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-DAMAGE = dict(index=st.integers(0, 14), mutations=st.lists(MUTATION, min_size=1, max_size=4))
+from helpers import DAMAGE, fuzzing, mutate
 
 
 @pytest.fixture(scope="module")

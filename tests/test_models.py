@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digitrec import checkpoint, models, strings, train
+from digitrec import checkpoint, models, number_strings, train
 from digitrec.config import check_fields, setting
 from digitrec.errors import ConfigError
 
-from test_cli import run
+from helpers import run
 
 
 @pytest.mark.parametrize("name", sorted(name for name, spec in models.REGISTRY.items() if spec.task == "digits"))
@@ -33,7 +33,7 @@ def test_every_model_maps_images_to_ten_logits_and_learns_from_one_step(name, mn
 
 def test_the_number_reader_scores_every_column_of_a_strip_and_learns_from_one_step(mnist):
     images, labels = mnist.train.images[:, 0].numpy(), mnist.train.labels.numpy()
-    made = strings.random_batch(images, labels, 16, np.random.default_rng(0))
+    made = number_strings.random_batch(images, labels, 16, np.random.default_rng(0))
     torch.manual_seed(0)
     reader = models.create("reader").train()
     optimizer = train.make_optimizer(train.resolve_config("reader", lr=2e-4), reader.parameters())
@@ -41,9 +41,9 @@ def test_the_number_reader_scores_every_column_of_a_strip_and_learns_from_one_st
 
     def loss() -> torch.Tensor:
         scores = reader(strips).log_softmax(1)
-        assert scores.shape == (16, 11, strips.shape[3] // strings.COLUMN_STEP)
+        assert scores.shape == (16, 11, strips.shape[3] // number_strings.COLUMN_STEP)
         return F.ctc_loss(scores.permute(2, 0, 1), torch.from_numpy(made.digits + 1), torch.from_numpy(made.columns),
-                          torch.from_numpy(made.lengths), blank=strings.BLANK)
+                          torch.from_numpy(made.lengths), blank=number_strings.BLANK)
 
     before = loss()
     before.backward()

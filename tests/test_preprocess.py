@@ -10,9 +10,8 @@ from PIL import Image, ImageFilter
 
 from digitrec import preprocess
 from digitrec.errors import ImageError
+from digitrec.person_style import encode
 from digitrec.preprocess import preprocess as prep
-
-from person_style import encode
 
 
 @pytest.fixture(scope="module")

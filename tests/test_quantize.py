@@ -8,29 +8,31 @@ import numpy as np
 import onnx
 import pytest
 
-from digitrec.deploy import session_logits
+from digitrec import runtime
 from digitrec.errors import ModelError
-from digitrec.files import DEFAULT_INT8, DEFAULT_ONNX
+from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
 from digitrec.quantize import TEST_POINTS, accuracy, logits_only, quantize_int8
 from digitrec.recognizer import Recognizer
+from digitrec.tasks import DIGITS
 
-from test_cli import run
+from helpers import run
 
 
 def test_the_logits_only_cut_gives_the_exported_models_logits_exactly(mnist):
-    model = onnx.load(str(DEFAULT_ONNX))
+    model = onnx.load(str(BUNDLED_ONNX))
     logits_only(model)
     assert [output.name for output in model.graph.output] == ["logits"]
-    cut, _, _ = session_logits(model.SerializeToString(), "cut")
-    full, _, _ = session_logits(str(DEFAULT_ONNX), "full")
+    cut = runtime.from_source(model.SerializeToString(), "cut", DIGITS).forward
+    full = runtime.load_onnx(BUNDLED_ONNX, DIGITS).forward
     images = mnist.test.images[:1000].numpy()
     assert np.array_equal(cut(images), full(images))
 
 
 def test_the_bundled_int8_copy_is_as_accurate_as_the_float_model_on_the_whole_test_set(mnist):
     images, labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
-    int8, _, stored = session_logits(str(DEFAULT_INT8), "int8")
-    float_logits, _, _ = session_logits(str(DEFAULT_ONNX), "float")
+    int8_model = runtime.load_onnx(BUNDLED_INT8, DIGITS)
+    int8, stored = int8_model.forward, int8_model.metadata
+    float_logits = runtime.load_onnx(BUNDLED_ONNX, DIGITS).forward
     on_int8, on_float = accuracy(int8, images, labels), accuracy(float_logits, images, labels)
     assert on_float == 0.9971 and on_int8 >= on_float - TEST_POINTS / 100
     recorded = json.loads(stored["quantization"])
@@ -54,12 +56,13 @@ def test_an_int8_copy_that_loses_accuracy_is_refused_and_nothing_is_written(mnis
     too_bright = mnist.train.images[:256].numpy() * 100  # ranges 100 times too wide: too coarse for real digits
     checks = {"test": (mnist.test.images.numpy(), mnist.test.labels.numpy(), TEST_POINTS)}
     with pytest.raises(ModelError) as refusal:
-        quantize_int8(DEFAULT_ONNX, out, too_bright, checks)
+        quantize_int8(BUNDLED_ONNX, out, too_bright, checks)
     assert re.fullmatch(r"the int8 copy loses \d+\.\d\d points of test accuracy \(\d+\.\d\d % against 99\.71 %\), "
                         r"more than the 0\.05 allowed; nothing written", str(refusal.value))
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tmp_path):
     out = tmp_path / "int8.onnx"
     result = run("export", "--quantize", "int8", "--out", out)
@@ -69,5 +72,5 @@ def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tm
     recognizer = Recognizer.load(out)
     assert recognizer.info["name"] == "fast" and recognizer.info["runtime"] == "onnxruntime"
     images = mnist.test.images[:1000].numpy()
-    bundled, _, _ = session_logits(str(DEFAULT_INT8), "the bundled int8 copy")
+    bundled = runtime.load_onnx(BUNDLED_INT8, DIGITS).forward
     assert np.array_equal(recognizer.logits(images).argmax(1), bundled(images).argmax(1))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from digitrec import evaluate, models, report
 
-from test_cli import run
+from helpers import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from digitrec import rundir, train
 
-from test_cli import assert_one_line_error, run
-from test_rundir import fake_state
+from helpers import assert_one_line_error, fake_state, run
 
 # one thread in every process, so the runs being compared do their arithmetic in the same order
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -63,6 +62,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     process = digitrec("train", *SMALL_RUN, "--checkpoint-every", "40", "--out", run_dir)
@@ -84,6 +84,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_exact_weights
     assert not list(run_dir.glob("checkpoint*"))  # a finished run keeps only its weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_current_step_saves_and_the_run_resumes(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     process = digitrec("train", *SMALL_RUN, "--out", run_dir)

@@ -12,14 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import digitrec
-from digitrec import rundir, train
+from digitrec import provenance, rundir, train
 from digitrec.errors import ModelError, OutputError
 
-from test_cli import assert_one_line_error, run
-
-
-def fake_state(step: int) -> dict:
-    return {"step": step, "weights": torch.full((3,), float(step))}
+from helpers import assert_one_line_error, fake_state, run
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
@@ -52,9 +48,9 @@ def test_checkpoint_deletion_never_touches_files_the_list_names_outside_its_own_
     for step in (10, 20, 30):  # rotation drops the oldest entries
         rundir.save_checkpoint(run_dir, fake_state(step))
     assert checkpoint_steps(run_dir) == [20, 30]
-    rundir.remove_checkpoints(run_dir)
     assert all(path.read_text() == "keep me" for path in bystanders)
-    assert sorted(path.name for path in run_dir.iterdir()) == ["notes.pt", "sub"]
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "checkpoint-0000020.pt", "checkpoint-0000030.pt", rundir.CHECKPOINTS_FILE, "notes.pt", "sub"]
 
 
 def test_a_list_naming_files_elsewhere_is_no_checkpoint_to_resume_from(tmp_path):
@@ -140,24 +136,24 @@ def test_a_failed_save_leaves_the_previous_run_as_it_was_and_nothing_beside_it(t
 
 
 def test_provenance_records_versions_commit_command_and_cpu():
-    record = rundir.provenance(device="cpu", torch_threads=2)
+    record = provenance.provenance(device="cpu", torch_threads=2)
     assert record["torch"] == metadata.version("torch") and record["onnxruntime"] == metadata.version("onnxruntime")
     assert record["device"] == "cpu" and record["torch_threads"] == 2
-    checkout = Path(rundir.__file__).resolve().parents[2]
+    checkout = Path(provenance.__file__).resolve().parents[2]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
     assert record["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if cpuinfo:
         assert record["cpu"] and record["cpu"] in cpuinfo
         flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
-        assert record["cpu_flags"] == [flag for flag in rundir.CPU_FLAGS if flag in flags]
+        assert record["cpu_flags"] == [flag for flag in provenance.CPU_FLAGS if flag in flags]
 
 
 def test_every_run_records_how_it_was_made(softmax_run, mnist):
     recorded = json.loads((softmax_run.run_dir / "metrics.json").read_text())["provenance"]
     assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
     assert recorded["device"] == "cpu" and recorded["precision"] == "fp32" and recorded["processes"] == 1
-    assert recorded == {**rundir.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
+    assert recorded == {**provenance.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
                                                                                   "precision", "processes")}}
     threads = torch.get_num_threads()
     try:
@@ -292,6 +288,7 @@ def test_a_run_refused_at_its_first_step_leaves_no_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_report_without_a_path_writes_into_the_working_directory_not_the_package(tmp_path, monkeypatch):
     from digitrec import files
 
@@ -307,7 +304,7 @@ def test_evaluate_report_without_a_path_writes_into_the_working_directory_not_th
 def test_evaluate_on_an_onnx_file_says_what_to_do(tmp_path):
     from digitrec import files
 
-    assert_one_line_error(run("evaluate", files.DEFAULT_ONNX), "not an ONNX export", "digitrec predict --model")
+    assert_one_line_error(run("evaluate", files.BUNDLED_ONNX), "not an ONNX export", "digitrec predict --model")
 
 
 def test_a_log_read_in_pieces_gives_each_record_once_and_starts_over_when_a_resume_rewrites_it(tmp_path):

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from digitrec.person_style import encode
 from digitrec.web.app import MAX_BODY_BYTES
 from digitrec.web.server import KEEP_ALIVE_SECONDS, MAX_CONNECTIONS, MAX_HEAD_BYTES, MAX_HEADERS, READ_TIMEOUT_SECONDS
-
-from person_style import encode
 
 MB = 1_000_000
 # Resident memory the server may add over its warm baseline (about 100 MB) while the clients below do their
@@ -99,6 +98,7 @@ def push(connection: socket.socket, data: bytes | memoryview) -> memoryview:
         return data[:0]
 
 
+@pytest.mark.slow
 def test_slow_stalled_and_idle_connections_are_closed_on_time_while_the_server_answers(server):
     opened = time.monotonic()
     unfinished_head = server.connect()

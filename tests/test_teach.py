@@ -15,21 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from digitrec import checkpoint, models, personal, rundir, train
-from digitrec.cli import main
 from digitrec.corrections import NewCorrection, Store
 from digitrec.errors import ConfigError
 from digitrec.recognizer import Recognizer
 
+from helpers import run
+
 LEARN_STEPS = 60  # enough for a handful of corrections; the recipe's 300 are measured in bench/teach.py
 SOURCE = Path(__file__).resolve().parents[1] / "src"
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def as_png(pixels: np.ndarray) -> bytes:
@@ -73,6 +69,7 @@ def test_held_out_share_keeps_two_corrections_of_each_digit_to_learn_from():
     assert (personal.held_out(labels) == mask).all()  # the same share every time
 
 
+@pytest.mark.slow
 def test_add_list_export_add_back_learn_and_the_personal_model_reads_them_right(misread, tmp_path):
     first, second = tmp_path / "first.sqlite3", tmp_path / "second.sqlite3"
     for path, label, answer in misread:
@@ -133,6 +130,7 @@ def weights_digest(run_dir: Path) -> str:
     return hashlib.sha256((run_dir / rundir.WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_killing_learn_halfway_keeps_the_previous_personal_model_and_every_correction(misread, tmp_path):
     database, out = tmp_path / "c.sqlite3", tmp_path / "personal"
     for path, label, _ in misread:
@@ -169,6 +167,7 @@ def test_killing_learn_halfway_keeps_the_previous_personal_model_and_every_corre
     assert weights_digest(out) != previous and not rundir.replacement_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_learn_measures_on_a_held_out_share_learned_without_it(mnist, tmp_path):
     store = Store(tmp_path / "c.sqlite3")
     labels = mnist.test.labels.numpy()

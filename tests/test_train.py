@@ -7,6 +7,7 @@ import torch
 from digitrec import checkpoint, files, rundir, train
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, TrainingDiverged
+from digitrec.tasks import NUMBERS
 
 
 def test_tutorial_recipes_resolve_to_the_tutorial_settings():
@@ -87,7 +88,7 @@ def test_warmup_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_run_folders_that_name_the_old_onecycle_schedule_still_read():
-    recorded = json.loads((files.DEFAULT_MODEL / "config.json").read_text())
+    recorded = json.loads((files.BUNDLED_MODEL / "config.json").read_text())
     older = {key: value for key, value in recorded.items() if key not in ("pool_first", "precision")}
     config = TrainConfig.from_dict({**older, "schedule": "onecycle"})  # as runs recorded it before the rename
     assert config.schedule == "warmup_cosine" and config.width == 32 and config.precision == "auto"
@@ -110,7 +111,7 @@ def test_auto_precision_is_bf16_on_gpus_and_cpus_with_bf16_arithmetic_and_float3
 
 
 def test_bf16_training_runs_and_records_its_precision(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     out = tmp_path / "run"
     result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--precision", "bf16",
@@ -132,7 +133,7 @@ def test_a_non_finite_loss_stops_training_naming_the_step(mnist):
 
 
 def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
-    from test_cli import run
+    from helpers import run
 
     training = train.Training(train.resolve_config("fast", width=4, steps=40, log_every=10), mnist, CPU)
     training.advance(10)
@@ -148,7 +149,7 @@ def test_a_diverged_run_exits_with_one_error_line(mnist, tmp_path):
 
 
 def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     out = tmp_path / "reader"
     result = run("train", "--model", "reader", "--width", 4, "--steps", 6, "--batch-size", 8, "--log-every", 3,
@@ -158,7 +159,7 @@ def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path
     assert "whole strings read right of 1,000 made from test digits" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "reader" and 0 <= metrics["test_accuracy"] <= 1
-    loaded = checkpoint.load(out, task="numbers")
+    loaded = checkpoint.load(out, NUMBERS)
     assert loaded.config["model"] == "reader" and loaded.config["width"] == 4
 
 

@@ -160,6 +160,7 @@ def test_unknown_and_unsafe_run_names_are_refused(client, method, path, status, 
     assert response.status_code == status and fragment in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_one_training_at_a_time_a_second_start_is_409_and_stop_checkpoints(client, server):
     started = client.post("/api/runs", json={"model": "softmax", "steps": LONG_STEPS})
     assert started.status_code == 202
@@ -189,6 +190,7 @@ def test_one_training_at_a_time_a_second_start_is_409_and_stop_checkpoints(clien
     assert again.status_code == 409 and again.json()["detail"] == f"run {name} is not training"
 
 
+@pytest.mark.slow
 def test_a_child_killed_before_its_first_checkpoint_shows_failed_and_why(client):
     name = client.post("/api/runs", json={"model": "softmax", "steps": LONG_STEPS}).json()["name"]
     wait_for(lambda: run_info(client, name)["step"] >= 50)  # its first checkpoint comes at step 20,000
@@ -348,6 +350,7 @@ def serve(runs_dir: Path) -> tuple[subprocess.Popen, httpx.Client]:
     return process, session
 
 
+@pytest.mark.slow
 def test_a_run_outlives_no_server_it_stops_with_a_checkpoint_and_resumes_after_a_restart(tmp_path):
     steps = 3000
     server, client = serve(tmp_path)

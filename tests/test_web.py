@@ -13,10 +13,11 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from digitrec.person_style import encode
 from digitrec.recognizer import Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import DIGITS
 from digitrec.web import create_app
-
-from person_style import encode
 
 
 class LiveServer:
@@ -174,7 +175,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     import subprocess
     import sys
@@ -211,7 +212,7 @@ def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
 
 
 def test_serve_with_missing_model_is_one_line(tmp_path):
-    from test_cli import run
+    from helpers import run
 
     result = run("serve", "--model", tmp_path / "none")
     assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output
@@ -280,8 +281,11 @@ def test_the_documentation_says_the_limits_of_the_constants(client):
 
 
 def test_a_model_without_a_finite_answer_is_a_422_on_every_image_route_not_a_500(seven_png):
-    bundled = Recognizer.load()
-    overflowing = Recognizer(lambda batch: np.full((len(batch), 10), np.inf, np.float32), bundled.info)
+    class Overflowing(Runtime):
+        def forward(self, batch):
+            return np.full((len(batch), 10), np.inf, np.float32)
+
+    overflowing = Recognizer(Overflowing(DIGITS, Recognizer.load().info))
     server = LiveServer(create_app(overflowing))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:

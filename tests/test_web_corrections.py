@@ -10,12 +10,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_training import one_thread_children  # noqa: F401  (a fixture)
-from test_web import LiveServer
 
 from digitrec import corrections
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
+from test_training import one_thread_children  # noqa: F401  (a fixture)
+from test_web import LiveServer
 
 
 def data_url(picture: Image.Image) -> str:
@@ -162,6 +162,7 @@ def test_learning_is_refused_without_corrections_and_off_loopback(client, tmp_pa
         exposed.stop()
 
 
+@pytest.mark.slow
 def test_learning_runs_as_a_train_panel_run_whose_personal_model_can_be_used(client, mnist):
     pixels = mnist.test.images[0, 0].numpy()  # a 7, taught as a 1: unmistakably learned, or not
     drawing = data_url(person_digit(pixels))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from number_strings import compose
-from person_style import encode
+from digitrec.number_strings import compose
+from digitrec.person_style import encode
 from test_web import client, live_server  # noqa: F401  (the session's real server and a client of it)
 
 

@@ -13,11 +13,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from digitrec import models
+from digitrec import models, tasks
 from digitrec.errors import ConfigError, ModelError
-from digitrec.files import DEFAULT_MODEL
 from digitrec.metadata import read as read_metadata
 from digitrec.rundir import WEIGHTS_FILE
+from digitrec.tasks import DIGITS, Task
 
 
 def weights_bytes(model: torch.nn.Module, config: dict, metrics: dict, dtype=torch.float32) -> bytes:
@@ -36,8 +36,12 @@ class Loaded:
     metrics: dict
     weights_path: Path
 
+    @property
+    def task(self) -> Task:
+        return tasks.of(self.config["model"])
 
-def weights_path(path: str | Path | None, default: Path = DEFAULT_MODEL) -> Path:
+
+def weights_path(path: str | Path | None, default: Path = DIGITS.bundled_torch) -> Path:
     """The weights file named by `path`: a run directory, a weights file, or None for the bundled `default`."""
     path = Path(path) if path is not None else default
     if path.is_dir():
@@ -47,10 +51,11 @@ def weights_path(path: str | Path | None, default: Path = DEFAULT_MODEL) -> Path
     return path
 
 
-def load(path: str | Path | None = None, task: str | None = None, default: Path = DEFAULT_MODEL) -> Loaded:
-    """Rebuild the model saved at `path` (see `weights_path`), in eval mode on the CPU, as float32; with
-    `task`, refuse a model of another task (a number reader where a digit model is wanted, or the reverse)."""
-    path = weights_path(path, default)
+def load(path: str | Path | None = None, task: Task | None = None) -> Loaded:
+    """Rebuild the model saved at `path` (see `weights_path`; None: `task`'s bundled model, the digit
+    model without a task), in eval mode on the CPU, as float32; with `task`, refuse a model of another
+    task (a number reader where a digit model is wanted, or the reverse)."""
+    path = weights_path(path, (task or DIGITS).bundled_torch)
     try:
         with safe_open(str(path), framework="pt") as weights:
             metadata = weights.metadata() or {}
@@ -63,7 +68,7 @@ def load(path: str | Path | None = None, task: str | None = None, default: Path 
     except ConfigError as error:
         raise ModelError(f"{path}: {error}") from None
     if task is not None:
-        check_task(config["model"], task, path)
+        task.refuse_other(tasks.of(config["model"]), config["model"], path)
     check_fits(model, state, config["model"], path)
     non_finite = sorted(name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all())
     if non_finite:
@@ -71,13 +76,6 @@ def load(path: str | Path | None = None, task: str | None = None, default: Path 
                          f"{', ...' if len(non_finite) > 3 else ''}): the training that wrote them diverged")
     model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()})
     return Loaded(model.eval(), config, metrics, path)
-
-
-def check_task(model: str, task: str, path: Path) -> None:
-    found = models.spec(model).task
-    if found != task:
-        use = "give it as --reader to digitrec read" if found == "numbers" else "give it as --model"
-        raise ModelError(f"{path}: model {model!r} reads {found}, not {task}: {use}")
 
 
 def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:

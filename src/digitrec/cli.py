@@ -18,6 +18,7 @@ from digitrec import __version__
 from digitrec.config import TrainConfig, describe_range, is_switch
 from digitrec.errors import DigitrecError, ImageError, ModelError
 from digitrec.files import write_atomic
+from digitrec.inputs import expand_inputs, preview_name
 
 DATA_DIR_OPTION = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -163,7 +164,7 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     checkpoint; `--resume RUN_DIR` continues from it. Under `torchrun --nproc-per-node=N -m digitrec
     train ...` the processes train one model together.
     """
-    from digitrec import data, models, report, rundir, train
+    from digitrec import data, models, report, rundir, tasks, train
 
     settings = {name: value for name, value in settings.items() if value is not None}
     leader = train.World.from_env().leader
@@ -197,10 +198,7 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     if not leader:
         return
     metrics = result.metrics
-    if models.spec(config.model).task == "numbers":
-        measured = f"whole strings read right of {train.EVALUATION_STRINGS:,} made from test digits"
-    else:
-        measured = f"on {len(mnist.test):,} images"
+    measured = tasks.of(config.model).measured_on(len(mnist.test))
     if dry_run:
         echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% "
              f"({measured}); nothing written")
@@ -226,6 +224,7 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
     Several PATHS evaluate their ensemble: the average of the models' probabilities.
     """
     from digitrec import checkpoint, data, evaluate, files, rundir
+    from digitrec.tasks import DIGITS
 
     for path in paths:
         if path.suffix.lower() == ".onnx":
@@ -233,15 +232,14 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
                              "(an export is checked against its weights on the test set when it is made); evaluate "
                              "the run it was exported from, or read images with: digitrec predict --model "
                              f"{path} IMAGE...")
-    loaded = [checkpoint.load(path, task="digits") for path in paths or [None]]
+    loaded = [checkpoint.load(path, DIGITS) for path in paths or [None]]
     mnist = data.load(data_dir)
     if len(loaded) == 1:
         logits = evaluate.model_logits(loaded[0].model, mnist.test)
     else:
         logits = evaluate.ensemble_logits([run.model for run in loaded], mnist.test)
-    summary = evaluate.summary(logits, mnist.test.labels)
-    summary = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
-               "model": "+".join(run.config["model"] for run in loaded), **summary}
+    results = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
+               "model": "+".join(run.config["model"] for run in loaded), **evaluate.test_results(logits, mnist.test.labels)}
     if with_report:
         from digitrec import report
 
@@ -257,15 +255,15 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
                                         mnist.test.images, mnist.test.labels)
         click.echo(f"report written to {html_path}", err=as_json)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(results))
         return
-    click.echo(f"{summary['model']} from {summary['weights']}")
-    click.echo(f"test accuracy {100 * summary['test_accuracy']:.2f}% ({summary['errors']} errors in {summary['images']} images)")
+    click.echo(f"{results['model']} from {results['weights']}")
+    click.echo(f"test accuracy {100 * results['test_accuracy']:.2f}% ({results['errors']} errors in {results['images']} images)")
     click.echo("\nconfusion matrix (rows: true digit, columns: predicted)")
-    click.echo("      " + "".join(f"{digit:>6}" for digit in range(10)) + "  accuracy")
-    for digit, row in enumerate(summary["confusion_matrix"]):
-        accuracy = summary["per_class"]["recall"][digit]  # a digit's accuracy is its recall
-        click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row) + f"  {100 * accuracy:>7.2f}%")
+    recall = results["per_class"]["recall"]  # a digit's accuracy is its recall
+    echo_table(["true", *map(str, range(10)), "accuracy"],
+               [[digit, *row, f"{100 * recall[digit]:.2f}%"] for digit, row in enumerate(results["confusion_matrix"])],
+               "r" * 12)
 
 
 COMPARE_COLUMNS = ("run", "model", "recipe", "steps", "train s", "validation", "test")
@@ -286,71 +284,29 @@ def compare_command(runs, markdown):
                      f"{metrics.get('train_seconds', float('nan')):.1f}",
                      f"{100 * metrics.get('validation_accuracy', float('nan')):.2f}%",
                      f"{100 * metrics.get('test_accuracy', float('nan')):.2f}%"])
-    widths = [max(len(str(cell)) for cell in column) for column in zip(COMPARE_COLUMNS, *rows)]
-    for row in (COMPARE_COLUMNS, *rows):
-        click.echo("  ".join(f"{cell!s:<{w}}" if i < 3 else f"{cell!s:>{w}}" for i, (cell, w) in enumerate(zip(row, widths))))
+    echo_table(list(COMPARE_COLUMNS), rows, "lllrrrr")
     if markdown is not None:
         lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
         lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
         write_atomic(markdown, "\n".join(lines) + "\n")
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+def echo_table(header: list[str], rows: list[list], justify: str) -> None:
+    """Print a plain table through Rich: a header line, then one line per row, columns two spaces apart;
+    `justify` has one letter per column, l(eft) or r(ight). Cells are text, never Rich markup (a file may
+    be named "[red]x.png"), and nothing wraps, so each row stays one line however long its path."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
-
-def expand_inputs(paths: tuple[str, ...]) -> list[tuple[str, object]]:
-    """(name, source) pairs: files as given, folders searched recursively for images, "-" for stdin.
-
-    What cannot be read or searched (stdin over the size limit, a broken link, a link back into a folder
-    already searched, a folder that cannot be listed) comes as the `ImageError` saying so, in its place."""
-    from digitrec.preprocess import MAX_FILE_BYTES, MB
-
-    inputs: list[tuple[str, object]] = []
-    for given in paths:
-        if given == "-":
-            content = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
-            too_big = len(content) > MAX_FILE_BYTES
-            inputs.append(("-", ImageError(f"-: refused: larger than {MAX_FILE_BYTES // MB} MB") if too_big else content))
-            continue
-        try:
-            is_folder = Path(given).is_dir()
-        except OSError as error:  # e.g. a folder on its way that this user may not enter
-            inputs.append((given, ImageError(f"{given}: cannot read ({error.strerror})")))
-            continue
-        inputs.extend(images_in(Path(given)) if is_folder else [(given, Path(given))])
-    return inputs
-
-
-def images_in(folder: Path) -> list[tuple[str, object]]:
-    """The image files under `folder`, sorted, following links to folders but never into one twice."""
-    found: list[tuple[str, object]] = []
-    searched: set[tuple[int, int]] = set()
-
-    def unlisted(error: OSError) -> None:
-        found.append((error.filename, ImageError(f"{error.filename}: cannot search this folder ({error.strerror})")))
-
-    for directory, subfolders, files in os.walk(folder, onerror=unlisted, followlinks=True):
-        status = os.stat(directory)
-        if (status.st_dev, status.st_ino) in searched:
-            found.append((directory, ImageError(f"{directory}: links to a folder already searched (a loop?)")))
-            subfolders.clear()
-            continue
-        searched.add((status.st_dev, status.st_ino))
-        for path in (Path(directory, name) for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES):
-            found.append((str(path), path if path.exists() else ImageError(f"{path}: a broken link")))
-    return sorted(found, key=lambda pair: Path(pair[0]))
-
-
-def preview_name(name: str, taken: set[str]) -> str:
-    """A flat file name for the preprocessed view of input `name` ("-" is stdin), unlike any in `taken`
-    (compared ignoring case, as some file systems do); it is added to `taken`."""
-    stem = "stdin" if name == "-" else "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
-    candidate, number = f"{stem}.png", 1
-    while candidate.lower() in taken:
-        number += 1
-        candidate = f"{stem}-{number}.png"
-    taken.add(candidate.lower())
-    return candidate
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style=None, show_edge=False)
+    for name, side in zip(header, justify, strict=True):
+        table.add_column(Text(name), justify="left" if side == "l" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    buffer = io.StringIO()
+    Console(file=buffer, width=100_000, color_system=None, highlight=False).print(table)
+    click.echo("\n".join(line.rstrip() for line in buffer.getvalue().splitlines()))
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -385,7 +341,7 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
     from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path)
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     predicted = iter(recognizer.predict_many([(name, source) for name, source in inputs
@@ -409,15 +365,15 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        width = max(len(row["path"]) for row in rows)
-        click.echo(f"{'image':<{width}}  digit  confidence  " + ("others" if top > 1 else ""))
+        lines = []
         for row, result in zip(rows, results):
             if row["error"]:
-                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                lines.append([row["path"], "", "", f"error: {row['error']}"])
                 continue
             others = "  ".join(f"{d}:{100 * p:.1f}%" for d, p in result.top(top)[1:])
             flag = " unsure" if row["unsure"] else ""
-            click.echo(f"{row['path']:<{width}}  {row['digit']:>5}  {100 * row['confidence']:>9.1f}%{flag}  {others}".rstrip())
+            lines.append([row["path"], row["digit"], f"{100 * row['confidence']:.1f}%{flag}", others])
+        echo_table(["image", "digit", "confidence", "others" if top > 1 else ""], lines, "lrrl")
     if csv_path is not None:
         write_csv(csv_path, ["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"],
                   [[row["path"], row["digit"], row["confidence"], row["unsure"], *(row["probabilities"] or [""] * 10),
@@ -437,11 +393,14 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
     """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin).
 
     The number reader reads the digits; the digit model (--model) reads again each digit that stands apart."""
+    from digitrec import runtime
+    from digitrec.reading import read
     from digitrec.recognizer import Recognizer
+    from digitrec.tasks import NUMBERS
 
-    recognizer = Recognizer.load(model_path, reader=reader_path)
-    recognizer.load_reader()
-    inputs = expand_inputs(paths)
+    recognizer = Recognizer.load(model_path)
+    reader = runtime.load(reader_path, NUMBERS)  # now: a bad reader is one error, not one per image
+    inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     rows = []
@@ -450,14 +409,14 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
         try:
             if isinstance(source, ImageError):  # expand_inputs could not read it
                 raise source
-            reading = recognizer.read(source, name)
+            reading = read(reader, recognizer, source, name)
         except ImageError as error:
             rows.append({"path": name, "text": None, "confidence": None, "unsure": None, "digits": None,
                          "error": str(error)})
             continue
         rows.append({"path": name, **reading.as_dict(), "error": None})
         if show_segments is not None:
-            from digitrec.numbers import draw_segments
+            from digitrec.reading import draw_segments
 
             show_segments.mkdir(parents=True, exist_ok=True)
             write_atomic(show_segments / preview_name(name, previews), draw_segments(source, reading))
@@ -465,15 +424,15 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        width = max(len(row["path"]) for row in rows)
-        click.echo(f"{'image':<{width}}  {'number':<12}  confidence  digits")
+        lines = []
         for row in rows:
             if row["error"]:
-                click.echo(f"{row['path']:<{width}}  error: {row['error']}")
+                lines.append([row["path"], "", "", f"error: {row['error']}"])
                 continue
             digits = " ".join(f"{d['digit']}:{100 * d['confidence']:.0f}%{'?' if d['unsure'] else ''}" for d in row["digits"])
             flag = " unsure" if row["unsure"] else ""
-            click.echo(f"{row['path']:<{width}}  {row['text']:<12}  {100 * row['confidence']:>9.1f}%  {digits}{flag}")
+            lines.append([row["path"], row["text"], f"{100 * row['confidence']:.1f}%", digits + flag])
+        echo_table(["image", "number", "confidence", "digits"], lines, "llrl")
     if csv_path is not None:
         write_csv(csv_path, ["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"], [
             [row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if row["digits"] else "",
@@ -496,7 +455,7 @@ def explain_command(paths, model_path, out):
     from digitrec.recognizer import Recognizer
 
     recognizer = Recognizer.load(model_path)
-    inputs = expand_inputs(paths)
+    inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
     failures = 0
@@ -534,32 +493,21 @@ def explain_command(paths, model_path, out):
 def export_command(path, out, quantize, data_dir):
     """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set (a number
     reader: on strings of test digits)."""
-    import tempfile
+    from digitrec import data, deploy
+    from digitrec.quantize import TEST_POINTS
 
-    from digitrec import data
-    from digitrec.deploy import PARITY_TOLERANCE, export_onnx
-
-    mnist = data.load(data_dir)
-    test_images, test_labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
-    with tempfile.TemporaryDirectory() as folder:
-        float_out = Path(folder) / "float.onnx" if quantize else out
-        parity = export_onnx(path, float_out, check_images=test_images, check_labels=test_labels)
-        if "strings" in parity:
-            if quantize:
-                raise ModelError("--quantize int8 applies to digit models, not the number reader")
-            same = f"the same reading of {parity['same_readings']}/{parity['strings']} strings of test digits"
-        else:
-            same = f"the same digit on {parity['same_digits']}/{parity['images']} test images"
-        click.echo(f"{'checked' if quantize else f'wrote {out}'}: onnxruntime gives {same}, largest logit difference "
-                   f"{parity['max_logit_difference']:.2e} (limit {PARITY_TOLERANCE:g})")
-        if quantize:
-            from digitrec.quantize import CALIBRATION_DIGITS, TEST_POINTS, quantize_int8
-
-            calibration = mnist.train.images[:CALIBRATION_DIGITS].numpy()
-            checks = {"test": (test_images, test_labels, TEST_POINTS)}
-            test = quantize_int8(float_out, out, calibration, checks)["test"]
-            click.echo(f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
-                       f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)")
+    exported = deploy.export(path, out, data.load(data_dir), quantize)
+    parity = exported.parity
+    if "strings" in parity:
+        same = f"the same reading of {parity['same_readings']}/{parity['strings']} strings of test digits"
+    else:
+        same = f"the same digit on {parity['same_digits']}/{parity['images']} test images"
+    click.echo(f"{'checked' if quantize else f'wrote {out}'}: onnxruntime gives {same}, largest logit difference "
+               f"{parity['max_logit_difference']:.2e} (limit {deploy.PARITY_TOLERANCE:g})")
+    if exported.quantized:
+        test = exported.quantized
+        click.echo(f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
+                   f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)")
 
 
 @main.command("serve")
@@ -620,7 +568,7 @@ def teach_add(paths, label, model_path, db_path):
 
     labelled = []
     if label is not None:
-        labelled = [(name, source, label) for name, source in expand_inputs(paths)]
+        labelled = [(name, source, label) for name, source in expand_inputs(paths, sys.stdin.buffer)]
         source = "cli"
     else:
         for given in paths:

@@ -18,7 +18,7 @@ import numpy as np
 import platformdirs
 import torch
 
-from digitrec import idx, strings
+from digitrec import idx, number_strings
 from digitrec.errors import DataError
 from digitrec.files import write_atomic
 
@@ -183,7 +183,7 @@ def batches(
 
 
 def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Endless batches of random number strings made from `split`'s digits (strings.random_batch), for
+    """Endless batches of random number strings made from `split`'s digits (number_strings.random_batch), for
     the number reader: (strips (B, 1, 32, W), each strip's output columns (B,), their digits as classes
     1-10 one string after another, each string's length (B,)). Batch number n is drawn from a generator
     seeded with (seed, n, rank) alone, so a resumed run (`start`) sees the same strings, and every rank
@@ -191,7 +191,7 @@ def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, star
     images, labels = split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy()
     step = start
     while True:
-        made = strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]))
+        made = number_strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]))
         yield (torch.from_numpy(made.pixels).to(split.images.device), torch.from_numpy(made.columns),
                torch.from_numpy(made.digits + 1), torch.from_numpy(made.lengths))  # class 0 is the blank
         step += 1

@@ -1,27 +1,24 @@
-"""ONNX: export a checkpoint (torch side), and run an exported file with onnxruntime without torch.
+"""ONNX export: a checkpoint (torch side) written as an `.onnx` file, checked, and optionally quantized.
 
-`load_onnx` imports only numpy and onnxruntime, so a deployment that serves or predicts from an `.onnx`
-file needs neither torch nor the training code. The export stores the model's config and metrics in the
-file's metadata; given test images (`digitrec export` always gives the whole test set), it is kept only
-if onnxruntime agrees with torch on them. Next to `logits` it writes what the Inside view shows
-(`models.inside_outputs`: `activation:convN`, `filters:conv1`, `templates`) as extra outputs; plain
-prediction asks for `logits` alone. Loading checks that a file is a digitrec model: its input, its
-`logits` output, its metadata, and finite answers. The number reader exports the same way, as input
-`strips` (batch, 1, 32, width) and output `scores` (batch, 11, width / 2), width free.
+The export stores the model's config and metrics in the file's metadata; given test images (`digitrec
+export` always gives the whole test set), it is kept only if onnxruntime agrees with torch on them (its
+task says how: the same digits, or the same readings of strings). A digit model's file carries, next to
+`logits`, what the Inside view shows (`models.inside_outputs`: `activation:convN`, `filters:conv1`,
+`templates`) as extra outputs; the number reader exports as input `strips` (batch, 1, 32, width) and
+output `scores` (batch, 11, width / 2), width free. `export` is the whole pipeline the CLI runs: export,
+check, and with `quantize="int8"` an int8 copy (quantize.py). Running an exported file is runtime.py's.
 """
 
 import json
-from collections.abc import Callable
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digitrec import metadata
+from digitrec import runtime
 from digitrec.errors import ModelError
-
-CLASSES = 10  # models.CLASSES, which this torch-free module cannot import
-PARITY_TOLERANCE = 1e-4  # the largest logit difference allowed between torch and onnxruntime
-PARITY_STRINGS = 200  # a number reader's export is checked on this many strings of the check images' digits
+from digitrec.tasks.base import PARITY_TOLERANCE  # noqa: F401  (the CLI prints it)
 
 
 def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray | None = None,
@@ -32,29 +29,31 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     import io
     import warnings
 
+    import onnx
     import torch
 
-    from digitrec import checkpoint, models, strings
+    from digitrec import checkpoint
     from digitrec.files import write_atomic
 
+    class TaskOutputs(torch.nn.Module):
+        """The model returning all its task's export outputs as a tuple in their order: what the export traces."""
+
+        def __init__(self, model: torch.nn.Module, task):
+            super().__init__()
+            self.model, self.task = model, task
+
+        def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(self.task.export_outputs(self.model, inputs).values())
+
     loaded = checkpoint.load(weights)
-    reader = models.spec(loaded.config["model"]).task == "numbers"
-    if reader:
-        model, example = loaded.model, torch.zeros(1, 1, strings.STRIP_HEIGHT, 64)
-        input_name, names = "strips", ["scores"]
-        axes = {"strips": {0: "batch", 3: "width"}, "scores": {0: "batch", 2: "columns"}}
-    else:
-        model, example = models.InsideOutputs(loaded.model), torch.zeros(1, 1, 28, 28)
-        input_name, names = "images", list(models.inside_outputs(loaded.model, example))
-        batched = ["images"] + [name for name in names if name == "logits" or name.startswith("activation:")]
-        axes = {name: {0: "batch"} for name in batched}
+    task = loaded.task
+    example = task.export_example()
+    names = list(task.export_outputs(loaded.model, example))
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter works offline; the newer one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), buffer, input_names=[input_name], output_names=names,
-                          dynamic_axes=axes, dynamo=False)
-    import onnx
-
+        torch.onnx.export(TaskOutputs(loaded.model, task), (example,), buffer, input_names=[task.input_name],
+                          output_names=names, dynamic_axes=task.dynamic_axes(names), dynamo=False)
     model_proto = onnx.load_from_string(buffer.getvalue())
     for output, name in zip(model_proto.graph.output, names):
         if output.name != name:  # a weight output folded into a bare initializer keeps the initializer's name
@@ -65,131 +64,36 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
         entry.key, entry.value = key, json.dumps(value)
     exported = model_proto.SerializeToString()
     parity = {}
-    if check_images is not None and reader:
-        made = strings.fixed_set(check_images[:, 0], check_labels, PARITY_STRINGS)
-        expected = models.logits_in_batches(loaded.model, torch.from_numpy(made.pixels), batch_size=100).numpy()
-        scores, _ = session_scores(exported, "export")
-        got = scores(made.pixels)
-        parity = {
-            "strings": len(made.lengths),
-            "same_readings": sum(a == b for a, b in zip(strings.texts(softmax(got, 1), made.columns),
-                                                          strings.texts(softmax(expected, 1), made.columns))),
-            "max_logit_difference": float(np.abs(got - expected).max()),
-        }
-        if parity["same_readings"] != parity["strings"] or not parity["max_logit_difference"] <= PARITY_TOLERANCE:
-            raise ModelError(f"the ONNX export disagrees with torch: {parity}; nothing written")
-    elif check_images is not None:
-        expected = models.logits_in_batches(loaded.model, torch.from_numpy(check_images)).numpy()
-        logits, _, _ = session_logits(exported, "export")
-        got = np.concatenate([logits(check_images[i : i + 1000]) for i in range(0, len(check_images), 1000)])
-        parity = {
-            "images": len(check_images),
-            "same_digits": int((got.argmax(1) == expected.argmax(1)).sum()),
-            "max_logit_difference": float(np.abs(got - expected).max()),
-        }
-        # written so that NaN (which compares false with everything) fails
-        if parity["same_digits"] != len(check_images) or not parity["max_logit_difference"] <= PARITY_TOLERANCE:
-            raise ModelError(f"the ONNX export disagrees with torch: {parity}; nothing written")
+    if check_images is not None:
+        parity = task.export_parity(loaded.model, runtime.from_source(exported, "export", task).forward,
+                                    check_images, check_labels)
     write_atomic(out, exported)
     return parity
 
 
-Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
+@dataclass(frozen=True)
+class Exported:
+    parity: dict  # export_onnx's comparison of torch and onnxruntime
+    quantized: dict | None  # quantize_int8's test accuracies of the float and int8 models, when asked for
 
 
-def softmax(values: np.ndarray, axis: int) -> np.ndarray:
-    shifted = np.exp(values - values.max(axis, keepdims=True))
-    return shifted / shifted.sum(axis, keepdims=True)
+def export(weights: str | Path | None, out: Path, mnist, quantize: str | None = None) -> Exported:
+    """The model at `weights` (None: the bundled default) exported to `out`, checked on `mnist`'s test set;
+    with `quantize="int8"`, `out` is instead its int8 copy, calibrated on training digits and refused if
+    it loses more than quantize.TEST_POINTS of test accuracy (digit models only)."""
+    from digitrec import checkpoint
+    from digitrec.tasks import DIGITS
 
+    test_images, test_labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
+    if quantize and checkpoint.load(weights).task is not DIGITS:
+        raise ModelError("--quantize int8 applies to digit models, not the number reader")
+    if not quantize:
+        return Exported(export_onnx(weights, out, test_images, test_labels), None)
+    from digitrec.quantize import CALIBRATION_DIGITS, TEST_POINTS, quantize_int8
 
-def open_session(source: bytes | str, name: str, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    # idle worker threads sleep instead of spinning: spinning steals the core that decodes the next image
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = threads
-    try:
-        # an int8 copy (digitrec.quantize) keeps its first block float, quantizing after the pool; propagating
-        # that quantization up through the pool would run the pool on uint8 in the slow NCHW layout
-        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=["QDQPropagationTransformer"])
-    except Exception as error:  # onnxruntime raises its own exception types for bad files
-        raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
-
-
-def session_logits(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], Outputs, dict]:
-    """A logits function over an ONNX model, a function giving all its outputs by name (logits, and in files
-    exported since the Inside view: activations, filters, templates), and its metadata; `threads` per
-    call (0: one per core). Plain prediction asks for the logits only."""
-    session = open_session(source, name, threads)
-    check_signature(session, name)
-
-    def logits(batch: np.ndarray) -> np.ndarray:
-        return session.run(["logits"], {"images": batch})[0]
-
-    try:
-        probe = logits(np.zeros((2, 1, 28, 28), np.float32))  # a batch of two: the batch size must be free
-    except Exception as error:  # onnxruntime's own types, e.g. a fixed batch size
-        raise ModelError(f"{name}: the model cannot run on a batch of images ({str(error).splitlines()[0]})") from None
-    if probe.shape != (2, CLASSES) or not np.isfinite(probe).all():
-        raise ModelError(f"{name}: the model's logits for blank images are not {CLASSES} finite numbers each "
-                         f"(shape {probe.shape}); the weights may hold NaN")
-    names = [output.name for output in session.get_outputs()]
-
-    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {"images": batch})))
-
-    return logits, outputs, session.get_modelmeta().custom_metadata_map
-
-
-def session_scores(source: bytes | str, name: str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A number reader's scores function over an ONNX model ((B, 1, 32, W) strips -> (B, 11, W/2)), and its metadata."""
-    session = open_session(source, name, threads)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    described = ", ".join(f"{node.name} {node.type} {node.shape}" for node in [*inputs, *outputs])
-    if ([node.name for node in inputs], [node.name for node in outputs]) != (["strips"], ["scores"]):
-        raise ModelError(f"{name}: not a digitrec number reader: expected input 'strips' and output 'scores', found {described}")
-
-    def scores(strips: np.ndarray) -> np.ndarray:
-        return session.run(["scores"], {"strips": strips})[0]
-
-    try:
-        probe = scores(np.zeros((2, 1, 32, 64), np.float32))  # batch and width must be free
-    except Exception as error:  # onnxruntime's own types, e.g. a fixed width
-        raise ModelError(f"{name}: the reader cannot run on a batch of strips ({str(error).splitlines()[0]})") from None
-    if probe.shape != (2, CLASSES + 1, 32) or not np.isfinite(probe).all():
-        raise ModelError(f"{name}: the reader's scores for blank strips are not finite (batch, {CLASSES + 1}, width / 2) "
-                         f"(shape {probe.shape}); the weights may hold NaN")
-    return scores, session.get_modelmeta().custom_metadata_map
-
-
-def check_signature(session, name: str) -> None:
-    """A digitrec model takes one float input `images` of shape (batch, 1, 28, 28) and gives `logits` of
-    shape (batch, 10); other outputs (intermediate activations) may come beside it."""
-    inputs, outputs = session.get_inputs(), {output.name: output for output in session.get_outputs()}
-    found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in inputs)
-    if len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(float)" or inputs[0].shape[1:] != [1, 28, 28]:
-        raise ModelError(f"{name}: not a digitrec model: expected one input 'images' of float (batch, 1, 28, 28), found {found}")
-    logits = outputs.get("logits")
-    if logits is None or logits.type != "tensor(float)" or len(logits.shape) != 2 or logits.shape[1] != CLASSES:
-        found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in outputs.values())
-        raise ModelError(f"{name}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}")
-
-
-def load_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict, Outputs]:
-    """A logits function, model info and an all-outputs function for an exported file, for `Recognizer`."""
-    if not path.is_file():
-        raise ModelError(f"{path}: no such ONNX file")
-    logits, outputs, stored = session_logits(str(path), str(path), threads)
-    config, metrics = metadata.read(stored, path)
-    return logits, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime"), outputs
-
-
-def load_reader_onnx(path: Path, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """A number reader's scores function and model info for an exported file, for `Recognizer.read`."""
-    if not path.is_file():
-        raise ModelError(f"{path}: no such ONNX file")
-    scores, stored = session_scores(str(path), str(path), threads)
-    config, metrics = metadata.read(stored, path)
-    return scores, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime")
+    with tempfile.TemporaryDirectory() as folder:
+        float_out = Path(folder) / "float.onnx"
+        parity = export_onnx(weights, float_out, test_images, test_labels)
+        calibration = mnist.train.images[:CALIBRATION_DIGITS].numpy()
+        checks = {"test": (test_images, test_labels, TEST_POINTS)}
+        return Exported(parity, quantize_int8(float_out, out, calibration, checks)["test"])

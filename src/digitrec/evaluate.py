@@ -8,6 +8,7 @@ import torch
 
 from digitrec import models
 from digitrec.data import Split
+from digitrec.shapes import CLASSES
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -20,7 +21,7 @@ def string_accuracy(read: list[str], truths: list[str]) -> float:
     return sum(r == t for r, t in zip(read, truths, strict=True)) / len(truths)
 
 
-def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int = models.CLASSES) -> np.ndarray:
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int = CLASSES) -> np.ndarray:
     """counts[true, predicted]."""
     return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)
 
@@ -34,7 +35,7 @@ def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
     return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
 
 
-def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+def test_results(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Everything `digitrec evaluate` reports about a set of predictions."""
     predicted = logits.argmax(1).cpu().numpy()
     truth = labels.cpu().numpy()

@@ -20,8 +20,7 @@ from PIL import Image, ImageDraw
 
 from digitrec.preprocess import Source, preprocess
 from digitrec.recognizer import Prediction, Recognizer
-
-CLASSES = 10
+from digitrec.shapes import CLASSES
 
 SIDE = 28
 # On 100 validation digits, blanking the 15 % of ink the map ranks highest took 0.42 from the predicted

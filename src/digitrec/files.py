@@ -8,11 +8,11 @@ from pathlib import Path
 from digitrec.errors import OutputError
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-DEFAULT_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
-DEFAULT_ONNX = DEFAULT_MODEL / "model.onnx"
-DEFAULT_INT8 = DEFAULT_MODEL / "model.int8.onnx"  # its int8 copy, for batched prediction (digitrec.quantize)
-DEFAULT_READER = BUNDLED_DIR / "reader"  # the number reader (numbers.py), as weights.safetensors and model.onnx
-DEFAULT_READER_ONNX = DEFAULT_READER / "model.onnx"
+BUNDLED_MODEL = BUNDLED_DIR / "default"  # weights.safetensors, and the same model as model.onnx
+BUNDLED_ONNX = BUNDLED_MODEL / "model.onnx"
+BUNDLED_INT8 = BUNDLED_MODEL / "model.int8.onnx"  # its int8 copy, for batched prediction (digitrec.quantize)
+BUNDLED_READER = BUNDLED_DIR / "reader"  # the number reader (reading.py), as weights.safetensors and model.onnx
+BUNDLED_READER_ONNX = BUNDLED_READER / "model.onnx"
 
 UMASK = os.umask(0)
 os.umask(UMASK)

@@ -15,10 +15,9 @@ from torch import nn
 
 from digitrec.config import TrainConfig, check_fields, setting
 from digitrec.errors import ConfigError
+from digitrec.shapes import CLASSES
 
 IMAGE_PIXELS = 28 * 28
-CLASSES = 10
-TASKS = ("digits", "numbers")  # one digit per 28x28 image; a whole number per strip (see strings.py)
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,8 @@ class ModelSpec:
     recipes: dict[str, dict]  # recipe name -> the TrainConfig values it sets; the rest keep TrainConfig's defaults
     default_recipe: str = "default"
     size: type | None = None  # frozen dataclass of the size parameters (TrainConfig fields of the same names)
-    task: str = "digits"  # one of TASKS: what the model reads, so what it trains on and is measured by
+    task: str = "digits"  # a name in tasks.TASKS: what the model reads and answers, so what it trains on, is
+    # measured by and exports as
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -44,8 +44,6 @@ DEFAULT_MODEL = "fast"  # what `digitrec train` trains without --model
 
 def register(name: str, spec: ModelSpec) -> None:
     """Make model `name` known to training, the CLI, checkpoint loading and export."""
-    if spec.task not in TASKS:
-        raise ConfigError(f"model {name!r}: task {spec.task!r} is not one of {', '.join(TASKS)}")
     if spec.default_recipe not in spec.recipes:
         raise ConfigError(f"model {name!r}: default recipe {spec.default_recipe!r} is not one of its recipes")
     unsettable = size_names(spec) - {field.name for field in fields(TrainConfig)}
@@ -234,7 +232,7 @@ class NumberReader(nn.Module):
 
 
 register("reader", ModelSpec(NumberReader, size=ReaderSize, task="numbers", recipes={
-    # each step: 64 random strings of training digits (strings.random_batch); chosen on validation strings
+    # each step: 64 random strings of training digits (number_strings.random_batch); chosen on validation strings
     "default": dict(
         width=16, steps=10000, batch_size=64, optimizer="adam", lr=2e-3, schedule="warmup_cosine", warmup_fraction=0.1,
         weight_decay=1e-4, channels_last=True, log_every=100, eval_every=1000,

@@ -27,6 +27,7 @@ from digitrec import checkpoint, data, evaluate, models, rundir, train
 from digitrec.config import TrainConfig
 from digitrec.corrections import Store
 from digitrec.errors import ConfigError, TrainingStopped
+from digitrec.tasks import DIGITS
 
 CORRECTION_SHARE = 0.5  # of each batch; the rest are replayed MNIST training digits (bench/teach.py)
 HOLDOUT_SHARE = 0.2  # of each digit's corrections, held out to measure (only digits with at least MIN_HELD_IN + 1)
@@ -155,7 +156,7 @@ def learn(store: Store, start_from: str | Path | None = None, out: Path | None =
     if not len(labels):
         raise ConfigError(f"{store.path} holds no corrections to learn from: add some with digitrec teach add, "
                           f"or the page's \"Wrong? It was\"")
-    loaded = checkpoint.load(start_from, task="digits")
+    loaded = checkpoint.load(start_from, task=DIGITS)
     config = personal_config(loaded.config, **overrides)
     start = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
     out = Path(out) if out is not None else default_out(store)

@@ -22,7 +22,7 @@ Three choices measured on the bundled models (bench/inference.py; README, "int8 
   them quantized the copy lost 0.10 points on thin-pen digits, the gate's limit.
 
 Needs the `onnx` package and onnxruntime (the `onnx` extra), not torch. The runtime path
-(`deploy.load_onnx`) runs the copy like any other ONNX file.
+(`runtime.load_onnx`) runs the copy like any other ONNX file.
 """
 
 import json
@@ -47,8 +47,9 @@ def quantize_int8(source: Path, out: Path, calibration_images: np.ndarray, check
     Returns the accuracies, per check set, of both models."""
     import onnx
 
-    from digitrec.deploy import session_logits
+    from digitrec import runtime
     from digitrec.files import write_atomic
+    from digitrec.tasks import DIGITS
 
     model = onnx.load(str(source))
     logits_only(model)
@@ -57,8 +58,8 @@ def quantize_int8(source: Path, out: Path, calibration_images: np.ndarray, check
         onnx.save(model, str(float_path))
         quantize_file(float_path, int8_path, calibration_images, float_nodes(model))
         quantized = onnx.load(str(int8_path))
-    float_logits, _, _ = session_logits(model.SerializeToString(), str(source))
-    int8_logits, _, _ = session_logits(quantized.SerializeToString(), f"{out} (int8)")
+    float_logits = runtime.from_source(model.SerializeToString(), str(source), DIGITS).forward
+    int8_logits = runtime.from_source(quantized.SerializeToString(), f"{out} (int8)", DIGITS).forward
     report = {name: {"float": accuracy(float_logits, images, labels), "int8": accuracy(int8_logits, images, labels),
                      "allowed_points": points}
               for name, (images, labels, points) in checks.items()}

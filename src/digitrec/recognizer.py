@@ -4,14 +4,13 @@
     recognizer = Recognizer.load()            # the bundled default model
     result = recognizer.predict("seven.jpg")  # a path, bytes, a PIL image or a numpy array
     result.digit, result.confidence, result.probabilities, result.unsure
-    reading = recognizer.read("year.jpg")     # a whole number: reading.text == "2026", boxes, confidences
 
-Owns model loading for inference (torch weights, or an `.onnx` file run by onnxruntime without
-importing torch) and batching, for the digit model and for the number reader that `read` uses (loaded on
-the first `read`); the CLI and the web app both call it.
+Owns turning images into digits with probabilities: preprocessing, batching, worker processes; the CLI
+and the web app both call it. Loading the model (torch weights, or an `.onnx` file run by onnxruntime
+without importing torch) is runtime.py's; reading a whole number is reading.py's, which takes a
+recognizer and a number reader (`reading.read(reader, recognizer, image)`).
 """
 
-import importlib.util
 import itertools
 import multiprocessing
 import os
@@ -23,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from digitrec.deploy import softmax
-from digitrec.errors import ImageError, ModelError
-from digitrec.files import DEFAULT_INT8, DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_READER, DEFAULT_READER_ONNX
-from digitrec.metadata import model_info
+from digitrec import runtime
+from digitrec.errors import ImageError
+from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
 from digitrec.preprocess import Source, keep_freed_memory, preprocess
+from digitrec.runtime import Runtime
+from digitrec.tasks import DIGITS
 
 UNSURE_BELOW = 0.80  # a prediction whose top probability is below this is flagged as unsure
 BATCH_SIZE = 256  # images per forward pass in batched prediction
@@ -74,31 +74,18 @@ def prepare_in(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> li
     return prepared
 
 
-def onnxruntime_installed() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
 class Recognizer:
-    """Turns images into predictions with one model, loaded once."""
+    """Turns images into predictions with one digit model, loaded once."""
 
-    def __init__(self, logits: Callable[[np.ndarray], np.ndarray], info: dict,
-                 outputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
-                 batch_logits: Callable[[np.ndarray], np.ndarray] | None = None,
-                 reader_path: str | Path | None = None, threads: int = 0):
-        self.logits = logits  # (B, 1, 28, 28) float32 -> (B, 10) float32
-        # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `logits`
-        self.batch_logits = batch_logits or logits
-        self.info = info  # name, parameters, recorded metrics, weights path
-        # (B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
-        # `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`
-        self.outputs = outputs or (lambda batch: {"logits": self.logits(batch)})
-        self.reader_path, self.threads = reader_path, threads
-        self.reader: tuple[Callable[[np.ndarray], np.ndarray], dict] | None = None  # scores function, info
+    def __init__(self, model: Runtime, batch_model: Runtime | None = None):
+        self.model = model  # the digit model: (B, 1, 28, 28) float32 -> (B, 10) logits
+        # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `model`
+        self.batch_model = batch_model or model
+        self.info = model.info  # name, parameters, recorded metrics, weights path
 
     @classmethod
-    def load(cls, path: str | Path | None = None, threads: int = 0, reader: str | Path | None = None) -> "Recognizer":
-        """The model at `path` (run directory, .safetensors or .onnx file), or the bundled default; `reader`:
-        the number reader `read` uses (the same kinds of path; None: the bundled one), loaded when first used.
+    def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
+        """The digit model at `path` (run directory, .safetensors or .onnx file), or the bundled default.
 
         The bundled default runs on onnxruntime when it is installed (several times faster than torch for
         one image, see the README's runtimes table, and no torch needed), else on torch; both copies give
@@ -108,41 +95,26 @@ class Recognizer:
         a server that runs several requests at once does better with 1. On torch it sets the process's
         thread count.
         """
-        if path is None and onnxruntime_installed():
-            from digitrec.deploy import load_onnx
+        if path is None and runtime.onnxruntime_installed():
+            return cls(runtime.load_onnx(BUNDLED_ONNX, DIGITS, threads), runtime.load_onnx(BUNDLED_INT8, DIGITS, threads))
+        return cls(runtime.load(path, DIGITS, threads))
 
-            return cls(*load_onnx(DEFAULT_ONNX, threads), batch_logits=load_onnx(DEFAULT_INT8, threads)[0],
-                       reader_path=reader, threads=threads)
-        if path is not None and Path(path).suffix == ".onnx":
-            from digitrec.deploy import load_onnx
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 1, 28, 28) float32 -> (B, 10) float32 logits of the float model."""
+        return self.model.forward(batch)
 
-            return cls(*load_onnx(Path(path), threads), reader_path=reader, threads=threads)
-        return cls(*load_torch(path, threads), reader_path=reader, threads=threads)
+    def batch_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The same through the copy `predict_many` runs (the int8 copy of the bundled default)."""
+        return self.batch_model.forward(batch)
 
-    def load_reader(self) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-        """The number reader, loaded now if it is not yet (a caller that reads many images calls this first,
-        so that a bad reader is one error, not one per image)."""
-        if self.reader is None:
-            self.reader = load_reader(self.reader_path, self.threads)
-        return self.reader
-
-    def reader_scores(self, strips: np.ndarray) -> np.ndarray:
-        """The number reader's per-column probabilities (B, 11, W/2) for strips (B, 1, 32, W); see strings.py."""
-        scores = self.load_reader()[0](strips)
-        if not np.isfinite(scores).all():
-            raise ModelError("the number reader's answer is NaN or infinite: it cannot be used")
-        return softmax(scores.astype(np.float64), 1)
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 1, 28, 28) -> everything the model computed, by name: `logits`, and where the runtime has them
+        `activation:convN`, `filters:conv1`, `templates` (see `models.inside_outputs`); for `explain`."""
+        return self.model.outputs(batch)
 
     def predict(self, image: Source, name: str = "image") -> Prediction:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
         return self.predict_arrays(preprocess(image, name)[None])[0]
-
-    def read(self, image: Source, name: str = "image"):
-        """The number written in one image ("2026"): a `numbers.Reading` with the text, its confidence
-        and each digit's box; raises `ImageError` when there is none. See digitrec/numbers.py."""
-        from digitrec.numbers import read  # numbers builds on this module
-
-        return read(self, image, name)
 
     def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
@@ -187,10 +159,7 @@ class Recognizer:
                        logits: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Prediction]:
         """Already-preprocessed (N, 28, 28) arrays in 0..1, through `logits` (default: the model's float `logits`)."""
         batch = np.asarray(arrays, dtype=np.float32)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-        logits = (logits or self.logits)(batch)
-        if not np.isfinite(logits).all():  # loading refuses NaN weights; this catches an overflow
-            raise ModelError("the model's answer is NaN or infinite: it cannot be used")
-        probabilities = softmax(logits.astype(np.float64), 1)
+        probabilities = DIGITS.probabilities((logits or self.logits)(batch))  # refuses an overflow's NaN
         return [
             Prediction(
                 digit=int(p.argmax()),
@@ -201,49 +170,3 @@ class Recognizer:
             )
             for p, array in zip(probabilities, batch[:, 0])
         ]
-
-
-def torch_model(path: str | Path | None, threads: int, task: str, default: Path) -> tuple[Callable, dict, object]:
-    """A saved model of `task` on torch (see `checkpoint.load`): its forward function (numpy in, float32
-    numpy out, no gradients), its info, and the module itself."""
-    import torch
-
-    from digitrec import checkpoint, models
-
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = checkpoint.load(path, task=task, default=default)
-    model = loaded.model
-
-    @torch.inference_mode()
-    def forward(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(batch)).float().numpy()
-
-    return forward, model_info(loaded.config, loaded.metrics, models.parameter_count(model), loaded.weights_path, "torch"), model
-
-
-def load_torch(path: str | Path | None, threads: int = 0) -> tuple[Callable, dict, Callable]:
-    import torch
-
-    from digitrec import models
-
-    logits, info, model = torch_model(path, threads, "digits", DEFAULT_MODEL)
-
-    @torch.inference_mode()
-    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value.float().numpy() for name, value in models.inside_outputs(model, torch.from_numpy(batch)).items()}
-
-    return logits, info, outputs
-
-
-def load_reader(path: str | Path | None, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """The number reader at `path` (run directory, .safetensors or .onnx file; None: the bundled one, on
-    onnxruntime when installed): its scores function, (B, 1, 32, W) -> (B, 11, W/2), and its info."""
-    if path is None and onnxruntime_installed():
-        path = DEFAULT_READER_ONNX
-    if path is not None and Path(path).suffix == ".onnx":
-        from digitrec.deploy import load_reader_onnx
-
-        return load_reader_onnx(Path(path), threads)
-    scores, info, _ = torch_model(path, threads, "numbers", DEFAULT_READER)
-    return scores, info

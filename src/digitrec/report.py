@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from digitrec import evaluate  # noqa: E402
 from digitrec.files import write_atomic  # noqa: E402
+from digitrec.rundir import CURVES_FILE, REPORT_HTML_FILE, REPORT_JSON_FILE  # noqa: E402
 
 GALLERY_SIZE = 24
 
@@ -90,28 +91,28 @@ def table(header: list[str], rows: list[list]) -> str:
 def write_report(out_dir: Path, config: dict, metrics: dict, log: list[dict], logits: torch.Tensor,
                  images: torch.Tensor, labels: torch.Tensor) -> Path:
     """Write the figures, `report.json` and `report.html` into `out_dir`; returns the HTML path."""
-    summary = evaluate.summary(logits, labels)
+    results = evaluate.test_results(logits, labels)
     probabilities = torch.softmax(logits, 1)
     mistakes = evaluate.ranked_answers(probabilities, labels, GALLERY_SIZE, correct=False)
     doubtful = evaluate.ranked_answers(probabilities, labels, GALLERY_SIZE, correct=True)
     figures = {
-        "confusion.png": confusion_png(np.array(summary["confusion_matrix"])),
+        "confusion.png": confusion_png(np.array(results["confusion_matrix"])),
         "mistakes.png": gallery_png(images, mistakes, "most confident mistakes (true→predicted, confidence)"),
         "least-confident-correct.png": gallery_png(images, doubtful, "least confident correct answers"),
     }
     if log:
-        figures["curves.png"] = curves_png(log)
+        figures[CURVES_FILE] = curves_png(log)
     for name, png in figures.items():
         write_atomic(out_dir / name, png)
-    per_class = summary["per_class"]
-    write_atomic(out_dir / "report.json", json.dumps({**summary, "mistakes": mistakes, "least_confident_correct": doubtful}, indent=2))
+    per_class = results["per_class"]
+    write_atomic(out_dir / REPORT_JSON_FILE, json.dumps({**results, "mistakes": mistakes, "least_confident_correct": doubtful}, indent=2))
     class_rows = [[digit, f"{per_class['precision'][digit]:.4f}", f"{per_class['recall'][digit]:.4f}",
-                   f"{per_class['f1'][digit]:.4f}", int(np.sum(summary["confusion_matrix"][digit]))] for digit in range(10)]
+                   f"{per_class['f1'][digit]:.4f}", int(np.sum(results["confusion_matrix"][digit]))] for digit in range(10)]
     sections = [
         f"<h1>digitrec report: {html.escape(str(config.get('model')))} ({html.escape(str(config.get('recipe')))})</h1>",
-        f"<p class=headline>test accuracy <b>{100 * summary['test_accuracy']:.2f}%</b> "
-        f"({summary['errors']} errors in {summary['images']} test images)</p>",
-        "<h2>Training curves</h2>" + (embedded(figures["curves.png"], "training curves") if log else "<p>no training log</p>"),
+        f"<p class=headline>test accuracy <b>{100 * results['test_accuracy']:.2f}%</b> "
+        f"({results['errors']} errors in {results['images']} test images)</p>",
+        "<h2>Training curves</h2>" + (embedded(figures[CURVES_FILE], "training curves") if log else "<p>no training log</p>"),
         "<h2>Confusion matrix</h2>" + embedded(figures["confusion.png"], "confusion matrix"),
         "<h2>Per-class precision, recall and F1</h2>" + table(["digit", "precision", "recall", "F1", "test images"], class_rows),
         "<h2>Most confident mistakes</h2>" + embedded(figures["mistakes.png"], "most confident mistakes"),
@@ -125,5 +126,5 @@ def write_report(out_dir: Path, config: dict, metrics: dict, log: list[dict], lo
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
         "img{max-width:100%}.headline{font-size:1.3em}</style></head><body>" + "\n".join(sections) + "</body></html>\n"
     )
-    write_atomic(out_dir / "report.html", page)
-    return out_dir / "report.html"
+    write_atomic(out_dir / REPORT_HTML_FILE, page)
+    return out_dir / REPORT_HTML_FILE

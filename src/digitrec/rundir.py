@@ -2,7 +2,7 @@
 
 A finished run holds `weights.safetensors` (the model; checkpoint.py owns its format), `config.json`
 (the resolved recipe), `metrics.json` (steps, accuracies, training seconds, and how the run was made:
-`provenance`), `log.jsonl` (one record per logged step) and `curves.png`. A run in progress holds its
+provenance.py), `log.jsonl` (one record per logged step) and `curves.png`. A run in progress holds its
 `config.json`, its `log.jsonl` so far and its training checkpoints: `checkpoint-STEP.pt` files
 (`torch.save`, read back with `weights_only=True`) listed with their SHA-256 in `checkpoints.json`.
 The newest `KEEP_CHECKPOINTS` are kept, so a damaged newest file falls back to the one before it.
@@ -20,18 +20,12 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from digitrec import __version__
 from digitrec.errors import ConfigError, ModelError, OutputError
 from digitrec.files import UMASK, write_atomic
 
@@ -41,6 +35,8 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "curves.png"
 CHECKPOINTS_FILE = "checkpoints.json"
+REPORT_JSON_FILE = "report.json"  # what `digitrec evaluate --report` (and the page) measured on the test set
+REPORT_HTML_FILE = "report.html"  # the same with figures, as one page
 OUTPUT_FILE = "train-output.txt"  # what `digitrec train` printed, where its starter keeps it (the web server)
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{7})\.pt")  # the only files a run folder ever deletes
 KEEP_CHECKPOINTS = 2
@@ -238,14 +234,6 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> dict:
     raise ModelError(f"{run_dir}: every checkpoint is damaged or missing; the run cannot be resumed")
 
 
-def remove_checkpoints(run_dir: Path) -> None:
-    """Delete the run's checkpoints: the list first, then every `checkpoint-STEP.pt` directly inside `run_dir`."""
-    (run_dir / CHECKPOINTS_FILE).unlink(missing_ok=True)
-    for path in run_dir.iterdir():
-        if CHECKPOINT_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
-            path.unlink()
-
-
 # ---- what a folder holds
 
 
@@ -274,11 +262,11 @@ def describe(run_dir: str | Path) -> dict:
     accuracy, the test accuracy (finished runs only), training seconds, when it last changed (Unix time)."""
     run_dir = Path(run_dir)
     found = status(run_dir)
-    summary = {"path": str(run_dir), "name": run_dir.name, "status": found, "model": None, "recipe": None,
+    described = {"path": str(run_dir), "name": run_dir.name, "status": found, "model": None, "recipe": None,
                "steps": None, "total_steps": None, "validation_accuracy": None, "test_accuracy": None,
                "train_seconds": None, "updated": None}
     if found in (MISSING, EMPTY, NOT_A_RUN):
-        return summary
+        return described
     config, metrics = {}, {}
     try:
         config = read_json(run_dir / CONFIG_FILE)
@@ -295,7 +283,7 @@ def describe(run_dir: str | Path) -> dict:
         steps = log[-1].get("step")
     else:
         steps = 0
-    summary.update(
+    described.update(
         model=config.get("model"), recipe=config.get("recipe"), total_steps=config.get("steps"),
         steps=metrics.get("steps", steps),
         validation_accuracy=metrics.get("validation_accuracy", validated[-1] if validated else None),
@@ -303,7 +291,7 @@ def describe(run_dir: str | Path) -> dict:
         train_seconds=metrics.get("train_seconds", log[-1].get("seconds") if log else None),
         updated=max(path.stat().st_mtime for path in run_dir.iterdir()),
     )
-    return summary
+    return described
 
 
 def list_runs(folder: str | Path) -> list[dict]:
@@ -390,71 +378,3 @@ def save_run(run_dir: Path, files: dict[str, bytes | str], training_dir: Path | 
     if training_dir != run_dir:
         shutil.rmtree(training_dir, ignore_errors=True)
     return run_dir
-
-
-# ---- how a run was made
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-GIT_TIMEOUT_SECONDS = 2
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def cpu() -> tuple[str | None, list[str]]:
-    """The CPU's model name and which of `CPU_FLAGS` it has (from /proc/cpuinfo where there is one)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or None, []
-    fields = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    flags = set(fields.get("flags", "").split())
-    return fields.get("model name"), [flag for flag in CPU_FLAGS if flag in flags]
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout digitrec runs from, or None (an installed package, no git, a slow git)."""
-    checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / ".git").exists():
-        return None
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
-                                timeout=GIT_TIMEOUT_SECONDS)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
-
-
-def command_line() -> str:
-    """This process's command as a person would type it: `digitrec train ...`, `python -m digitrec ...`."""
-    program = sys.argv[0]
-    if Path(program).name == "__main__.py":
-        program = f"python -m {Path(program).parent.name}"
-    elif os.path.isabs(program):  # an installed script found on PATH
-        program = Path(program).name
-    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
-
-
-def provenance(**conditions) -> dict:
-    """How a run was made: versions, git commit, command line, CPU, and the `conditions` the caller knows
-    (device, torch threads, precision, processes)."""
-    cpu_model, cpu_flags = cpu()
-    return {
-        "digitrec": __version__,
-        "torch": package_version("torch"),
-        "onnxruntime": package_version("onnxruntime"),
-        "python": platform.python_version(),
-        "git_commit": git_commit(),
-        "command": command_line(),
-        "platform": platform.platform(),
-        "cpu": cpu_model,
-        "cpu_flags": cpu_flags,
-        **conditions,
-    }

@@ -6,7 +6,7 @@ number is read again here (never trusting a box sent by a page), and only when t
 many digits as were read, each digit's part of the image becomes one correction. Also the export of
 the store as a folder of labelled PNGs (`DIR/D/ID.png`), which `digitrec teach add DIR` reads back.
 
-Built on the recognizer and numbers; stores through corrections.py. No torch here: the web routes use it.
+Built on the recognizer and reading; stores through corrections.py. No torch here: the web routes use it.
 """
 
 import io
@@ -17,7 +17,9 @@ from digitrec.corrections import NewCorrection, Store, check_label
 from digitrec.errors import ImageError
 from digitrec.files import write_atomic
 from digitrec.preprocess import Source, load_image, preprocess, read_file
+from digitrec.reading import read as read_number
 from digitrec.recognizer import Recognizer
+from digitrec.runtime import Runtime
 
 BOX_MARGIN = 0.15  # of a digit's box height, kept around it when a number's digit is cut out
 
@@ -29,12 +31,14 @@ def digit_correction(recognizer: Recognizer, image: bytes, label: int, source: s
     return NewCorrection(image, prediction.preprocessed, label, prediction.digit, recognizer.info["name"], source)
 
 
-def number_corrections(recognizer: Recognizer, image: bytes, text: str, source: str, name: str = "image") -> list[NewCorrection]:
-    """One correction per digit of the number in `image`, whose right digits are `text`; raises ImageError
-    when `text` is not digits, or has another count of digits than the number read."""
+def number_corrections(reader: Runtime, recognizer: Recognizer, image: bytes, text: str, source: str,
+                       name: str = "image") -> list[NewCorrection]:
+    """One correction per digit of the number in `image` (read by `reader` and `recognizer`, as `reading.read`
+    reads), whose right digits are `text`; raises ImageError when `text` is not digits, or has another
+    count of digits than the number read."""
     if not (text.isascii() and text.isdigit()):
         raise ImageError(f"the right number is digits 0-9 only, not {text!r}")
-    reading = recognizer.read(image, name)
+    reading = read_number(reader, recognizer, image, name)
     if len(text) != len(reading.digits):
         raise ImageError(f"{len(reading.digits)} digit(s) were read ({reading.text}) but {text!r} has {len(text)}: each "
                          f"digit is kept with its box, so the counts must match; write the digits further apart and try again")

@@ -23,14 +23,12 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from digitrec import checkpoint, data, evaluate, models, rundir, strings
+from digitrec import checkpoint, data, models, provenance, rundir, tasks
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, DigitrecError, ModelError, OutputError, TrainingDiverged, TrainingStopped
 
 DRY_RUN_STEPS = 3
-EVALUATION_STRINGS = 1000  # a number reader's accuracy: whole strings read right, of this many made from the split
 
 
 def resolve_config(model: str, recipe: str | None = None, from_weights: bool = False, **overrides) -> TrainConfig:
@@ -47,12 +45,7 @@ def resolve_config(model: str, recipe: str | None = None, from_weights: bool = F
     chosen = {key: value for key, value in overrides.items() if value is not None and key in known}
     config = TrainConfig(**{**spec.recipes[recipe], **chosen, "model": model, "recipe": recipe})
     models.size_of(asdict(config))
-    if spec.task == "numbers":
-        digit_only = [name for name in ("augment_degrees", "augment_shift", "augment_scale", "augment_stroke", "label_smoothing")
-                      if getattr(config, name)]
-        if digit_only:  # a reader's strings are varied as they are made (strings.py); its loss is CTC
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in digit_only)
-            raise ConfigError(f"model {model!r} reads whole numbers: {flags} apply to digit models only")
+    tasks.named(spec.task).check_config(config)
     return config
 
 
@@ -109,7 +102,7 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
         return requested
     if device.type == "cuda":
         return "bf16"
-    flags = set(rundir.cpu()[1]) if flags is None else flags
+    flags = set(provenance.cpu()[1]) if flags is None else flags
     return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
@@ -185,44 +178,25 @@ class Training:
         self.mnist = mnist.to(device)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)
         self.precision = choose_precision(config.precision, device)
-        self.task = models.spec(config.model).task
-        self.evaluation_strings: dict[int, strings.Batch] = {}  # a split's fixed strings, by id of its labels
+        self.task = tasks.of(config.model)  # what the model reads: its batches, loss and accuracy
+        self.evaluation_cache: dict = {}  # what the task makes once per split to measure on (a reader's strings)
         self.step = 0
         self.stop_requested = False
         self.batches = self.batch_stream()
 
     def batch_stream(self):
         share = self.config.batch_size // self.world.size
-        if self.task == "numbers":
-            return data.string_batches(self.mnist.train, share, self.config.seed, self.world.rank, start=self.step)
-        return data.batches(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, start=self.step)
+        return self.task.batches(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Callable[[], float]]:
         """One batch's loss, and a function giving the batch's accuracy (asked for only at log rows)."""
         config = self.config
-        images = batch[0]
-        if self.task == "digits":
-            if config.augment_stroke > 0:
-                images = data.random_stroke(images, self.augment_generator, config.augment_stroke)
-            if config.uses_affine:
-                images = data.random_affine(
-                    images, self.augment_generator, config.augment_degrees, config.augment_shift, config.augment_scale
-                )
+        inputs = self.task.augment(batch[0], self.augment_generator, config)
         if config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            outputs = self.stepped_model(images)
-        if self.task == "digits":
-            labels = batch[1]
-            loss = F.cross_entropy(outputs.float(), labels, label_smoothing=config.label_smoothing)
-            return loss, lambda: evaluate.accuracy(outputs, labels)
-        columns, digits, lengths = batch[1:]
-        scores = outputs.float().log_softmax(1)  # (B, 11, T)
-        # zero_infinity: a string too long for its strip's columns adds nothing, instead of an infinite loss
-        loss = F.ctc_loss(scores.permute(2, 0, 1), digits, columns, lengths, blank=strings.BLANK, zero_infinity=True)
-        return loss, lambda: evaluate.string_accuracy(
-            strings.texts(scores.detach().exp().cpu().numpy(), columns.numpy()),
-            strings.truths((digits - 1).cpu().numpy(), lengths.numpy()))
+            outputs = self.stepped_model(inputs)
+        return self.task.loss(outputs, batch, config)
 
     def advance(self, steps: int) -> tuple[float, float]:
         """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy.
@@ -263,16 +237,9 @@ class Training:
         return self.stop_requested
 
     def accuracy(self, split: data.Split) -> float:
-        """A digit model's accuracy on `split`'s images; a number reader's on EVALUATION_STRINGS fixed strings
-        of its digits (the whole string right)."""
-        if self.task == "digits":
-            return evaluate.accuracy(models.logits_in_batches(self.model, split.images), split.labels)
-        made = self.evaluation_strings.get(id(split.labels))
-        if made is None:
-            made = strings.fixed_set(split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), EVALUATION_STRINGS)
-            self.evaluation_strings[id(split.labels)] = made
-        scores = models.logits_in_batches(self.model, torch.from_numpy(made.pixels).to(self.device), batch_size=250)
-        return evaluate.string_accuracy(strings.texts(scores.softmax(1).cpu().numpy(), made.columns), strings.truths(made.digits, made.lengths))
+        """The model's accuracy on `split`, as its task measures it (a digit model: images read right; a number
+        reader: whole strings read right, of fixed strings made of the split's digits)."""
+        return self.task.accuracy(self.model, split, self.evaluation_cache)
 
     @property
     def done(self) -> bool:
@@ -542,7 +509,7 @@ def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], byt
             "train_seconds": round(run.train_seconds, 3),
             "validation_accuracy": run.log[-1]["validation_accuracy"],
             "test_accuracy": training.accuracy(training.mnist.test),
-            "provenance": rundir.provenance(
+            "provenance": provenance.provenance(
                 device=str(training.device), torch_threads=torch.get_num_threads(), processes=training.world.size,
                 precision=training.precision,
             ),

@@ -22,9 +22,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from digitrec import runtime
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import keep_freed_memory, to_png
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import NUMBERS
 from digitrec.web import training
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
@@ -237,8 +240,9 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
 
 def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_dir: Path | None = None,
                host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1,
-               corrections_db: Path | None = None) -> FastAPI:
-    """The app around `recognizer`; at most `threads` requests are recognized at once, in threads.
+               reader: Runtime | None = None, corrections_db: Path | None = None) -> FastAPI:
+    """The app around `recognizer` and the number reader `reader` (None: the bundled one); at most
+    `threads` requests are recognized at once, in threads.
 
     With `runs_dir`, the page lists the runs there and, when the server listens on a loopback `host` (or
     `allow_training`) in one process (`workers`) with torch installed, trains new ones (web/training.py).
@@ -255,6 +259,7 @@ def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_
         favicon_url=FAVICON_URL,
     )
     app.state.recognizer = recognizer  # routes read it from here, so the model in use can be replaced
+    app.state.reader = reader or runtime.load(None, NUMBERS, threads=1)  # what /api/read reads numbers with
     app.state.limiter = anyio.CapacityLimiter(threads)  # at most `threads` recognitions at once, whichever route asks
     app.include_router(routes)
     from digitrec.web.explain import router as explain_routes  # imported here: it imports this module
@@ -284,9 +289,7 @@ def serving_app() -> FastAPI:
     settings = json.loads(os.environ.get(TRAINING_VARIABLE) or "{}")
     runs_dir = settings.pop("runs_dir", None)
     corrections_db = settings.pop("corrections_db", None)
-    recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1,
-                                 reader=os.environ.get(READER_VARIABLE) or None)
-    recognizer.load_reader()  # with the app: a bad one fails at start
-    return create_app(recognizer,
-                      runs_dir=Path(runs_dir) if runs_dir else None,
+    recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1)
+    reader = runtime.load(os.environ.get(READER_VARIABLE) or None, NUMBERS, threads=1)  # a bad one fails at start
+    return create_app(recognizer, reader=reader, runs_dir=Path(runs_dir) if runs_dir else None,
                       corrections_db=Path(corrections_db) if corrections_db else None, **settings)

@@ -28,7 +28,7 @@ from digitrec.errors import (
     StoreError,
     StoreFull,
 )
-from digitrec.numbers import MAX_DIGITS
+from digitrec.reading import MAX_DIGITS
 from digitrec.web.app import MAX_BODY_BYTES, decode_data_url, png_data_url
 from digitrec.web.training import RunOut, Runs, body_schema, json_body, validated
 
@@ -111,7 +111,7 @@ def router(store: Store, runs: Runs) -> APIRouter:
         def make():
             if given.label is not None:
                 return [teach.digit_correction(recognizer, image, given.label, "page", "drawing")]
-            return teach.number_corrections(recognizer, image, given.text, "page", "drawing")
+            return teach.number_corrections(request.app.state.reader, recognizer, image, given.text, "page", "drawing")
 
         try:
             made = await anyio.to_thread.run_sync(make, limiter=request.app.state.limiter)

@@ -6,7 +6,8 @@ The same body forms and limits as `/api/predict` (`image_bytes`), the same recog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.reading import read as read_number
+from digitrec.recognizer import UNSURE_BELOW
 from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image
 
 router = APIRouter()
@@ -41,5 +42,6 @@ class ReadingOut(BaseModel):
                 f"marks a digit whose probability is below {UNSURE_BELOW}, and the reading when any digit is unsure.",
 )
 async def read(request: Request):
-    reading = await on_image(request, Recognizer.read, "upload")
+    reading = await on_image(request, lambda recognizer, image, reader, name: read_number(reader, recognizer, image, name),
+                             request.app.state.reader, "upload")
     return reading.as_dict()

@@ -43,7 +43,7 @@ from digitrec import rundir
 from digitrec.errors import ModelError
 
 INSTALL_TRAINING = "pip install 'digitrec[train]'"
-MAX_STEPS = 200_000  # ten times the longest recipe (cnn's 20,000); more is a typo, not a plan
+PAGE_MAX_STEPS = 200_000  # ten times the longest recipe (cnn's 20,000); more is a typo, not a plan
 MAX_BATCH_SIZE = 8192
 LOG_EVERY = 50  # steps between log records of page runs: the chart gains a point at least this often
 POINTS_PER_RUN = 10  # validation evaluations and checkpoints per page run
@@ -61,7 +61,7 @@ class StartIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     model: str = Field(max_length=40)  # a registered model; resolve_config refuses any other
     recipe: str | None = Field(None, max_length=40)
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    steps: int | None = Field(None, ge=1, le=PAGE_MAX_STEPS)
     batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE)
     lr: float | None = Field(None, gt=0, le=10)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
@@ -386,11 +386,11 @@ class Runs:
         if model not in models.REGISTRY or models.spec(model).task != "digits":
             return None  # a number reader (trained from the command line) has no digit report
         test = data.load().test
-        if not ((run_dir / "report.json").is_file() and (run_dir / "report.html").is_file()):
+        if not ((run_dir / rundir.REPORT_JSON_FILE).is_file() and (run_dir / rundir.REPORT_HTML_FILE).is_file()):
             loaded = checkpoint.load(run_dir)
             logits = evaluate.model_logits(loaded.model, test)
             report.write_report(run_dir, loaded.config, loaded.metrics, rundir.read_log(run_dir), logits, test.images, test.labels)
-        written = rundir.read_json_if_any(run_dir / "report.json")
+        written = rundir.read_json_if_any(run_dir / rundir.REPORT_JSON_FILE)
         mistakes = [{**entry, "image": png_data_url(test.images[entry["index"], 0].numpy())}
                     for entry in written["mistakes"][:MISTAKES_SHOWN]]
         self.summaries[name] = {key: written[key] for key in ("test_accuracy", "errors", "images", "confusion_matrix")}
@@ -508,7 +508,7 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
             raise HTTPException(409, f"run {name} has not finished: its report comes at the end")
         async with runs.summary_lock:
             await anyio.to_thread.run_sync(runs.summary, name)
-        return FileResponse(run_dir / "report.html", media_type="text/html")
+        return FileResponse(run_dir / rundir.REPORT_HTML_FILE, media_type="text/html")
 
     @api.put("/model", response_model=ModelChoiceOut, responses=errors, openapi_extra=body_schema(ModelChoiceIn))
     async def choose_model(request: Request):
@@ -528,10 +528,9 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
         else:
             path, selected = (None if choice.bundled == "default" else BUNDLED_DIR / choice.bundled), {"bundled": choice.bundled}
         try:
-            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1, request.app.state.recognizer.reader_path)
+            recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1)
         except ModelError as problem:  # e.g. a number reader's run: not a digit model
             raise HTTPException(422, str(problem)) from None
-        recognizer.reader = request.app.state.recognizer.reader  # the number reader stays as it was
         request.app.state.recognizer = recognizer
         runs.selected = selected
         return ModelChoiceOut(selected=selected, name=recognizer.info["name"],

@@ -8,20 +8,24 @@ import pytest
 from hypothesis import given
 from PIL import Image
 
+from digitrec import runtime
 from digitrec.errors import ImageError
-from digitrec.numbers import MAX_DIGITS, Reading, draw_segments
+from digitrec.number_strings import compose
+from digitrec.person_style import encode, number_image
+from digitrec.reading import MAX_DIGITS, Reading, draw_segments, read
 from digitrec.recognizer import Recognizer
+from digitrec.tasks import NUMBERS
 
-from number_strings import compose, number_image
-from person_style import encode
-from test_fuzz import DAMAGE, fuzzing, mutate, valid_images  # noqa: F401  (a digit in every accepted format)
+from helpers import DAMAGE, fuzzing, mutate
 
 SCALE = 4  # test pictures: MNIST's 28 px digits drawn 112 px high
 
 
 @pytest.fixture(scope="module")
-def recognizer() -> Recognizer:
-    return Recognizer.load()
+def read_number():
+    """`reading.read` with the bundled number reader and digit model."""
+    reader, recognizer = runtime.load(None, NUMBERS), Recognizer.load()
+    return lambda image, name="image": read(reader, recognizer, image, name)
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +44,19 @@ def first_of(digits: str, images: np.ndarray, labels: np.ndarray) -> list[np.nda
     return [images[np.nonzero(labels == int(d))[0][0]] for d in digits]
 
 
-def test_person_style_numbers_of_every_length_are_read(recognizer, test_digits):
+def test_person_style_numbers_of_every_length_are_read(read_number, test_digits):
     rng = np.random.default_rng(13)
     made = [number_image(*test_digits, length, "separate", rng) for length in range(1, 9) for _ in range(3)]
-    texts = [recognizer.read(image).text for image, _ in made]
+    texts = [read_number(image).text for image, _ in made]
     right = sum(text == truth for text, (_, truth) in zip(texts, made))
     assert right >= 23, [(text, truth) for text, (_, truth) in zip(texts, made) if text != truth]
 
 
 @pytest.mark.parametrize("spacing", ["touching", "overlapping"])
-def test_touching_and_overlapping_digits_are_read_without_cutting_them(recognizer, test_digits, spacing):
+def test_touching_and_overlapping_digits_are_read_without_cutting_them(read_number, test_digits, spacing):
     rng = np.random.default_rng(21)
     made = [number_image(*test_digits, 4, spacing, rng) for _ in range(20)]
-    readings = [recognizer.read(image) for image, _ in made]
+    readings = [read_number(image) for image, _ in made]
     right = sum(reading.text == truth for reading, (_, truth) in zip(readings, made))
     assert right >= 16, [(reading.text, truth) for reading, (_, truth) in zip(readings, made) if reading.text != truth]
     for reading in readings:  # boxes left to right, each overlapping its neighbour at most partly
@@ -60,9 +64,9 @@ def test_touching_and_overlapping_digits_are_read_without_cutting_them(recognize
         assert lefts == sorted(lefts)
 
 
-def test_a_reading_has_digits_confidences_alternatives_and_the_product_as_its_confidence(recognizer, test_digits):
+def test_a_reading_has_digits_confidences_alternatives_and_the_product_as_its_confidence(read_number, test_digits):
     rng = np.random.default_rng(0)
-    reading = recognizer.read(paper(compose(first_of("2026", *test_digits), "separate", rng)))
+    reading = read_number(paper(compose(first_of("2026", *test_digits), "separate", rng)))
     assert reading.text == "2026" and [d.digit for d in reading.digits] == [2, 0, 2, 6]
     assert reading.confidence == pytest.approx(np.prod([d.confidence for d in reading.digits]))
     for digit in reading.digits:
@@ -72,14 +76,14 @@ def test_a_reading_has_digits_confidences_alternatives_and_the_product_as_its_co
     assert reading.as_dict()["digits"][0]["box"] == list(reading.digits[0].box)
 
 
-def test_boxes_are_in_the_original_images_pixels(recognizer, test_digits):
+def test_boxes_are_in_the_original_images_pixels(read_number, test_digits):
     # three digits at known places on a 1600 x 500 page: far larger than the working resolution
     page = np.zeros((500, 1600), np.float32)
     places = [(100, 150), (700, 120), (1300, 260)]  # (left, top) of each 112 px digit
     for digit, (left, top) in zip(first_of("905", *test_digits), places):
         big = np.asarray(Image.fromarray(digit).resize((112, 112), Image.Resampling.BICUBIC))
         page[top : top + 112, left : left + 112] = np.clip(big, 0, 1)
-    reading = recognizer.read(paper(page, scale=1))
+    reading = read_number(paper(page, scale=1))
     assert reading.text == "905"
     for (x, y, w, h), (left, top) in zip((d.box for d in reading.digits), places):
         ink_rows, ink_cols = np.nonzero(page[top : top + 112, left : left + 112] > 0.25)
@@ -88,49 +92,49 @@ def test_boxes_are_in_the_original_images_pixels(recognizer, test_digits):
         assert abs(x + w - truth[0] - truth[2]) <= 6 and abs(y + h - truth[1] - truth[3]) <= 6, ((x, y, w, h), truth)
 
 
-def test_a_speck_or_decimal_point_is_ignored(recognizer, test_digits):
+def test_a_speck_or_decimal_point_is_ignored(read_number, test_digits):
     rng = np.random.default_rng(1)
     row = compose(first_of("3141", *test_digits), "separate", rng)
-    clean = recognizer.read(paper(row)).text
+    clean = read_number(paper(row)).text
     dotted = row.copy()
     gap = np.nonzero(row[:, 20:].max(0) == 0)[0][0] + 20  # the first empty column after the first digit
     dotted[29:32, gap : gap + 3] = 1.0  # a full stop on the baseline
     dotted[2:4, -6:-4] = 1.0  # and a fleck of dust
-    assert clean == "3141" and recognizer.read(paper(dotted)).text == "3141"
+    assert clean == "3141" and read_number(paper(dotted)).text == "3141"
 
 
-def test_a_blank_image_is_no_digits_not_a_guess(recognizer):
+def test_a_blank_image_is_no_digits_not_a_guess(read_number):
     blank = encode(Image.new("L", (840, 280), 255), "PNG")
     with pytest.raises(ImageError, match="no digit"):
-        recognizer.read(blank, "blank.png")
+        read_number(blank, "blank.png")
 
 
-def test_more_digits_than_the_limit_is_a_clear_error_not_a_hang(recognizer, test_digits):
+def test_more_digits_than_the_limit_is_a_clear_error_not_a_hang(read_number, test_digits):
     images, labels = test_digits
     rng = np.random.default_rng(2)
     too_long = paper(compose([images[i] for i in range(MAX_DIGITS + 1)], "separate", rng), scale=2)
     with pytest.raises(ImageError, match=f"{MAX_DIGITS + 1} digits found; at most {MAX_DIGITS}"):
-        recognizer.read(too_long, "long.png")
+        read_number(too_long, "long.png")
     started = time.perf_counter()
     with pytest.raises(ImageError, match=f"at most {MAX_DIGITS}"):
-        recognizer.read(paper(compose([images[i] for i in range(200)], "separate", rng), scale=1), "very-long.png")
+        read_number(paper(compose([images[i] for i in range(200)], "separate", rng), scale=1), "very-long.png")
     assert time.perf_counter() - started < 10
 
 
-def test_a_20000_by_100_image_is_read_within_the_pixel_limit(recognizer, test_digits):
+def test_a_20000_by_100_image_is_read_within_the_pixel_limit(read_number, test_digits):
     page = np.zeros((100, 20_000), np.float32)
     for index, digit in enumerate(first_of("1987", *test_digits)):
         big = np.asarray(Image.fromarray(digit).resize((90, 90), Image.Resampling.BICUBIC))
         page[5:95, 9_000 + 100 * index : 9_090 + 100 * index] = np.clip(big, 0, 1)
-    reading = recognizer.read(paper(page, scale=1), "wide.png")
+    reading = read_number(paper(page, scale=1), "wide.png")
     assert reading.text == "1987"
     assert 8_990 <= reading.digits[0].box[0] <= 9_090 and 9_290 <= reading.digits[3].box[0] <= 9_390
 
 
-def test_segments_are_drawn_on_the_original_image(recognizer, test_digits):
+def test_segments_are_drawn_on_the_original_image(read_number, test_digits):
     rng = np.random.default_rng(3)
     image = paper(compose(first_of("42", *test_digits), "separate", rng))
-    reading = recognizer.read(image)
+    reading = read_number(image)
     drawn = Image.open(io.BytesIO(draw_segments(image, reading))).convert("RGB")
     assert drawn.size == Image.open(io.BytesIO(image)).size
     x, y, w, h = reading.digits[0].box
@@ -140,9 +144,9 @@ def test_segments_are_drawn_on_the_original_image(recognizer, test_digits):
 
 @fuzzing
 @given(**DAMAGE)
-def test_damaged_images_give_a_reading_or_an_image_error(recognizer, valid_images, index, mutations):  # noqa: F811
+def test_damaged_images_give_a_reading_or_an_image_error(read_number, valid_images, index, mutations):  # noqa: F811
     try:
-        reading = recognizer.read(mutate(valid_images[index], mutations), "fuzzed")
+        reading = read_number(mutate(valid_images[index], mutations), "fuzzed")
     except ImageError as error:
         assert str(error).startswith("fuzzed: ")
         return

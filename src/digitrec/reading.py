@@ -1,18 +1,19 @@
 """A picture of a number -> its digits, each with a box and confidences: one reading ("2026").
 
-    reading = Recognizer.load().read("meter.jpg")
+    reader, recognizer = runtime.load(None, NUMBERS), Recognizer.load()  # the bundled number reader and digit model
+    reading = read(reader, recognizer, "meter.jpg")
     reading.text, reading.confidence, reading.unsure, reading.digits[0].box
 
 Owns finding the number in a person's image and turning the number reader's answer into digits with
 boxes: the ink map (preprocess) at a working resolution, its 8-connected components, specks dropped;
-the rest framed as one strip (strings.strip) and read whole by the number reader, a CNN trained with
+the rest framed as one strip (number_strings.strip) and read whole by the number reader, a CNN trained with
 CTC on strings of training digits (models.NumberReader), so touching and overlapping digits need no
 cutting; each digit it reads is then given the ink around its place in the strip (whole components
 where one lies mostly within it) as its box. A digit that is one or more whole components of its own is
 also read by the digit model, framed as `predict` frames a lone digit (preprocess.frame, one code
 path), and the two readings' probabilities are multiplied (chosen on strings of validation digits:
 see the README). Not owned here: decoding images and the ink
-map (preprocess), strips and CTC decoding (strings), the models (recognizer).
+map (preprocess), strips and CTC decoding (number_strings), loading the models (runtime, recognizer).
 """
 
 import io
@@ -21,17 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
-from digitrec import strings
-from digitrec.errors import ImageError
+from digitrec import number_strings
+from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import Source, dilate, frame, ink_image, load_image
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.runtime import Runtime
+from digitrec.tasks import NUMBERS
 
 MAX_DIGITS = 12  # longer numbers are refused
 MAX_MARKS = 4 * MAX_DIGITS  # separate marks (not specks) beyond this are refused before anything is read
 WORKING_HEIGHT = 128  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
 MAX_WORKING_PIXELS = 1_000_000  # and very wide ones until they hold at most this many pixels
-MAX_STRIP_WIDTH = 3 * strings.DIGIT_HEIGHT * MAX_DIGITS  # px: a strip wider than this holds too long a number
+MAX_STRIP_WIDTH = 3 * number_strings.DIGIT_HEIGHT * MAX_DIGITS  # px: a strip wider than this holds too long a number
 INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding components
 # a share of the number's height (the median height of its taller components):
 SPECK_SIDE = 0.25  # a component smaller than this both ways is a speck (dust, a decimal point): ignored
@@ -61,8 +65,12 @@ class Reading:
              "alternatives": [{"digit": a, "confidence": p} for a, p in d.alternatives]} for d in self.digits]}
 
 
-def read(recognizer: Recognizer, source: Source, name: str = "image") -> Reading:
-    """The number written in `source`; raises `ImageError` when there is none or it is too long."""
+def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "image") -> Reading:
+    """The number written in `source`, read by `reader` (a number reader: `runtime.load(path, NUMBERS)`)
+    with `recognizer` reading again each digit that stands apart; raises `ImageError` when there is none
+    or it is too long."""
+    if reader.task is not NUMBERS:
+        raise ModelError(f"{reader.info.get('weights')}: not a number reader (it reads {reader.task.name})")
     image = load_image(source, name)
     ink = working_ink(image, name)
     labels, boxes = components(ink >= INK_LEVEL)
@@ -74,10 +82,10 @@ def read(recognizer: Recognizer, source: Source, name: str = "image") -> Reading
         raise ImageError(f"{name}: {len(kept)} separate marks: too many for a number of at most {MAX_DIGITS} digits")
     labels = np.where(np.isin(labels, kept), labels, -1)
     near_kept = dilate((labels >= 0).astype(np.float32), 1) > 0  # with the faint edge of each stroke
-    framed = strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
+    framed = number_strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
     if framed.pixels.shape[1] > MAX_STRIP_WIDTH:
         raise ImageError(f"{name}: the writing is too long for a number of at most {MAX_DIGITS} digits")
-    found = strings.decode(recognizer.reader_scores(framed.pixels[None, None])[0])
+    found = number_strings.decode(reader.probabilities(framed.pixels[None, None])[0])
     if not found:
         raise ImageError(f"{name}: no digits found (the marks read as no digit)")
     if len(found) > MAX_DIGITS:
@@ -104,12 +112,12 @@ def working_ink(image: Image.Image, name: str) -> np.ndarray:
     return ink_image(image, name, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
-def digit_masks(labels: np.ndarray, framed: strings.Strip, found: list[strings.Read]) -> tuple[list[np.ndarray], list[bool]]:
+def digit_masks(labels: np.ndarray, framed: number_strings.Strip, found: list[number_strings.Read]) -> tuple[list[np.ndarray], list[bool]]:
     """Each digit's ink (a mask over the working ink) and whether it is whole components of its own.
 
     Digit i's place is the ink columns between the midpoints of its and its neighbours' columns in the
     strip; a component lies in one place (WHOLE_SHARE of its ink) or is cut along the places' edges."""
-    centres = [(one.first + one.last + 1) / 2 * strings.COLUMN_STEP for one in found]
+    centres = [(one.first + one.last + 1) / 2 * number_strings.COLUMN_STEP for one in found]
     edges = np.array([framed.to_ink_column((a + b) / 2) for a, b in zip(centres, centres[1:])])
     columns = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
     place = np.searchsorted(edges, columns)  # each pixel's digit, by its column alone
@@ -134,47 +142,16 @@ def digit_masks(labels: np.ndarray, framed: strings.Strip, found: list[strings.R
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components of `mask`: a label image (-1 off the mask) and each one's box as rows of
-    (top, bottom, left, right, area), bottom and right exclusive. Works on runs of pixels within rows,
-    joined by label propagation, so it stays in numpy however many pixels there are."""
-    height, width = mask.shape
-    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_rows, run_starts = np.nonzero(edges == 1)
-    run_ends = np.nonzero(edges == -1)[1]  # exclusive; the same row-major order as the starts
-    if not len(run_rows):
+    """8-connected components of `mask`: a label image (-1 off the mask; components numbered in the order
+    a row-major scan meets them) and each one's box as rows of (top, bottom, left, right, area), bottom
+    and right exclusive."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
         return np.full(mask.shape, -1, np.int32), np.zeros((0, 5), np.int64)
-    # runs in consecutive rows touch when their column ranges overlap or meet diagonally
-    stride = width + 2
-    keys_start, keys_end = run_rows * stride + run_starts, run_rows * stride + run_ends
-    below = (run_rows + 1) * stride
-    first = np.searchsorted(keys_end, below + run_starts - 1, side="right")  # first run below ending after our start - 1
-    last = np.searchsorted(keys_start, below + run_ends + 1, side="left")  # one past the last starting before our end + 1
-    counts = np.maximum(last - first, 0)
-    upper = np.repeat(np.arange(len(run_rows)), counts)
-    lower = np.repeat(first, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    root = np.arange(len(run_rows))
-    while True:  # hook each touching pair onto the smaller root, then flatten: O(log n) rounds
-        low = np.minimum(root[upper], root[lower])
-        np.minimum.at(root, root[upper], low)
-        np.minimum.at(root, root[lower], low)
-        while not np.array_equal(flat := root[root], root):
-            root = flat
-        if np.array_equal(root[upper], root[lower]):
-            break
-    _, component = np.unique(root, return_inverse=True)
-    count = component.max() + 1
-    lengths = run_ends - run_starts
-    boxes = np.stack([
-        np.full(count, height), np.zeros(count, np.int64), np.full(count, width), np.zeros(count, np.int64),
-        np.bincount(component, lengths, count).astype(np.int64)], axis=1)
-    np.minimum.at(boxes[:, 0], component, run_rows)
-    np.maximum.at(boxes[:, 1], component, run_rows + 1)
-    np.minimum.at(boxes[:, 2], component, run_starts)
-    np.maximum.at(boxes[:, 3], component, run_ends)
-    labels = np.full(height * width, -1, np.int32)
-    pixels = np.flatnonzero(mask)  # row-major, so they fall into the runs in order
-    labels[pixels] = component[np.searchsorted(run_rows * width + run_starts, pixels, side="right") - 1]
-    return labels.reshape(mask.shape), boxes
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    boxes = np.array([[rows.start, rows.stop, columns.start, columns.stop, area]
+                      for (rows, columns), area in zip(ndimage.find_objects(labels), areas)], np.int64)
+    return (labels - 1).astype(np.int32), boxes
 
 
 def number_height(boxes: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""MNIST test digits rendered the way a person's images look; used by the tests and bench/person_style.py.
+"""MNIST digits, and numbers written with them, rendered the way a person's images look: what the tests
+and bench/ (person_style.py, read_numbers.py, inference.py) measure the recognizer and the reader on.
 
 Each rendering scales the 28x28 digit up to a few hundred pixels, may thicken or thin its strokes, sets
 it off-centre on a larger canvas, dark on light or light on dark, adds paper texture and noise, blurs it
@@ -9,6 +10,8 @@ import io
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from digitrec.number_strings import compose
 
 STYLES = ("dark-on-light jpeg", "light-on-dark png", "rgba transparent", "thick pen", "thin pen", "photo")
 
@@ -52,3 +55,15 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+NUMBER_STYLE = "dark-on-light jpeg"
+
+
+def number_image(images: np.ndarray, labels: np.ndarray, length: int, spacing: str,
+                 rng: np.random.Generator) -> tuple[bytes, str]:
+    """A random `length`-digit string drawn from `images` (N, 28, 28, 0..1) with their `labels` (made by
+    number_strings.compose), rendered as a person's JPEG; returns the file's bytes and the true text."""
+    chosen = rng.integers(0, len(images), length)
+    row = compose([images[i] for i in chosen], spacing, rng)
+    return render((row * 255).round().astype(np.uint8), NUMBER_STYLE, rng), "".join(str(int(labels[i])) for i in chosen)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from digitrec import strings
-from digitrec.numbers import components
+from digitrec import number_strings
+from digitrec.reading import components
 
 
 @pytest.fixture(scope="module")
@@ -13,14 +13,14 @@ def validation_digits(mnist) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ink_components(row: np.ndarray) -> int:
-    return len(components(row >= strings.INK)[1])
+    return len(components(row >= number_strings.INK)[1])
 
 
 @pytest.mark.parametrize("spacing, joined", [("separate", False), ("close", False), ("touching", True)])
 def test_touching_digits_meet_and_separate_ones_do_not(validation_digits, spacing, joined):
     images, labels = validation_digits
     ones_and_zeros = [images[np.nonzero(labels == d)[0][0]] for d in (1, 0)]  # whole, single strokes
-    row = strings.compose(ones_and_zeros, spacing, np.random.default_rng(0))
+    row = number_strings.compose(ones_and_zeros, spacing, np.random.default_rng(0))
     assert ink_components(row) == (1 if joined else 2)
 
 
@@ -28,32 +28,32 @@ def test_a_touching_digit_stops_beside_the_ink_it_meets_even_diagonally():
     row = np.zeros((30, 40), np.float32)
     row[5:16, 10] = 1.0  # a bar in column 10, rows 5-15
     bar = np.ones((11, 3), np.float32)
-    assert strings.first_contact(row, bar, top=5) == 11  # level with it: its left column right beside column 10
-    assert strings.first_contact(row, bar, top=16) == 11  # starting one row below its end: touching at a corner
-    assert strings.first_contact(row, bar, top=17) == strings.MARGIN  # never meets it: slides all the way
+    assert number_strings.first_contact(row, bar, top=5) == 11  # level with it: its left column right beside column 10
+    assert number_strings.first_contact(row, bar, top=16) == 11  # starting one row below its end: touching at a corner
+    assert number_strings.first_contact(row, bar, top=17) == number_strings.MARGIN  # never meets it: slides all the way
 
 
 def test_a_strip_is_32_px_high_with_the_digits_20_px_tall_and_maps_back_to_ink_columns():
     ink = np.zeros((200, 900), np.float32)
     ink[50:150, 300:360] = 1.0  # a 100 px tall bar...
     ink[60:140, 500:540] = 1.0  # ...and a shorter one, 140 px to its right
-    framed = strings.strip(ink, digit_height=100)
+    framed = number_strings.strip(ink, digit_height=100)
     rows = np.nonzero(framed.pixels.max(1) > 0.5)[0]
-    assert framed.pixels.shape[0] == strings.STRIP_HEIGHT and framed.pixels.shape[1] % strings.COLUMN_STEP == 0
-    assert rows[-1] - rows[0] + 1 == strings.DIGIT_HEIGHT
+    assert framed.pixels.shape[0] == number_strings.STRIP_HEIGHT and framed.pixels.shape[1] % number_strings.COLUMN_STEP == 0
+    assert rows[-1] - rows[0] + 1 == number_strings.DIGIT_HEIGHT
     columns = np.nonzero(framed.pixels.max(0) > 0.5)[0]
-    step = 100 / strings.DIGIT_HEIGHT  # ink px per strip px
+    step = 100 / number_strings.DIGIT_HEIGHT  # ink px per strip px
     assert framed.to_ink_column(columns[0]) == pytest.approx(300, abs=step)
     assert framed.to_ink_column(columns[-1] + 1) == pytest.approx(540, abs=step)
     gap = np.diff(columns).max() - 1  # 140 ink px would be 28 strip px: narrowed
-    assert gap == strings.MAX_GAP
+    assert gap == number_strings.MAX_GAP
 
 
 def test_digits_written_up_and_down_a_page_are_set_on_one_line():
     ink = np.zeros((300, 400), np.float32)
     ink[0:100, 0:50] = 1.0
     ink[200:300, 300:350] = 1.0  # the second digit two heights lower
-    pixels = strings.strip(ink, digit_height=100).pixels
+    pixels = number_strings.strip(ink, digit_height=100).pixels
     columns = np.nonzero(pixels.max(0) > 0.5)[0]
     first, second = pixels[:, columns[0]], pixels[:, columns[-1]]
     assert np.array_equal(first > 0.5, second > 0.5)  # the same rows
@@ -63,9 +63,9 @@ def test_a_five_s_detached_bar_stays_where_it_was_written():
     ink = np.zeros((120, 100), np.float32)
     ink[10:60, 20:30] = 1.0  # the body's stroke...
     ink[0:6, 25:70] = 1.0  # ...and a bar above it, apart but over the same columns
-    pixels = strings.strip(ink, digit_height=60).pixels
+    pixels = number_strings.strip(ink, digit_height=60).pixels
     rows = np.nonzero(pixels.max(1) > 0.5)[0]
-    assert rows[-1] - rows[0] + 1 == strings.DIGIT_HEIGHT  # framed as one group: bar and body keep their places
+    assert rows[-1] - rows[0] + 1 == number_strings.DIGIT_HEIGHT  # framed as one group: bar and body keep their places
 
 
 def scores(columns: list[int], sure: float = 0.9) -> np.ndarray:
@@ -76,27 +76,27 @@ def scores(columns: list[int], sure: float = 0.9) -> np.ndarray:
 
 
 def test_decoding_merges_repeats_drops_blanks_and_keeps_doubled_digits_apart_by_a_blank():
-    blank, three, seven = strings.BLANK, 3 + 1, 7 + 1
-    found = strings.decode(scores([blank, three, three, blank, three, seven, seven, blank]))
+    blank, three, seven = number_strings.BLANK, 3 + 1, 7 + 1
+    found = number_strings.decode(scores([blank, three, three, blank, three, seven, seven, blank]))
     assert [one.digit for one in found] == [3, 3, 7]
     assert [(one.first, one.last) for one in found] == [(1, 2), (4, 4), (5, 6)]
     assert found[0].confidence == pytest.approx(0.9)
     assert found[0].probabilities.sum() == pytest.approx(1) and found[0].probabilities.argmax() == 3
-    assert strings.decode(scores([blank] * 5)) == []
+    assert number_strings.decode(scores([blank] * 5)) == []
 
 
 def test_texts_read_each_strip_only_up_to_its_own_width():
-    blank, one = strings.BLANK, 1 + 1
+    blank, one = number_strings.BLANK, 1 + 1
     batch = np.stack([scores([one, blank, one, blank]), scores([blank, one, blank, one])])
-    assert strings.texts(batch, np.array([4, 2])) == ["11", "1"]
+    assert number_strings.texts(batch, np.array([4, 2])) == ["11", "1"]
 
 
 def test_training_batches_are_the_same_for_the_same_seed_and_hold_their_strings(validation_digits):
     images, labels = validation_digits
-    first = strings.random_batch(images, labels, 16, np.random.default_rng([5, 0]))
-    again = strings.random_batch(images, labels, 16, np.random.default_rng([5, 0]))
+    first = number_strings.random_batch(images, labels, 16, np.random.default_rng([5, 0]))
+    again = number_strings.random_batch(images, labels, 16, np.random.default_rng([5, 0]))
     assert np.array_equal(first.pixels, again.pixels) and np.array_equal(first.digits, again.digits)
-    assert first.pixels.shape[:3] == (16, 1, strings.STRIP_HEIGHT) and first.lengths.sum() == len(first.digits)
-    assert (first.columns * strings.COLUMN_STEP <= first.pixels.shape[3]).all()
-    assert all(1 <= len(text) <= strings.MAX_TRAINING_LENGTH for text in strings.truths(first.digits, first.lengths))
+    assert first.pixels.shape[:3] == (16, 1, number_strings.STRIP_HEIGHT) and first.lengths.sum() == len(first.digits)
+    assert (first.columns * number_strings.COLUMN_STEP <= first.pixels.shape[3]).all()
+    assert all(1 <= len(text) <= number_strings.MAX_TRAINING_LENGTH for text in number_strings.truths(first.digits, first.lengths))
     assert (first.columns >= 2 * first.lengths).all()  # room for every digit and a blank between repeats

@@ -9,7 +9,7 @@ Owns three things about a written number as a row of digits:
   step; training frames its rows and `numbers` frames a person's ink with this same function;
 - decoding the reader's output (`decode`): per-column scores over blank + ten digits (CTC) -> digits, each
   with the columns it was read from.
-Only numpy and Pillow: reading a number needs no torch. Not owned here: the reader model (models), its
+Only numpy and Pillow (and preprocess's dilation): reading a number needs no torch. Not owned here: the reader model (models), its
 training loop (train), finding the number in a person's image (numbers).
 """
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from digitrec.preprocess import dilate
 
 SPACINGS = ("separate", "close", "touching", "overlapping")
 # - separate: 3-8 px between the digits' boxes
@@ -164,10 +166,7 @@ def random_row(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     chosen = rng.integers(0, len(images), length)
     row = compose([images[i] for i in chosen], SPACINGS[int(rng.integers(len(SPACINGS)))], rng)
     if pens and rng.random() < THICK_PEN:
-        padded = np.pad(row, 1)
-        thick = np.max([padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
-                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
-        row = (row + thick) / 2
+        row = (row + dilate(row, 1)) / 2
     return row, labels[chosen].astype(np.int64)
 
 
