@@ -84,7 +84,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="measure on the writer's first N digits only")
     parser.add_argument("--device", default="cpu", help="cpu, cuda (the accuracies; seconds then are the GPU's)")
-    parser.add_argument("--share", type=float, default=personal.CORRECTION_SHARE, help="corrections' share of a batch")
+    parser.add_argument("--share", type=float, default=None,
+                        help="corrections' share of a batch (default: the recipe's, personal.correction_share)")
     arguments = parser.parse_args()
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

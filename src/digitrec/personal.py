@@ -29,7 +29,9 @@ from digitrec.corrections import Store
 from digitrec.errors import ConfigError, TrainingStopped
 from digitrec.tasks import DIGITS
 
-CORRECTION_SHARE = 0.5  # of each batch; the rest are replayed MNIST training digits (bench/teach.py)
+CORRECTION_SHARE = 0.5  # of each batch at most; the rest are replayed MNIST training digits (bench/teach.py)
+FULL_SHARE_FROM = 100  # corrections: fewer take a proportionally smaller share, so that each is drawn about as
+                       # often as one of 100 is (one correction per digit drawn ~1,000 times was learned by heart)
 HOLDOUT_SHARE = 0.2  # of each digit's corrections, held out to measure (only digits with at least MIN_HELD_IN + 1)
 MIN_HELD_IN = 2  # a digit keeps at least this many corrections to learn from when some are held out
 HOLDOUT_SEED = 0
@@ -49,6 +51,11 @@ def personal_config(start: dict, **overrides) -> TrainConfig:
     return train.resolve_config(start["model"], models.PERSONAL_RECIPE, from_weights=True, **size, **overrides)
 
 
+def correction_share(corrections: int) -> float:
+    """The share of each batch drawn from `corrections` corrections."""
+    return CORRECTION_SHARE * min(1.0, corrections / FULL_SHARE_FROM)
+
+
 def default_out(store: Store) -> Path:
     return store.path.parent / PERSONAL_DIR_NAME
 
@@ -57,9 +64,9 @@ class PersonalTraining(train.Training):
     """A `Training` that starts from trained weights and mixes `corrections` into every batch."""
 
     def __init__(self, config: TrainConfig, mnist: data.MNIST, device: torch.device, start: dict[str, torch.Tensor],
-                 corrections: data.Split, correction_share: float = CORRECTION_SHARE):
+                 corrections: data.Split, share: float | None = None):
         self.corrections = corrections.to(device)  # before Training's __init__, which starts the batch stream
-        self.correction_share = correction_share
+        self.correction_share = correction_share(len(corrections)) if share is None else share
         super().__init__(config, mnist, device)
         self.model.load_state_dict(start)
 
@@ -100,10 +107,10 @@ def accuracy(model: torch.nn.Module, split: data.Split) -> float:
 def fine_tune(config: TrainConfig, mnist: data.MNIST, start: dict[str, torch.Tensor], corrections: data.Split,
               device: torch.device = CPU, run_dir: Path | None = None, overwrite: bool = False,
               print_line: Callable[[str], None] = print, show_progress: bool = False,
-              draw_curves: Callable[[list[dict]], bytes] | None = None,
-              correction_share: float = CORRECTION_SHARE) -> train.TrainResult:
-    """One personal run through train.py's loop; with `run_dir`, saved as an ordinary run folder."""
-    training = PersonalTraining(config, mnist, device, start, corrections, correction_share)
+              draw_curves: Callable[[list[dict]], bytes] | None = None, share: float | None = None) -> train.TrainResult:
+    """One personal run through train.py's loop; with `run_dir`, saved as an ordinary run folder. `share`:
+    the corrections' share of each batch (None: `correction_share`)."""
+    training = PersonalTraining(config, mnist, device, start, corrections, share)
     with train.stop_on_signals(training, print_line):
         run = train.prepare(training, run_dir, None, overwrite, print_line)
         run.save_checkpoint = lambda _training: None  # a run of seconds keeps no checkpoint: stopped, it starts again
@@ -181,8 +188,8 @@ def learn(store: Store, start_from: str | Path | None = None, out: Path | None =
 
 
 def learn_arrays(config: TrainConfig, mnist: data.MNIST, start: dict[str, torch.Tensor], images: np.ndarray,
-                 labels: np.ndarray, correction_share: float = CORRECTION_SHARE, device: torch.device = CPU) -> train.TrainResult:
+                 labels: np.ndarray, share: float | None = None, device: torch.device = CPU) -> train.TrainResult:
     """A personal model from corrections given as arrays, saved nowhere: bench/teach.py's measuring runs."""
     return fine_tune(config, mnist, start, as_split(images, labels), device, print_line=lambda line: None,
-                     correction_share=correction_share)
+                     share=share)
 
