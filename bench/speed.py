@@ -45,7 +45,7 @@ def time_to_accuracy(config, mnist, device, eval_every: int, target: float, stop
             reached = {"step": training.step, "seconds": seconds}
             if stop_at_target:
                 break
-    model = training.model.eval()
+    model = training.evaluated_model.eval()
     return {"reached": reached, "final_accuracy": curve[-1]["test_accuracy"], "steps": training.step,
             "train_seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve, "model": model}
 

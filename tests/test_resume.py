@@ -117,6 +117,28 @@ def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
+def test_a_run_with_ema_resumes_to_the_uninterrupted_runs_exact_average_and_weights(mnist, tmp_path):
+    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, ema=0.9,
+                                  precision="fp32")
+    quiet = {"print_line": lambda _: None, "show_progress": False}
+    whole = train.train(config, mnist, torch.device("cpu"), **quiet)
+
+    first = train.Training(config, mnist, torch.device("cpu"))
+    first.advance(17)  # mid-way through the average's faster start and between log rows
+    rundir.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
+    state = rundir.load_checkpoint(tmp_path)
+    assert state["ema"].keys() == first.model.state_dict().keys()
+    resumed = train.Training(config, mnist, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    resumed.advance(30)
+    for name, tensor in whole.model.state_dict().items():  # the saved model is the average
+        assert torch.equal(tensor, resumed.ema_model.state_dict()[name]), name
+    uninterrupted = train.Training(config, mnist, torch.device("cpu"))
+    uninterrupted.advance(30)
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
 def test_resume_errors_are_one_line(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "no training checkpoint to resume from")
     rundir.save_checkpoint(tmp_path, {**fake_state(5), "config": {"model": "fast", "colour": "red"}})

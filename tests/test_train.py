@@ -1,13 +1,13 @@
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
-from digitrec import checkpoint, files, rundir, train
+from digitrec import checkpoint, data, files, rundir, train
 from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, TrainingDiverged
-from digitrec.tasks import NUMBERS
+from digitrec.tasks import DIGITS, NUMBERS
 
 
 def test_tutorial_recipes_resolve_to_the_tutorial_settings():
@@ -101,13 +101,80 @@ ZEN4 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}  # AVX-512 BF16, no AMX
 SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
 
 
-def test_auto_precision_is_bf16_on_gpus_and_cpus_with_bf16_arithmetic_and_float32_elsewhere():
+def test_auto_precision_is_float32_on_gpus_bf16_on_cpus_with_bf16_arithmetic_and_float32_elsewhere():
     assert train.choose_precision("auto", CPU, AVX2) == "fp32"
     assert train.choose_precision("auto", CPU, ZEN4) == "bf16"
     assert train.choose_precision("auto", CPU, SAPPHIRE_RAPIDS) == "bf16"
-    assert train.choose_precision("auto", torch.device("cuda"), AVX2) == "bf16"
+    # on an H200 float32 trained fast quick faster than bf16: the CPU's flags do not matter on a GPU
+    assert train.choose_precision("auto", torch.device("cuda"), SAPPHIRE_RAPIDS) == "fp32"
+    assert train.choose_precision("auto", "cuda:1", ZEN4) == "fp32"
     assert train.choose_precision("fp32", CPU, SAPPHIRE_RAPIDS) == "fp32"
     assert train.choose_precision("bf16", CPU, AVX2) == "bf16"  # asked for: honoured, however slow
+    assert train.choose_precision("bf16", "cuda", AVX2) == "bf16"
+
+
+def test_cuda_graphs_are_chosen_on_cuda_for_one_process_training_a_digit_model_and_never_on_the_cpu():
+    quick = train.resolve_config("fast", "quick")
+    assert train.uses_cuda_graph(quick, "cuda") and train.uses_cuda_graph(replace(quick, cuda_graph="on"), "cuda:0")
+    assert not train.uses_cuda_graph(replace(quick, cuda_graph="off"), "cuda")
+    for setting in ("auto", "on"):  # ignored on the CPU: no graphs to capture there
+        assert not train.uses_cuda_graph(replace(quick, cuda_graph=setting), CPU)
+    assert not train.uses_cuda_graph(quick, "cuda", processes=2)  # auto: DistributedDataParallel runs eagerly
+    with pytest.raises(ConfigError, match="--cuda-graph on cannot be honoured: it runs in 2 processes"):
+        train.uses_cuda_graph(replace(quick, cuda_graph="on"), "cuda", processes=2)
+    assert not train.uses_cuda_graph(train.resolve_config("reader"), "cuda")
+    with pytest.raises(ConfigError, match="--cuda-graph on applies to digit models only"):
+        train.resolve_config("reader", cuda_graph="on")
+
+
+def test_whether_a_task_can_be_graphed_is_the_tasks_own_answer():
+    assert DIGITS.graphable and not NUMBERS.graphable
+    reader = replace(train.resolve_config("reader"), cuda_graph="on")  # past resolve_config's own refusal
+    with pytest.raises(ConfigError, match="cannot be honoured: the number reader's strips change width"):
+        train.uses_cuda_graph(reader, "cuda")
+
+
+def test_a_graphed_step_sees_the_batches_and_augmentation_of_an_eager_one(mnist):
+    """What the graph gathers by index, and varies by drawn numbers, is what an eager step gets: the
+    same batches, and the same images as the stroke and affine augmentation drawing their own numbers."""
+    config = train.resolve_config("fast", "full")
+    split = mnist.validation
+    eager, indexed = DIGITS.batches(split, 32, 5, 0, 1, 3), DIGITS.batch_indices(split, 32, 5, 0, 1, 3)
+    for _ in range(3):
+        images, labels = next(eager)
+        picked = DIGITS.indexed_batch(split, next(indexed))
+        assert torch.equal(images, picked[0]) and torch.equal(labels, picked[1])
+    draws = DIGITS.augmentation_draws(torch.Generator().manual_seed(7), len(images), config)
+    assert draws.shape == (len(images), 5) and draws.min() >= -1 and draws.max() < 1
+    generator = torch.Generator().manual_seed(7)
+    stroked = data.random_stroke(images, generator, config.augment_stroke)
+    expected = data.random_affine(stroked, generator, config.augment_degrees, config.augment_shift, config.augment_scale)
+    assert torch.equal(DIGITS.augment(images, draws, config), expected)
+    plain = replace(config, augment_stroke=0.0, augment_degrees=0.0, augment_shift=0.0, augment_scale=0.0)
+    assert DIGITS.augmentation_draws(generator, 4, plain) is None and DIGITS.augment(images, None, plain) is images
+    assert NUMBERS.augmentation_draws(generator, 4, train.resolve_config("reader")) is None
+
+
+def test_cuda_graph_on_is_ignored_on_the_cpu_the_weights_are_those_of_an_eager_run(mnist):
+    config = train.resolve_config("fast", "quick", width=4, steps=12, log_every=6, eval_every=12)
+    quiet = {"print_line": lambda _: None, "show_progress": False}
+    eager = train.train(replace(config, cuda_graph="off"), mnist, CPU, **quiet)
+    asked = train.train(replace(config, cuda_graph="on"), mnist, CPU, **quiet)
+    assert asked.metrics["provenance"]["cuda_graph"] is False
+    for name, tensor in eager.model.state_dict().items():
+        assert torch.equal(tensor, asked.model.state_dict()[name]), name
+
+
+def test_ema_is_what_is_evaluated_and_saved_and_trails_the_trained_weights(mnist):
+    config = train.resolve_config("fast", "quick", width=4, steps=20, log_every=10, eval_every=20, ema=0.9)
+    training = train.Training(config, mnist, CPU)
+    first = training.model.state_dict()["layers.0.0.weight"].clone()
+    training.advance(20)
+    trained = training.model.state_dict()["layers.0.0.weight"]
+    averaged = training.evaluated_model.state_dict()["layers.0.0.weight"]
+    assert training.evaluated_model is training.ema_model and not torch.equal(averaged, trained)
+    assert (averaged - trained).abs().max() < (first - trained).abs().max()  # between the start and now, nearer now
+    assert torch.equal(training.ema_model.state_dict()["layers.0.2.num_batches_tracked"], torch.tensor(20))
 
 
 def test_bf16_training_runs_and_records_its_precision(tmp_path):

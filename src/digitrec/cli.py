@@ -191,8 +191,9 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
     if dry_run:
         config, mnist = train.dry_run(config, mnist)
     precision = train.choose_precision(config.precision, target)
+    graphed = train.uses_cuda_graph(config, target, train.World.from_env().size)
     echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}, "
-         f"precision {precision}" + (" (dry run)" if dry_run else ""))
+         f"precision {precision}" + (", CUDA graph" if graphed else "") + (" (dry run)" if dry_run else ""))
     result = train.train(config, mnist, target, run_dir, print_line=click.echo, show_progress=not quiet,
                          tensorboard=tensorboard, resume_from=state, overwrite=overwrite, draw_curves=report.curves_png)
     if not leader:

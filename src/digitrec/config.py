@@ -48,8 +48,14 @@ class TrainConfig:
     augment_stroke: float = setting(0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.",
                                     low=0, high=1)
     channels_last: bool = setting(False, "NHWC activations: faster convolutions on CPUs (measured in bench/).")
-    precision: str = setting("auto", "fp32, bf16 (autocast), or auto: bf16 on CUDA and on CPUs with AMX or AVX-512 BF16, else fp32.",
-                             choices=("auto", "fp32", "bf16"))
+    precision: str = setting("auto", "fp32, bf16 (autocast), or auto: fp32 on CUDA (faster there, measured on an H200), "
+                                     "bf16 on CPUs with AMX or AVX-512 BF16, else fp32.", choices=("auto", "fp32", "bf16"))
+    ema: float = setting(0.0, "Decay per step of an exponential moving average of the weights, which is what is evaluated "
+                              "and saved (0.999: about the last 1,000 steps; step t uses at most (1 + t) / (10 + t)); "
+                              "0: none.", low=0, high=1, high_open=True)
+    cuda_graph: str = setting("auto", "CUDA only: capture a digit model's training step as a CUDA graph and replay it "
+                                      "(auto: with one process; on: refuse where it cannot; off); ignored on the CPU.",
+                              choices=("auto", "on", "off"))
     seed: int = setting(0, "Seed for weights, batches and augmentation.", low=0, high=MAX_SEED)
     log_every: int = setting(100, "Steps between log rows (training-batch loss and accuracy).", low=1, high=MAX_STEPS)
     eval_every: int = setting(1000, "Steps between validation evaluations (on log rows).", low=1, high=MAX_STEPS)

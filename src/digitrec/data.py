@@ -160,7 +160,15 @@ def to_split(images: np.ndarray, labels: np.ndarray) -> Split:
 def batches(
     split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled batches, epoch after epoch, like the tutorial's `next_batch`.
+    """Endless shuffled batches (images, labels), epoch after epoch, like the tutorial's `next_batch`; see `batch_indices`."""
+    for chosen in batch_indices(split, batch_size, seed, rank, world_size, start):
+        yield split.images[chosen], split.labels[chosen]
+
+
+def batch_indices(
+    split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless batches of indices into `split` (on its device), epoch after epoch.
 
     Each epoch is one seeded permutation; with `world_size` > 1 every rank draws the same permutation
     and takes its own interleaved shard of it, so the ranks together see each image once per epoch.
@@ -177,8 +185,7 @@ def batches(
     while True:
         order = torch.randperm(len(split), generator=generator)[rank::world_size][:shard].to(split.labels.device)
         for start_index in range(skip * batch_size, len(order) - batch_size + 1, batch_size):
-            chosen = order[start_index : start_index + batch_size]
-            yield split.images[chosen], split.labels[chosen]
+            yield order[start_index : start_index + batch_size]
         skip = 0
 
 
@@ -214,37 +221,63 @@ def describe(data_dir: str | Path | None = None) -> dict:
     }
 
 
+def uniform_draws(generator: torch.Generator, count: int, columns: int) -> torch.Tensor:
+    """(count, columns) numbers uniform in [-1, 1), drawn from `generator` one column after another."""
+    return torch.stack([torch.rand(count, generator=generator) * 2 - 1 for _ in range(columns)], 1)
+
+
+def augmentation_columns(stroke: float, degrees: float, shift: float, scale: float) -> int:
+    """How many random numbers per image `augment` takes: one for the stroke (if any), four for the affine map (if any)."""
+    return int(stroke > 0) + 4 * int(degrees > 0 or shift > 0 or scale > 0)
+
+
+def augment(images: torch.Tensor, draws: torch.Tensor, stroke: float, degrees: float, shift: float, scale: float) -> torch.Tensor:
+    """`images` with their strokes varied (`stroke_varied`), then rotated, scaled and shifted (`affine`), each image
+    by its row of `draws` (`uniform_draws` with `augmentation_columns` columns, on the images' device). The
+    random numbers come in as a tensor so that the same arithmetic runs eagerly or inside a CUDA graph."""
+    if stroke > 0:
+        images = stroke_varied(images, draws[:, 0] * stroke)
+        draws = draws[:, 1:]
+    if degrees > 0 or shift > 0 or scale > 0:
+        images = affine(images, draws, degrees, shift, scale)
+    return images
+
+
 def random_affine(
     images: torch.Tensor, generator: torch.Generator, degrees: float, shift: float, scale: float
 ) -> torch.Tensor:
     """Each image rotated by up to ±`degrees`, shifted by up to ±`shift` of its size, scaled by 1 ± `scale`.
 
-    One batched `grid_sample`, no per-image Python. The random numbers come from `generator` (on the CPU),
-    so a seeded run is reproducible.
+    The random numbers come from `generator` (on the CPU), so a seeded run is reproducible.
     """
-    count = len(images)
+    return affine(images, uniform_draws(generator, len(images), 4).to(images.device), degrees, shift, scale)
 
-    def uniform(half_width: float) -> torch.Tensor:
-        return ((torch.rand(count, generator=generator) * 2 - 1) * half_width).to(images.device)
 
-    angle = torch.deg2rad(uniform(degrees))
-    zoom = 1 + uniform(scale)
+def affine(images: torch.Tensor, draws: torch.Tensor, degrees: float, shift: float, scale: float) -> torch.Tensor:
+    """One batched `grid_sample`, no per-image Python; `draws` (B, 4) in [-1, 1): angle, zoom, shift x, shift y."""
+    angle = torch.deg2rad(draws[:, 0] * degrees)
+    zoom = 1 + draws[:, 1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # affine_grid maps output coordinates in [-1, 1] to input coordinates: a shift of 2 * shift is shift * size
     theta = torch.stack(
-        [torch.stack([cos, -sin, 2 * uniform(shift)], 1), torch.stack([sin, cos, 2 * uniform(shift)], 1)], 1
+        [torch.stack([cos, -sin, 2 * (draws[:, 2] * shift)], 1), torch.stack([sin, cos, 2 * (draws[:, 3] * shift)], 1)], 1
     )  # (B, 2, 3)
     grid = torch.nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
 def random_stroke(images: torch.Tensor, generator: torch.Generator, amount: float) -> torch.Tensor:
-    """Each image's strokes thickened or thinned by a random share, up to `amount`, of a 3x3 dilation or erosion.
+    """Each image's strokes thickened or thinned by a random share, up to `amount`, of a 3x3 dilation or erosion."""
+    return stroke_varied(images, (uniform_draws(generator, len(images), 1)[:, 0] * amount).to(images.device))
+
+
+def stroke_varied(images: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """Each image mixed with its 3x3 dilation (share t > 0) or erosion (t < 0), by its share in `shares` (B,).
 
     A thick marker or a fine pen changes a digit's stroke width more than anything else a person's image
-    does; mixing an image with its dilation (t > 0) or erosion (t < 0) varies the width continuously.
+    does; mixing an image with its dilation or erosion varies the width continuously.
     """
-    t = ((torch.rand(len(images), 1, 1, 1, generator=generator) * 2 - 1) * amount).to(images.device)
+    t = shares.view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
     dilated = torch.nn.functional.max_pool2d(images, 3, stride=1, padding=1)
     eroded = -torch.nn.functional.max_pool2d(-images, 3, stride=1, padding=1)
     return images + t.clamp(min=0) * (dilated - images) + (-t).clamp(min=0) * (eroded - images)

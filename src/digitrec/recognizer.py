@@ -63,11 +63,19 @@ def try_preprocess(name: str, image: Source) -> np.ndarray | ImageError:
         return ImageError(f"{name}: {type(error).__name__}: {error}")
 
 
-def prepare_in(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> list[np.ndarray | ImageError]:
-    """`try_preprocess` over `chunk` in `pool`; fewer results than images when a worker process died."""
+def submit_to(pool: ProcessPoolExecutor, chunk: list[tuple[str, Source]]) -> Iterable:
+    """`try_preprocess` over `chunk` started in `pool`: an iterator of its results, in order."""
+    try:
+        return pool.map(try_preprocess, *zip(*chunk), chunksize=16)
+    except BrokenProcessPool:  # a worker of an earlier chunk died
+        return iter(())
+
+
+def gather(results: Iterable) -> list[np.ndarray | ImageError]:
+    """The results of `submit_to`; fewer than its chunk's images when a worker process died."""
     prepared: list[np.ndarray | ImageError] = []
     try:
-        for result in pool.map(try_preprocess, *zip(*chunk), chunksize=16):
+        for result in results:
             prepared.append(result)
     except BrokenProcessPool:
         pass
@@ -126,23 +134,41 @@ class Recognizer:
         answered: list[Future] = []  # per batch, its results
         pool = None
         inference = ThreadPoolExecutor(1)
+
+        def hand_over(chunk: list) -> tuple[list, Iterable] | None:
+            """Start preparing `chunk`: in the pool (made once there is a full batch), else here and now."""
+            nonlocal pool
+            if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
+                wait(answered)  # no fork while a thread runs the model
+                # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=keep_freed_memory)
+            if pool is None:
+                answered.append(inference.submit(self.predict_prepared, [try_preprocess(name, image) for name, image in chunk]))
+                return None
+            return chunk, submit_to(pool, chunk)
+
+        def collect(handed: tuple[list, Iterable]) -> bool:
+            """Wait for a chunk handed to the pool and pass it on to the model; whether the pool broke."""
+            nonlocal pool
+            chunk, results = handed
+            prepared = gather(results)
+            broke = len(prepared) < len(chunk)
+            if broke:  # a worker died (killed, out of memory): the pool is broken
+                pool.shutdown()
+                pool = None
+                prepared += [ImageError(f"{name}: the process reading it died") for name, _ in chunk[len(prepared):]]
+            answered.append(inference.submit(self.predict_prepared, prepared))
+            return broke
+
         try:
+            in_flight = None  # the chunk the pool works on while the next is handed over: no idle workers between chunks
             for chunk in chunks(images, BATCH_SIZE):
-                if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
-                    wait(answered)  # no fork while a thread runs the model
-                    # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
-                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                               initializer=keep_freed_memory)
-                if pool is None:
-                    prepared = [try_preprocess(name, image) for name, image in chunk]
-                else:
-                    prepared = prepare_in(pool, chunk)
-                    if len(prepared) < len(chunk):  # a worker died (killed, out of memory): the pool is broken
-                        pool.shutdown()
-                        pool = None
-                        died = chunk[len(prepared):]
-                        prepared += [ImageError(f"{name}: the process reading it died") for name, _ in died]
-                answered.append(inference.submit(self.predict_prepared, prepared))
+                handed = hand_over(chunk)
+                if in_flight is not None and collect(in_flight) and handed is not None:
+                    handed = hand_over(chunk)  # it went to the pool that broke: again, to a new one
+                in_flight = handed
+            if in_flight is not None:
+                collect(in_flight)
             return [result for batch in answered for result in batch.result()]
         finally:
             inference.shutdown(cancel_futures=True)

@@ -9,6 +9,7 @@ stopping) and `finish` (measure, save) — and leaves the files of the run direc
 """
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from digitrec.config import TrainConfig
 from digitrec.errors import ConfigError, DigitrecError, ModelError, OutputError, TrainingDiverged, TrainingStopped
 
 DRY_RUN_STEPS = 3
+GRAPH_WARMUP_STEPS = 3  # steps run eagerly on a side stream before a CUDA graph is captured (as torch's docs advise)
 
 
 def resolve_config(model: str, recipe: str | None = None, from_weights: bool = False, **overrides) -> TrainConfig:
@@ -90,29 +92,55 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def choose_precision(requested: str, device: torch.device, flags: set[str] | None = None) -> str:
-    """"fp32" or "bf16" for a run's `precision` setting on `device` (CPU flags: `flags`, default this CPU's).
+def choose_precision(requested: str, device: torch.device | str, flags: set[str] | None = None) -> str:
+    """"fp32" or "bf16" for a run's `precision` setting on `device` (a device or its kind; CPU flags: `flags`,
+    default this CPU's): a pure function of the device's kind and the CPU's flags, so any device's choice
+    can be checked on any machine.
 
-    auto: bf16 autocast on GPUs and on CPUs with bf16 arithmetic (AMX or AVX-512 BF16), float32 elsewhere.
-    Measured with bench/precision.py, fast quick: on a 2-core AMD EPYC Zen 4 (AVX-512 BF16, no AMX),
-    bf16 trained 400 steps in 6.2 s against 8.0 s (medians of 3 seeds) at the same accuracy; issue 14
-    saw 6.5-8.6 s -> 5.7-6.2 s on a 2-core Xeon with AMX; on an AVX2-only EPYC it was 10x slower (README).
+    auto picks what measured faster on each kind of device:
+    - CUDA: float32. On an H200 (torch 2.11 + CUDA 13) `fast` quick trained in 1.44 s in float32 against
+      1.56-2.27 s in bf16: these models are too small for bf16's matmul speed to outweigh autocast's casts.
+    - CPUs with bf16 arithmetic (AMX or AVX-512 BF16): bf16. bench/precision.py, fast quick: on a 2-core
+      AMD EPYC Zen 4 (AVX-512 BF16, no AMX) 400 steps took 6.2 s against 8.0 s (medians of 3 seeds) at the
+      same accuracy; issue 14 saw 6.5-8.6 s -> 5.7-6.2 s on a 2-core Xeon with AMX.
+    - other CPUs: float32 (on an AVX2-only EPYC bf16 was 10x slower, README).
     """
     if requested != "auto":
         return requested
-    if device.type == "cuda":
-        return "bf16"
+    if torch.device(device).type == "cuda":
+        return "fp32"
     flags = set(provenance.cpu()[1]) if flags is None else flags
     return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
-def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+def uses_cuda_graph(config: TrainConfig, device: torch.device | str, processes: int = 1) -> bool:
+    """Whether a run's steps are captured as a CUDA graph (`cuda_graph` setting): on CUDA, for a model of a
+    graphable task (`Task.graphable`: the digit models) in one process, unless turned off. Ignored on the
+    CPU, where there are no graphs to capture. A graph replays a whole step (batch gather, augmentation,
+    forward, backward, optimizer, EMA) in one launch: a `fast` step on an H200 went from 2.0-2.3 ms eager,
+    nearly all launch overhead, to 0.37-0.49 ms."""
+    if config.cuda_graph == "off" or torch.device(device).type != "cuda":
+        return False
+    task = tasks.of(config.model)
+    reason = (task.not_graphable if not task.graphable
+              else f"it runs in {processes} processes (DistributedDataParallel)" if processes > 1 else None)
+    if reason is None:
+        return True
+    if config.cuda_graph == "on":
+        raise ConfigError(f"--cuda-graph on cannot be honoured: {reason}; use --cuda-graph auto or off")
+    return False
+
+
+def make_optimizer(config: TrainConfig, parameters, graphed: bool = False) -> torch.optim.Optimizer:
+    """The optimiser of `config`; `graphed`: one whose step can be captured in a CUDA graph with its learning
+    rate read from a tensor (fused SGD, capturable Adam), as the graph replays it with each step's rate."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=graphed or None)
     if config.optimizer == "nesterov":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay,
+                               fused=graphed or None)
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, capturable=graphed)
     raise ConfigError(f"unknown optimizer {config.optimizer!r} (sgd, nesterov or adam)")
 
 
@@ -156,7 +184,9 @@ class Training:
 
     With several processes (`world.size` > 1) the model is wrapped in DistributedDataParallel and each
     process takes its share of every batch of `config.batch_size`, so the processes together take the
-    same steps on the same images as one process would.
+    same steps on the same images as one process would. With `config.ema`, a second copy of the model
+    holds the moving average of the weights: that copy is what is evaluated and saved. On CUDA the
+    steps are replayed from a CUDA graph (`uses_cuda_graph`); the arithmetic is the same as eager steps'.
     """
 
     def __init__(self, config: TrainConfig, mnist: data.MNIST, device: torch.device, world: World = World()):
@@ -173,8 +203,14 @@ class Training:
         if world.size > 1:
             torch.manual_seed(config.seed + world.rank)  # each process its own dropout masks
             self.stepped_model = torch.nn.parallel.DistributedDataParallel(self.model)  # averages gradients
-        self.optimizer = make_optimizer(config, self.stepped_model.parameters())
+        self.graphed = uses_cuda_graph(config, device, world.size)
+        self.optimizer = make_optimizer(config, self.stepped_model.parameters(), self.graphed)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
+        self.ema_model = None  # the moving average of the weights, when config.ema is set
+        if config.ema > 0:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+            self.ema_decay = torch.zeros((), device=device)  # this step's decay and 1 - decay, as tensors so that
+            self.ema_share = torch.zeros((), device=device)  # a CUDA graph reads each step's values
         self.mnist = mnist.to(device)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1 + world.rank)
         self.precision = choose_precision(config.precision, device)
@@ -183,20 +219,41 @@ class Training:
         self.step = 0
         self.stop_requested = False
         self.batches = self.batch_stream()
+        self.graph = None  # the captured step, made at the first step after GRAPH_WARMUP_STEPS eager ones
+        self.graph_warmup_steps = 0
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """What is measured and saved: the moving average of the weights if there is one, else the model."""
+        return self.ema_model if self.ema_model is not None else self.model
 
     def batch_stream(self):
+        """Batches from step `self.step` on: (images, labels) for eager steps, indices for graphed ones."""
         share = self.config.batch_size // self.world.size
-        return self.task.batches(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
+        stream = self.task.batch_indices if self.graphed else self.task.batches
+        return stream(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
+
+    def autocast(self):
+        # no cache of cast weights: a CUDA graph would replay a cast made once (each weight is cast once a step anyway)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16", cache_enabled=False)
+
+    def forward_loss(self, batch: tuple[torch.Tensor, ...], draws: torch.Tensor | None) -> tuple[torch.Tensor, Callable[[], float]]:
+        """A batch's loss and a function giving its accuracy, its inputs varied by `draws` (the task's
+        `augmentation_draws`, on the device): the same arithmetic eagerly or inside a CUDA graph."""
+        config = self.config
+        inputs = self.task.augment(batch[0], draws, config)
+        if config.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            outputs = self.stepped_model(inputs)
+        return self.task.loss(outputs, batch, config)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Callable[[], float]]:
         """One batch's loss, and a function giving the batch's accuracy (asked for only at log rows)."""
-        config = self.config
-        inputs = self.task.augment(batch[0], self.augment_generator, config)
-        if config.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            outputs = self.stepped_model(inputs)
-        return self.task.loss(outputs, batch, config)
+        draws = self.task.augmentation_draws(self.augment_generator, len(batch[0]), self.config)
+        if draws is not None:  # drawn on the CPU: the same numbers on every device
+            draws = draws.to(self.device, non_blocking=True)
+        return self.forward_loss(batch, draws)
 
     def advance(self, steps: int) -> tuple[float, float]:
         """Run up to `steps` optimisation steps (fewer when a stop is requested); returns the last batch's loss and accuracy.
@@ -209,10 +266,18 @@ class Training:
         self.stepped_model.train()
         first_step, losses = self.step, []
         for _ in range(min(steps, config.steps - self.step)):
-            loss, batch_accuracy = self.loss(next(self.batches))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if self.ema_model is not None:  # the first steps' average forgets faster, as TensorFlow's EMA with num_updates
+                decay = min(config.ema, (1 + self.step) / (10 + self.step))
+                self.ema_decay.fill_(decay)
+                self.ema_share.fill_(1 - decay)
+            if self.graphed:
+                loss, batch_accuracy = self.graphed_step()
+            else:
+                loss, batch_accuracy = self.loss(next(self.batches))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.update_ema()
             self.scheduler.step()
             self.step += 1
             losses.append(loss.detach())
@@ -227,6 +292,73 @@ class Training:
             )
         return loss.item(), batch_accuracy()
 
+    def update_ema(self) -> None:
+        """Move the average toward the model by this step's share: floating tensors (weights and batch-norm
+        statistics) as ema = decay * ema + (1 - decay) * model; integer ones (batches counted) copied."""
+        if self.ema_model is None:
+            return
+        averaged, current = self.ema_model.state_dict(), self.model.state_dict()
+        floating = [name for name, tensor in averaged.items() if tensor.is_floating_point()]
+        torch._foreach_mul_([averaged[name] for name in floating], self.ema_decay)
+        torch._foreach_add_([averaged[name] for name in floating],
+                            torch._foreach_mul([current[name] for name in floating], self.ema_share))
+        for name in averaged.keys() - set(floating):
+            averaged[name].copy_(current[name])
+
+    def graph_step(self) -> tuple[torch.Tensor, Callable[[], float]]:
+        """One whole step on the batch that `static_index` and `static_draws` name, with nothing that waits
+        for the GPU or depends on values computed on it: capturable. Returns the loss and the accuracy's function."""
+        loss, batch_accuracy = self.forward_loss(self.task.indexed_batch(self.mnist.train, self.static_index),
+                                                 self.static_draws)
+        loss.backward()
+        self.optimizer.step()
+        self.update_ema()
+        return loss, batch_accuracy
+
+    def graphed_step(self) -> tuple[torch.Tensor, Callable[[], float]]:
+        """The next step through the CUDA graph: its inputs copied into the graph's static tensors, then
+        GRAPH_WARMUP_STEPS eager steps on a side stream (cuDNN chooses its kernels, the optimizer makes
+        its state), the capture, and from then on a replay. The learning rate is read from a tensor in
+        all of them, so an eager step does the same arithmetic as a replayed one."""
+        indices = next(self.batches)
+        draws = self.task.augmentation_draws(self.augment_generator, len(indices), self.config)
+        if self.graph is None and self.graph_warmup_steps == 0:
+            self.static_index = torch.zeros_like(indices, device=self.device)
+            self.static_draws = None if draws is None else torch.zeros(draws.shape, device=self.device)
+            self.learning_rate = torch.zeros((), device=self.device)
+        self.static_index.copy_(indices)
+        if self.static_draws is not None:
+            self.static_draws.copy_(draws, non_blocking=True)
+        group = self.optimizer.param_groups[0]
+        self.learning_rate.fill_(group["lr"])
+        if self.graph is None:
+            rate, group["lr"] = group["lr"], self.learning_rate
+            try:
+                if self.graph_warmup_steps < GRAPH_WARMUP_STEPS:
+                    side = torch.cuda.Stream(self.device)
+                    side.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(side):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss, batch_accuracy = self.graph_step()
+                    torch.cuda.current_stream(self.device).wait_stream(side)
+                    self.graph_warmup_steps += 1
+                    return loss.detach(), batch_accuracy
+                self.optimizer.zero_grad(set_to_none=True)  # the graph's backward makes the gradients in its own memory
+                self.graph = torch.cuda.CUDAGraph()
+                try:
+                    with torch.cuda.graph(self.graph):
+                        self.static_loss, self.static_accuracy = self.graph_step()
+                except RuntimeError as error:
+                    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise ConfigError(f"the training step could not be captured as a CUDA graph ({first_line}); "
+                                      "train with --cuda-graph off") from None
+            finally:
+                group["lr"] = rate  # the scheduler and checkpoints keep a plain number
+        self.graph.replay()  # capturing recorded the step without running it
+        # the accuracy reads the graph's own outputs and labels: it is asked for only of the last step of
+        # `advance`, before the next replay overwrites them
+        return self.static_loss.detach().clone(), self.static_accuracy
+
     def should_stop(self) -> bool:
         """Whether any process was asked to stop; all processes must agree, or the others would wait forever."""
         if self.world.size == 1:
@@ -236,10 +368,11 @@ class Training:
         self.stop_requested = bool(flag.item())
         return self.stop_requested
 
-    def accuracy(self, split: data.Split) -> float:
-        """The model's accuracy on `split`, as its task measures it (a digit model: images read right; a number
-        reader: whole strings read right, of fixed strings made of the split's digits)."""
-        return self.task.accuracy(self.model, split, self.evaluation_cache)
+    def accuracy(self, split: data.Split, model: torch.nn.Module | None = None) -> float:
+        """The evaluated model's accuracy on `split` (or `model`'s: the plain weights beside their average),
+        as its task measures it (a digit model: images read right; a number reader: whole strings read
+        right, of fixed strings made of the split's digits)."""
+        return self.task.accuracy(self.evaluated_model if model is None else model, split, self.evaluation_cache)
 
     @property
     def done(self) -> bool:
@@ -258,7 +391,7 @@ class Training:
             torch.distributed.all_gather_object(gathered, random_states)
         else:
             gathered = [random_states]
-        return {
+        state = {
             "config": asdict(self.config),
             "step": self.step,
             "world_size": self.world.size,
@@ -267,6 +400,9 @@ class Training:
             "scheduler": self.scheduler.state_dict(),
             "random_states": gathered,
         }
+        if self.ema_model is not None:
+            state["ema"] = self.ema_model.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["world_size"] != self.world.size:
@@ -275,7 +411,13 @@ class Training:
             )
         try:
             self.model.load_state_dict(state["model"])
+            if self.ema_model is not None:
+                self.ema_model.load_state_dict(state["ema"])
+            # how this run steps (fused or capturable on a CUDA graph, or not) is this device's, not the checkpoint's
+            how = [{key: group[key] for key in ("fused", "capturable", "foreach") if key in group} for group in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, kept in zip(self.optimizer.param_groups, how):
+                group.update(kept)
             self.scheduler.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
             random_states = state["random_states"][self.world.rank]
@@ -511,14 +653,17 @@ def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], byt
             "test_accuracy": training.accuracy(training.mnist.test),
             "provenance": provenance.provenance(
                 device=str(training.device), torch_threads=torch.get_num_threads(), processes=training.world.size,
-                precision=training.precision,
+                precision=training.precision, cuda_graph=training.graphed,
             ),
         }
+        if training.ema_model is not None:  # what the average gained, on the same run
+            metrics["without_ema"] = {f"{name}_accuracy": training.accuracy(getattr(training.mnist, name), training.model)
+                                      for name in ("validation", "test")}
     try:
         run.save_checkpoint(training)
     except OutputError:
         pass  # the save below says what failed; the checkpoints saved before this one are kept
-    model = training.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = training.evaluated_model.to("cpu", memory_format=torch.contiguous_format).eval()
     if run.run_dir is not None:
         files = {
             rundir.WEIGHTS_FILE: checkpoint.weights_bytes(model, asdict(config), metrics),

@@ -65,8 +65,31 @@ class Task:
         """Endless training batches of `split` from step `start`: (inputs, *targets) tensors."""
         raise NotImplementedError
 
-    def augment(self, inputs, generator, config):
-        """A training batch's inputs varied as `config` asks (unchanged by default)."""
+    # A graphable task's batches keep one shape from step to step and are picked from the split on its
+    # device by a tensor of indices, so that a whole training step can be captured as a CUDA graph and
+    # replayed with new indices and draws (train.uses_cuda_graph). The number reader's strips change
+    # width from batch to batch: not graphable.
+    graphable = False
+    not_graphable = "its batches change shape from step to step"  # why not, for a message
+
+    def batch_indices(self, split, batch_size: int, seed: int, rank: int, world_size: int, start: int) -> Iterator:
+        """A graphable task: endless index tensors (on `split`'s device) naming the batches `batches` gives."""
+        raise NotImplementedError
+
+    def indexed_batch(self, split, indices) -> tuple:
+        """A graphable task: the batch of `split` that `indices` (from `batch_indices`) name, as `batches` gives it."""
+        raise NotImplementedError
+
+    def augmentation_draws(self, generator, count: int, config):
+        """The random numbers that vary a batch of `count` inputs as `config` asks, drawn from `generator`
+        (on the CPU, so that they are the same on every device) as a (count, k) tensor; None when nothing
+        is varied (the default). Drawn apart from `augment`, so that a CUDA graph can replay the same
+        arithmetic with each step's draws copied in."""
+        return None
+
+    def augment(self, inputs, draws, config):
+        """A training batch's inputs varied by `draws` (from `augmentation_draws`, on the inputs' device;
+        unchanged by default)."""
         return inputs
 
     def loss(self, outputs, batch: tuple, config) -> tuple[object, Callable[[], float]]:

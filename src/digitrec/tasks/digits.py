@@ -32,19 +32,36 @@ class DigitTask(Task):
             found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in outputs.values())
             raise ModelError(f"{where}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}")
 
+    graphable = True  # (B, 1, 28, 28) images picked by index from the split on the device: one shape every step
+
     def batches(self, split, batch_size, seed, rank, world_size, start):
         from digitrec import data
 
         return data.batches(split, batch_size, seed, rank, world_size, start=start)
 
-    def augment(self, images, generator, config):
+    def batch_indices(self, split, batch_size, seed, rank, world_size, start):
         from digitrec import data
 
-        if config.augment_stroke > 0:
-            images = data.random_stroke(images, generator, config.augment_stroke)
-        if config.uses_affine:
-            images = data.random_affine(images, generator, config.augment_degrees, config.augment_shift, config.augment_scale)
-        return images
+        return data.batch_indices(split, batch_size, seed, rank, world_size, start=start)
+
+    def indexed_batch(self, split, indices) -> tuple:
+        return split.images[indices], split.labels[indices]
+
+    def augmentation_draws(self, generator, count, config):
+        """One column for the stroke (if varied), four for the rotation, zoom and shift (if any): see `data.augment`."""
+        from digitrec import data
+
+        columns = data.augmentation_columns(config.augment_stroke, config.augment_degrees, config.augment_shift,
+                                            config.augment_scale)
+        return data.uniform_draws(generator, count, columns) if columns else None
+
+    def augment(self, images, draws, config):
+        from digitrec import data
+
+        if draws is None:
+            return images
+        return data.augment(images, draws, config.augment_stroke, config.augment_degrees, config.augment_shift,
+                            config.augment_scale)
 
     def loss(self, logits, batch, config) -> tuple[object, Callable[[], float]]:
         import torch.nn.functional as F

@@ -24,6 +24,7 @@ DIGIT_ONLY = ("augment_degrees", "augment_shift", "augment_scale", "augment_stro
 class NumberTask(Task):
     cannot_run = "the reader cannot run on a batch of strips"
     bad_probe = f"the reader's scores for blank strips are not finite (batch, {CLASSES + 1}, width / 2)"
+    not_graphable = "the number reader's strips change width from batch to batch"
 
     def check_signature(self, session, where: str) -> None:
         """One input `strips` and one output `scores`."""
@@ -37,6 +38,8 @@ class NumberTask(Task):
         if digit_only:  # a reader's strings are varied as they are made (number_strings.py); its loss is CTC
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in digit_only)
             raise ConfigError(f"model {config.model!r} reads whole numbers: {flags} apply to digit models only")
+        if config.cuda_graph == "on":  # its strips change width from batch to batch: no one graph fits them
+            raise ConfigError(f"model {config.model!r} reads whole numbers: --cuda-graph on applies to digit models only")
 
     def batches(self, split, batch_size, seed, rank, world_size, start):
         from digitrec import data
