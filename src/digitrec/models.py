@@ -38,6 +38,7 @@ PERSONAL = dict(
     steps=300, batch_size=64, optimizer="nesterov", lr=0.03, schedule="warmup_cosine", warmup_fraction=0.1,
     weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1, augment_scale=0.1,
     augment_stroke=1.0, channels_last=True, log_every=25, eval_every=100,
+    cuda_graph="off",  # its batches mix the corrections in (personal.py): not the graph's batches of training indices
 )
 DEFAULT_MODEL = "fast"  # what `digitrec train` trains without --model
 
