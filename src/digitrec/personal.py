@@ -29,7 +29,7 @@ from digitrec.corrections import Store
 from digitrec.errors import ConfigError, TrainingStopped
 from digitrec.tasks import DIGITS
 
-CORRECTION_SHARE = 0.5  # of each batch at most; the rest are replayed MNIST training digits (bench/teach.py)
+CORRECTION_SHARE = 0.25  # of each batch at most; the rest are replayed MNIST training digits (bench/teach.py)
 FULL_SHARE_FROM = 100  # corrections: fewer take a proportionally smaller share, so that each is drawn about as
                        # often as one of 100 is (one correction per digit drawn ~1,000 times was learned by heart)
 HOLDOUT_SHARE = 0.2  # of each digit's corrections, held out to measure (only digits with at least MIN_HELD_IN + 1)
