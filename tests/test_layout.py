@@ -15,8 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digitrec"
 OWNERS = {  # third-party package -> the modules that may import it at module level
     "fastapi": "digitrec.web", "starlette": "digitrec.web", "uvicorn": "digitrec.web", "fastapi_offline": "digitrec.web",
     "click": "digitrec.cli", "matplotlib": "digitrec.report",
+    "ray": "digitrec.scale", "pyarrow": "digitrec.scale",  # the scale extra's; scale imports them only when used
 }
-TORCH_FREE = ["digitrec.recognizer", "digitrec.reading", "digitrec.explain", "digitrec.runtime", "digitrec.cli"]
+TORCH_FREE = ["digitrec.recognizer", "digitrec.reading", "digitrec.explain", "digitrec.runtime", "digitrec.rows",
+              "digitrec.scale", "digitrec.cli"]
 
 
 def module_name(path: Path) -> str:

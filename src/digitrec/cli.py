@@ -37,8 +37,32 @@ READER_OPTION = click.option(
 )
 
 
+def job_options(command):
+    """`predict` and `read`'s flags for many files: where batches run, the output a rerun resumes (docs/scale.md)."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,  # scale.ENGINES
+                     help="Where batches run: this process, or Ray (this machine's cores, or --address's cluster; "
+                          "needs pip install 'digitrec[scale]')."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Write the rows (those of --json) to this .jsonl file or .parquet folder instead of printing "
+                          "them; the same command again resumes it, writing only the files not yet there."),
+        click.option("--overwrite", is_flag=True, help="Start --out over instead of resuming it."),
+        click.option("--address", default=None,
+                     help="--engine ray: join the Ray cluster there (auto, HOST:PORT, ray://HOST:PORT) "
+                          "[default: start Ray on this machine]."),
+        click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
+                     help="--engine ray: files per batch sent to a worker [default: 256 for predict, 32 for read]."),
+        click.option("--actors", type=click.IntRange(1, 100_000), default=None,
+                     help="--engine ray: workers, each holding one copy of the model on one CPU [default and most: one per CPU of the cluster]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 OPTIONAL_PACKAGES = {  # package -> the install extra that brings it
     "torch": "train", "safetensors": "train", "matplotlib": "train", "onnx": "onnx", "onnxruntime": "onnx",
+    "ray": "scale", "pyarrow": "scale",
 }
 
 
@@ -336,35 +360,30 @@ def exit_if_any_failed(rows: list[dict]) -> None:
 @click.option("--show-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save the 28x28 image the model saw for each input into this folder.")
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True, help="Show the K likeliest digits.")
-def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top):
-    """Recognize the digit in each image (files, folders searched recursively, - for stdin)."""
+@job_options
+def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top, **job):
+    """Recognize the digit in each image (files, folders searched recursively, 'globs', a .txt list of
+    paths, - for stdin)."""
     from digitrec.preprocess import to_png
     from digitrec.recognizer import Recognizer
+    from digitrec.rows import prediction_row
 
     recognizer = Recognizer.load(model_path)
     inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
-    predicted = iter(recognizer.predict_many([(name, source) for name, source in inputs
-                                              if not isinstance(source, ImageError)]))
-    results = [source if isinstance(source, ImageError) else next(predicted) for _, source in inputs]
-    rows = []
+    if job_wanted(job, as_json=as_json, csv=csv_path, show_preprocessed=show_preprocessed, top=top > 1):
+        return run_job("predict", inputs, recognizer, model_path, None, **job)
+    results, progress = results_with_progress("predict", recognizer, inputs)
+    rows = [prediction_row(name, result) for (name, _), result in zip(inputs, results)]
     previews: set[str] = set()
     for (name, _), result in zip(inputs, results):
-        failed = isinstance(result, ImageError)
-        rows.append({
-            "path": name,
-            "digit": None if failed else result.digit,
-            "confidence": None if failed else round(result.confidence, 6),
-            "unsure": None if failed else result.unsure,
-            "probabilities": None if failed else [round(p, 6) for p in result.probabilities],
-            "error": str(result) if failed else None,
-        })
-        if show_preprocessed is not None and not failed:
+        if show_preprocessed is not None and not isinstance(result, ImageError):
             write_atomic(show_preprocessed / preview_name(name, previews), to_png(result.preprocessed))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
+        echo_summary(progress)
     else:
         lines = []
         for row, result in zip(rows, results):
@@ -390,13 +409,15 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
 @CSV_OPTION
 @click.option("--show-segments", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Save each input with each digit's box and reading drawn on it into this folder.")
-def read_command(paths, model_path, reader_path, as_json, csv_path, show_segments):
-    """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, - for stdin).
+@job_options
+def read_command(paths, model_path, reader_path, as_json, csv_path, show_segments, **job):
+    """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, 'globs',
+    a .txt list of paths, - for stdin).
 
     The number reader reads the digits; the digit model (--model) reads again each digit that stands apart."""
     from digitrec import runtime
-    from digitrec.reading import read
     from digitrec.recognizer import Recognizer
+    from digitrec.rows import reading_row
     from digitrec.tasks import NUMBERS
 
     recognizer = Recognizer.load(model_path)
@@ -404,26 +425,21 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
     inputs = expand_inputs(paths, sys.stdin.buffer)
     if not inputs:
         raise click.UsageError("no images found in the given folders")
-    rows = []
+    if job_wanted(job, as_json=as_json, csv=csv_path, show_segments=show_segments):
+        return run_job("read", inputs, recognizer, model_path, reader_path, reader=reader, **job)
+    results, progress = results_with_progress("read", recognizer, inputs, reader)
+    rows = [reading_row(name, result) for (name, _), result in zip(inputs, results)]
     previews: set[str] = set()
-    for name, source in inputs:
-        try:
-            if isinstance(source, ImageError):  # expand_inputs could not read it
-                raise source
-            reading = read(reader, recognizer, source, name)
-        except ImageError as error:
-            rows.append({"path": name, "text": None, "confidence": None, "unsure": None, "digits": None,
-                         "error": str(error)})
-            continue
-        rows.append({"path": name, **reading.as_dict(), "error": None})
-        if show_segments is not None:
+    for (name, source), result in zip(inputs, results):
+        if show_segments is not None and not isinstance(result, ImageError):
             from digitrec.reading import draw_segments
 
             show_segments.mkdir(parents=True, exist_ok=True)
-            write_atomic(show_segments / preview_name(name, previews), draw_segments(source, reading))
+            write_atomic(show_segments / preview_name(name, previews), draw_segments(source, result))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
+        echo_summary(progress)
     else:
         lines = []
         for row in rows:
@@ -441,6 +457,66 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
              " ".join("{},{},{},{}".format(*d["box"]) for d in row["digits"] or []), row["error"] or ""]
             for row in rows])
     exit_if_any_failed(rows)
+
+
+def job_wanted(job: dict, as_json: bool, **extras) -> bool:
+    """Whether `predict`/`read` runs as a job (scale.run_job: --out or --engine ray); refuses the flags that
+    only the printed run has, and the Ray flags without the Ray engine."""
+    ray_only = [name for name in ("address", "batch_size", "actors") if job[name] is not None]
+    if job["engine"] != "ray" and ray_only:
+        raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in ray_only) + ": only with --engine ray")
+    if job["overwrite"] and job["out"] is None:
+        raise click.UsageError("--overwrite applies to --out")
+    if job["out"] is None and job["engine"] == "local":
+        return False
+    given = [name for name, value in extras.items() if value]
+    if given:
+        raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in given)
+                               + ": only for rows printed here; with --out or --engine ray, leave them out")
+    if job["out"] is not None and as_json:
+        raise click.UsageError("--json prints the rows; --out writes them: give one")
+    return True
+
+
+def run_job(task, inputs, recognizer, model_path, reader_path, *, engine, out, overwrite, address, batch_size, actors,
+            reader=None):
+    """Rows into --out (JSON lines on stdout without it), progress and a summary on stderr; exit 1 when
+    any row of the output is an error, as for printed rows."""
+    from digitrec import scale
+
+    summary = scale.run_job(task, inputs, recognizer, reader=reader, out=out, engine=engine, model_path=model_path,
+                            reader_path=reader_path, overwrite=overwrite, batch_size=batch_size, actors=actors,
+                            address=address)
+    click.echo(scale.describe(summary, out), err=True)
+    if summary.total_errors:
+        click.echo(f"{summary.total_errors} of {summary.written + summary.skipped} images failed", err=True)
+        sys.exit(1)
+
+
+def results_with_progress(task: str, recognizer, inputs: list, reader=None) -> tuple[list, object]:
+    """`rows.results_of` over `inputs` in this process, with the progress line on stderr while it runs."""
+    from digitrec import scale
+    from digitrec.rows import results_of
+
+    progress = scale.Progress(len(inputs))
+    results = []
+    for chunk in scale.local_chunks(task, inputs):
+        chunk_results = results_of(task, recognizer, chunk, reader=reader)
+        results += chunk_results
+        progress.update(len(chunk), sum(isinstance(result, ImageError) for result in chunk_results))
+    progress.clear()
+    return results, progress
+
+
+def echo_summary(progress) -> None:
+    """After rows printed as JSON lines, the job's summary line, on stderr when it is a terminal (`--json >
+    rows.jsonl`); a script reading both streams gets the rows and the failure count alone, as before."""
+    from digitrec import scale
+
+    if progress.live:
+        click.echo(scale.describe(scale.Summary(written=progress.done, errors=progress.errors, skipped=0,
+                                                total_errors=progress.errors, seconds=progress.seconds(), nodes={}),
+                                  None), err=True)
 
 
 @main.command("explain")

@@ -42,6 +42,10 @@ class OutputError(DigitrecError):
         self.reason = reason or message  # the system's words, e.g. "No space left on device"
 
 
+class EngineError(DigitrecError):
+    """The engine that runs a job cannot start, or its cluster does not answer."""
+
+
 class StoreError(DigitrecError):
     """The corrections database cannot be used: a folder, locked, read-only, damaged or from a newer digitrec.
     Nothing in it was changed."""

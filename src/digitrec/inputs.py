@@ -1,4 +1,5 @@
-"""Finding the images a person names: files as given, folders searched recursively, "-" for stdin.
+"""Finding the images a person names: files as given, folders searched recursively, 'globs' (quoted, for
+more files than a command line holds), a .txt file listing paths, "-" for stdin.
 
 `digitrec predict`, `read` and `explain` and bench/predict_throughput.py take their inputs from here.
 What cannot be read or searched comes back as the `ImageError` saying so, in its place, so one bad
@@ -6,6 +7,7 @@ input never stops the rest. Also names the files that previews of those inputs a
 the images is preprocess.py's.
 """
 
+import glob
 import os
 import sys
 from collections.abc import Iterable
@@ -16,16 +18,20 @@ from digitrec import preprocess
 from digitrec.errors import ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LIST_SUFFIX = ".txt"  # a path ending in this lists paths, one a line
 
 
 def expand_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> list[tuple[str, Path | bytes | ImageError]]:
-    """(name, source) pairs: files as given, folders searched recursively for images, "-" for `stdin`
-    (default: this process's standard input).
+    """(name, source) pairs: files as given, folders searched recursively for images, globs and lists of
+    paths expanded (`expand_sources`), "-" for `stdin` (default: this process's standard input).
 
     What cannot be read or searched (stdin over the size limit, a broken link, a link back into a folder
     already searched, a folder that cannot be listed) comes as the `ImageError` saying so, in its place."""
     inputs: list[tuple[str, Path | bytes | ImageError]] = []
-    for given in paths:
+    for given in expand_sources(paths):
+        if isinstance(given, tuple):  # a list of paths that cannot be read
+            inputs.append(given)
+            continue
         if given == "-":
             limit = preprocess.MAX_FILE_BYTES  # looked up now: a test lowers it
             content = (stdin or sys.stdin.buffer).read(limit + 1)
@@ -39,6 +45,27 @@ def expand_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> list[t
             continue
         inputs.extend(images_in(Path(given)) if is_folder else [(given, Path(given))])
     return inputs
+
+
+def expand_sources(sources: Iterable[str]) -> list[str | tuple[str, ImageError]]:
+    """The paths that globs and lists of paths stand for: a glob ('scans/**/*.png') is its matches, sorted; a
+    .txt file lists one path a line (blank lines and lines starting with # skipped); anything else is
+    itself. A glob matching nothing stays as given (reported missing); a list that cannot be read is its
+    name with the `ImageError` saying so."""
+    paths: list[str | tuple[str, ImageError]] = []
+    for source in sources:
+        if source != "-" and glob.has_magic(source):
+            paths.extend(sorted(glob.glob(source, recursive=True)) or [source])
+        elif source.endswith(LIST_SUFFIX) and Path(source).is_file():
+            try:
+                lines = Path(source).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as error:
+                paths.append((source, ImageError(f"{source}: cannot read this list of paths ({error})")))
+                continue
+            paths.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+        else:
+            paths.append(source)
+    return paths
 
 
 def images_in(folder: Path) -> list[tuple[str, Path | ImageError]]:
