@@ -749,6 +749,8 @@ def teach_learn(start_from, out, steps, seed, holdout, db_path, data_dir, quiet)
         click.echo(f"held-out corrections ({learned.held_out}: {personal.HOLDOUT_SHARE:.0%} of each digit's, drawn at "
                    f"random, learned without them): {100 * learned.held_out_before:.2f}% before, "
                    f"{100 * learned.held_out_after:.2f}% after")
+    elif not holdout:
+        click.echo("held-out corrections: not measured (--no-holdout)")
     else:
         click.echo(f"held-out corrections: none (too few to hold any out: a digit needs {math.ceil(1 / personal.HOLDOUT_SHARE)})")
     click.echo(f"MNIST test set (10,000 images): {100 * learned.test_before:.2f}% before, "
