@@ -1,8 +1,15 @@
-"""Shared fixtures: the real MNIST from data/mnist/, one real softmax run trained once per session, and a
-valid digit image in every accepted format (helpers.py holds the shared plain functions)."""
+"""Shared fixtures: the real MNIST from data/mnist/, one real softmax run trained once per session, a valid
+digit image in every accepted format, one real uvicorn server of the bundled model per session
+(`live_server`) with a client of it, and Chromium (helpers.py holds the shared plain functions).
 
+Markers (pyproject.toml): `browser` (Chromium through Playwright), `slow`, `distributed`; e.g. a quick
+subset is `pytest -m "not browser and not slow and not distributed"`.
+"""
+
+import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -10,6 +17,8 @@ from PIL import Image
 
 from digitrec import data, train
 from digitrec.person_style import encode
+
+from helpers import LiveServer, launch_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_MNIST = REPO / "data" / "mnist"
@@ -41,3 +50,53 @@ def valid_images(mnist) -> list[bytes]:
         encode(digit, "WEBP"), encode(rgba, "WEBP", lossless=True), encode(digit, "TIFF"),
         encode(digit, "TIFF", compression="tiff_lzw"), encode(float_tiff, "TIFF"), encode(digit.convert("CMYK"), "TIFF"),
     ]
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """The app of the bundled model, served once for the whole session by uvicorn on 127.0.0.1."""
+    from digitrec.recognizer import Recognizer
+    from digitrec.web import create_app
+
+    server = LiveServer(create_app(Recognizer.load()))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=30) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def seven_png(mnist) -> bytes:
+    """The first MNIST test digit, a 7, as a 280x280 PNG: dark ink on white, as people write."""
+    digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)
+    return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
+
+
+@pytest.fixture(scope="session")
+def playwright():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    with playwright_api.sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
+    """Debian's Chromium, driven by Playwright."""
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, live_server):
+    """The drawing page of the session's server, in one tab per module."""
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(live_server.url)
+    yield page
+    page.close()

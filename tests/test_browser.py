@@ -1,61 +1,14 @@
 """End to end: Debian's Chromium, driven by Playwright, draws digits on the page and uploads a file."""
 
 import io
-import math
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_web import live_server  # noqa: F401  (the session's real uvicorn server)
+from helpers import ONE, SEVEN, ZERO, draw, shown_digit
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which("chromium"):
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def page(browser, live_server):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1000, "height": 800})
-    page.goto(live_server.url)
-    yield page
-    page.close()
-
-
-def draw(page, strokes, pad="#pad"):
-    """Each stroke is a list of (x, y) points in 0..1 of the canvas, drawn with the mouse."""
-    box = page.locator(pad).bounding_box()
-    for stroke in strokes:
-        x, y = stroke[0]
-        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
-        page.mouse.up()
-
-
-def shown_digit(page, expected: str) -> str:
-    page.wait_for_function(f"document.getElementById('digit').textContent === '{expected}'", timeout=10_000)
-    return page.locator("#digit").text_content()
-
-
-ZERO = [[(0.5 + 0.22 * math.sin(t / 20 * 2 * math.pi), 0.5 - 0.32 * math.cos(t / 20 * 2 * math.pi)) for t in range(21)]]
-ONE = [[(0.48, 0.18), (0.5, 0.5), (0.52, 0.82)]]
-SEVEN = [[(0.28, 0.22), (0.72, 0.22), (0.45, 0.82)]]
+pytestmark = pytest.mark.browser
 
 
 @pytest.mark.parametrize("name, strokes, digit", [("one", ONE, "1"), ("seven", SEVEN, "7"), ("zero", ZERO, "0")])
@@ -75,11 +28,11 @@ def test_undo_and_clear(page):
     draw(page, ONE)
     shown_digit(page, "1")
     page.click("#undo")
-    page.wait_for_function("document.getElementById('digit').textContent === '–'")
+    page.wait_for_function("() => document.getElementById('digit').textContent === '–'")
     draw(page, SEVEN)
     shown_digit(page, "7")
     page.keyboard.press("Escape")
-    page.wait_for_function("document.getElementById('digit').textContent === '–'")
+    page.wait_for_function("() => document.getElementById('digit').textContent === '–'")
 
 
 def test_uploaded_file_is_recognized(page, mnist, tmp_path):
@@ -92,7 +45,7 @@ def test_uploaded_file_is_recognized(page, mnist, tmp_path):
 
 
 @pytest.fixture
-def offline_page(browser, live_server):  # noqa: F811
+def offline_page(browser, live_server):
     """A fresh page whose every request to anywhere but the server fails, as on a machine offline."""
     context = browser.new_context(viewport={"width": 1000, "height": 800})
     context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live_server.url + "/")
@@ -102,13 +55,13 @@ def offline_page(browser, live_server):  # noqa: F811
 
 
 @pytest.mark.parametrize("docs, operation", [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id]")])
-def test_api_docs_show_the_routes_offline(offline_page, live_server, docs, operation):  # noqa: F811
+def test_api_docs_show_the_routes_offline(offline_page, live_server, docs, operation):
     offline_page.goto(live_server.url + docs)
     offline_page.wait_for_selector(operation, timeout=15_000)
     assert "/api/predict" in offline_page.locator("body").inner_text()
 
 
-def test_the_page_loads_without_a_failed_request_and_has_an_icon(offline_page, live_server):  # noqa: F811
+def test_the_page_loads_without_a_failed_request_and_has_an_icon(offline_page, live_server):
     failures = []
     offline_page.on("response", lambda response: response.status >= 400 and failures.append(response.url))
     offline_page.on("requestfailed", lambda request: failures.append(request.url))
@@ -122,7 +75,7 @@ def test_the_page_loads_without_a_failed_request_and_has_an_icon(offline_page, l
     assert icon == [200, "image/svg+xml"] and failures == []
 
 
-def test_what_the_model_saw_is_an_empty_square_before_anything_is_drawn(offline_page, live_server):  # noqa: F811
+def test_what_the_model_saw_is_an_empty_square_before_anything_is_drawn(offline_page, live_server):
     offline_page.goto(live_server.url)
     offline_page.wait_for_load_state("networkidle")
     box = offline_page.locator("#seen").bounding_box()

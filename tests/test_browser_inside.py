@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from test_browser import SEVEN, browser, draw, page, shown_digit  # noqa: F401  (the page on the session's server)
-from test_web import live_server  # noqa: F401
+from helpers import SEVEN, draw, shown_digit
+
+pytestmark = pytest.mark.browser
 
 READ_CANVAS = """id => {
   const canvas = document.getElementById(id);
@@ -17,17 +19,17 @@ READ_CANVAS = """id => {
 }"""
 
 
-def canvas_pixels(page, canvas_id: str) -> np.ndarray:  # noqa: F811
+def canvas_pixels(page, canvas_id: str) -> np.ndarray:
     return np.array(page.evaluate(READ_CANVAS, canvas_id), dtype=np.float64).reshape(28, 28, 4)[..., :3] / 255
 
 
-def test_inside_view_shows_feature_maps_and_saliency_on_the_drawn_ink(page, tmp_path):  # noqa: F811
+def test_inside_view_shows_feature_maps_and_saliency_on_the_drawn_ink(page, tmp_path):
     page.click("#clear")
-    page.wait_for_function("document.getElementById('inside').dataset.state === 'empty'")
+    page.wait_for_function("() => document.getElementById('inside').dataset.state === 'empty'")
     assert page.locator("#inside-body").is_hidden()
     draw(page, SEVEN)
     shown_digit(page, "7")
-    page.wait_for_function("document.getElementById('inside').dataset.state === 'ready'"
+    page.wait_for_function("() => document.getElementById('inside').dataset.state === 'ready'"
                            " && document.getElementById('inside').dataset.saliencyDigit === '7'", timeout=10_000)
     captions = page.locator("#inside-stages figcaption").all_text_contents()
     assert captions == ["conv1: 32 feature maps of 14×14", "conv2: 64 feature maps of 7×7", "conv3: 128 feature maps of 3×3"]
@@ -44,20 +46,20 @@ def test_inside_view_shows_feature_maps_and_saliency_on_the_drawn_ink(page, tmp_
     assert overlay[seen == 0].min() > 0.95  # the paper stays white
 
     page.hover("#inside-classes button[data-digit='1']")
-    page.wait_for_function("document.getElementById('inside').dataset.saliencyDigit === '1'")
+    page.wait_for_function("() => document.getElementById('inside').dataset.saliencyDigit === '1'")
     assert "towards 1;" in page.locator("#inside-caption").text_content()
     assert not np.array_equal(canvas_pixels(page, "inside-saliency"), overlay)
     page.click("#inside-classes button[data-digit='3']")
     page.mouse.move(0, 0)
-    page.wait_for_function("document.getElementById('inside').dataset.saliencyDigit === '3'")
+    page.wait_for_function("() => document.getElementById('inside').dataset.saliencyDigit === '3'")
 
     screenshots = Path(os.environ.get("DIGITREC_SCREENSHOTS", tmp_path))
     page.click("#inside-classes button[data-digit='3']")  # back to following the answer
     page.mouse.move(0, 0)
-    page.wait_for_function("document.getElementById('inside').dataset.saliencyDigit === '7'")
+    page.wait_for_function("() => document.getElementById('inside').dataset.saliencyDigit === '7'")
     page.locator("#inside").screenshot(path=str(screenshots / "inside.png"))
     assert (screenshots / "inside.png").stat().st_size > 10_000
 
     page.keyboard.press("Escape")
-    page.wait_for_function("document.getElementById('inside').dataset.state === 'empty'")
+    page.wait_for_function("() => document.getElementById('inside').dataset.state === 'empty'")
     assert page.locator("#inside-body").is_hidden()

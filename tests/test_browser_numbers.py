@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_browser import browser, draw, page  # noqa: F401  (Chromium and a page of the live server)
-from test_web import live_server  # noqa: F401  (the session's real uvicorn server, which `page` opens)
+from helpers import draw
+
+pytestmark = pytest.mark.browser
 
 
 def cell(index: int, strokes):
@@ -21,12 +22,12 @@ SEVEN = [[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)], [(0.25, 0.5), (0.85, 0.5)]]  # w
 TWO = [[(0.05, 0.25), (0.3, 0.0), (0.7, 0.0), (0.95, 0.25), (0.8, 0.5), (0.0, 1.0), (1.0, 1.0)]]
 
 
-def shown_number(page, expected: str) -> str:  # noqa: F811
-    page.wait_for_function(f"document.getElementById('number-text').textContent === '{expected}'", timeout=15_000)
+def shown_number(page, expected: str) -> str:
+    page.wait_for_function(f"() => document.getElementById('number-text').textContent === '{expected}'", timeout=15_000)
     return page.locator("#number-text").text_content()
 
 
-def test_a_number_written_with_multi_stroke_digits_is_read_live(page, tmp_path):  # noqa: F811
+def test_a_number_written_with_multi_stroke_digits_is_read_live(page, tmp_path):
     page.click("#number-clear")
     strokes = cell(0, FOUR) + cell(1, FIVE) + cell(2, SEVEN) + cell(3, TWO)
     draw(page, strokes, pad="#number-pad")
@@ -43,10 +44,10 @@ def test_a_number_written_with_multi_stroke_digits_is_read_live(page, tmp_path):
     page.click("#number-undo")  # the 2 goes: three digits are left
     assert shown_number(page, "457") == "457"
     page.click("#number-clear")
-    page.wait_for_function("document.getElementById('number-text').textContent === '–'")
+    page.wait_for_function("() => document.getElementById('number-text').textContent === '–'")
 
 
-def test_an_uploaded_number_is_read(page, mnist, tmp_path):  # noqa: F811
+def test_an_uploaded_number_is_read(page, mnist, tmp_path):
     images, labels = mnist.test.images[:, 0].numpy(), mnist.test.labels.numpy()
     row = np.concatenate([images[np.nonzero(labels == d)[0][0]] for d in (1, 9, 8, 4)], axis=1)
     path = tmp_path / "1984.png"

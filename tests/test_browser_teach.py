@@ -8,9 +8,9 @@ import pytest
 
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
-from test_browser import SEVEN, browser, draw, shown_digit  # noqa: F401  (browser: a fixture)
 from test_training import one_thread_children  # noqa: F401  (a fixture)
-from test_web import LiveServer
+
+from helpers import SEVEN, LiveServer, draw, shown_digit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LEARN_STEPS = 40  # the page asks for the recipe's 300; this test asks for fewer (same code path, sooner done)
@@ -25,7 +25,7 @@ def teach_server(tmp_path_factory, one_thread_children):  # noqa: F811
 
 
 @pytest.fixture
-def page(browser, teach_server):  # noqa: F811
+def page(browser, teach_server):
     page = browser.new_page(viewport={"width": 1100, "height": 1400})
     page.goto(teach_server.url)
     page.wait_for_function("document.getElementById('train-recipe').options.length > 0")

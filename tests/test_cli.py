@@ -183,3 +183,6 @@ def test_read_prints_each_number_writes_csv_and_segments_and_fails_on_a_bad_file
     assert len(segments) == 1 and Image.open(segments[0]).size == picture.size
     table = run("read", tmp_path / "47.png")
     assert table.exit_code == 0 and table.output.splitlines()[1].split()[1] == "47"
+    (tmp_path / "afile").write_text("")
+    under_a_file = run("read", tmp_path / "47.png", "--show-segments", tmp_path / "afile" / "sub")
+    assert_one_line_error(under_a_file, f"{tmp_path / 'afile' / 'sub'}: cannot create the folder for --show-segments")

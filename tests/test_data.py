@@ -1,7 +1,7 @@
 import gzip
 import hashlib
-import re
 import http.server
+import re
 import shutil
 import threading
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -91,10 +92,29 @@ def test_the_bundled_models_read_digits_and_numbers_where_torch_cannot_be_import
 
 
 @pytest.mark.slow
-def test_export_command_reports_parity(tmp_path):
-    result = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx")
+def test_export_command_reports_parity_and_replaces_a_file_only_with_overwrite(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"an older export")
+    refused = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert_one_line_error(refused, f"{tmp_path / 'm.onnx'} exists; add --overwrite to replace it")
+    assert (tmp_path / "m.onnx").read_bytes() == b"an older export"
+    result = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx", "--overwrite")
     assert result.exit_code == 0, result.output
     assert "same digit on 10000/10000 test images" in result.output
+    assert Recognizer.load(tmp_path / "m.onnx").info["runtime"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "metrics.json", "config.json", "log.jsonl"])
+@pytest.mark.parametrize("quantize", [(), ("--quantize", "int8")])
+def test_export_never_writes_over_a_file_of_the_run_it_exports(softmax_run, tmp_path, name, quantize):
+    run_dir = tmp_path / "run"
+    shutil.copytree(softmax_run.run_dir, run_dir)
+    before = (run_dir / name).read_bytes()
+    for overwrite in ((), ("--overwrite",)):
+        result = run("export", run_dir, "--out", run_dir / name, *quantize, *overwrite)
+        assert_one_line_error(result, f"{run_dir / name}: a file of the run being exported", "never replaces it")
+    assert (run_dir / name).read_bytes() == before
+    bare = run("export", run_dir / "weights.safetensors", "--out", run_dir / "weights.safetensors", "--overwrite")
+    assert_one_line_error(bare, "a file of the run being exported")
 
 
 def test_corrupt_onnx_file_is_refused(tmp_path):

@@ -2,14 +2,12 @@
 inserted or overwritten), give a digit or an `ImageError` through `Recognizer`, and a 200 or a 4xx through
 `/api/predict` on the real server; never another exception, never a 500."""
 
-import httpx
 import numpy as np
 import pytest
 from hypothesis import given
 
 from digitrec.errors import ImageError
 from digitrec.recognizer import Prediction, Recognizer
-from test_web import live_server  # noqa: F401  (the session's real uvicorn server)
 
 from helpers import DAMAGE, fuzzing, mutate
 
@@ -28,12 +26,6 @@ def test_damaged_images_give_a_digit_or_an_image_error(recognizer, valid_images,
         assert str(error).startswith("fuzzed: ")
         return
     assert isinstance(result, Prediction) and 0 <= result.digit <= 9 and np.isfinite(result.probabilities).all()
-
-
-@pytest.fixture(scope="module")
-def client(live_server):  # noqa: F811
-    with httpx.Client(base_url=live_server.url, timeout=30) as session:
-        yield session
 
 
 @fuzzing

@@ -2,6 +2,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 
 from digitrec import evaluate, models, report
 
-from helpers import run
+from helpers import assert_one_line_error, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -116,3 +117,22 @@ def test_tensorboard_flag_without_tensorboard_says_how_to_install(tmp_path, monk
     assert result.output.strip().splitlines()[-1] == (
         "error: --tensorboard needs the tensorboard package: pip install tensorboard")
     assert not (tmp_path / "r").exists()  # refused before the run made its folder
+
+
+def test_compare_on_a_metrics_file_with_a_word_for_a_number_is_one_line(softmax_run, tmp_path):
+    run_dir = tmp_path / "slow"
+    shutil.copytree(softmax_run.run_dir, run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "train_seconds": "slow"}))
+    assert_one_line_error(run("compare", run_dir), "metrics.json: train_seconds is \"slow\", not a number")
+
+
+def test_evaluate_report_of_a_run_whose_log_lacks_losses_draws_what_there_is(softmax_run, tmp_path):
+    run_dir = tmp_path / "no-loss"
+    shutil.copytree(softmax_run.run_dir, run_dir)
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({k: v for k, v in record.items() if k != "loss"}) + "\n"
+                                               for record in records))
+    result = run("evaluate", run_dir, "--report")
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report.html").is_file() and (run_dir / "curves.png").is_file()

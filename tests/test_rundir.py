@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -103,12 +104,16 @@ def test_describe_and_list_runs_give_each_runs_model_progress_accuracy_and_statu
     (tmp_path / "empty").mkdir()
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
-    (tmp_path / "finished").symlink_to(softmax_run.run_dir)
+    (tmp_path / "linked").symlink_to(softmax_run.run_dir)  # a link out of the folder is listed, never read
+    shutil.copytree(softmax_run.run_dir, tmp_path / "finished")
 
     runs = rundir.list_runs(tmp_path)
-    assert [(run["name"], run["status"]) for run in runs] == [("finished", "finished"), ("stopped", "resumable")]
-    assert (runs[1]["model"], runs[1]["steps"], runs[1]["total_steps"]) == ("fast", 60, 400)
-    assert runs[1]["validation_accuracy"] == 0.97 and runs[1]["test_accuracy"] is None
+    assert [(run["name"], run["status"]) for run in runs] == [("finished", "finished"), ("linked", "damaged"),
+                                                              ("stopped", "resumable")]
+    assert runs[1]["problem"] == f"{tmp_path / 'linked'}: a link to a folder (runs are read only inside {tmp_path})"
+    assert runs[1]["model"] is None and runs[0]["test_accuracy"] == softmax_run.metrics["test_accuracy"]
+    assert (runs[2]["model"], runs[2]["steps"], runs[2]["total_steps"]) == ("fast", 60, 400)
+    assert runs[2]["validation_accuracy"] == 0.97 and runs[2]["test_accuracy"] is None
     assert rundir.status(tmp_path / "empty") == rundir.EMPTY
     (tmp_path / "starting").mkdir()  # the web server opens the child's output file before `digitrec train --out`
     (tmp_path / "starting" / rundir.OUTPUT_FILE).write_text("")
@@ -153,8 +158,9 @@ def test_every_run_records_how_it_was_made(softmax_run, mnist):
     recorded = json.loads((softmax_run.run_dir / "metrics.json").read_text())["provenance"]
     assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
     assert recorded["device"] == "cpu" and recorded["precision"] == "fp32" and recorded["processes"] == 1
+    assert recorded["cuda_graph"] is False  # the CPU never captures a training step
     assert recorded == {**provenance.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
-                                                                                  "precision", "processes")}}
+                                                                                  "precision", "processes", "cuda_graph")}}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from PIL import Image
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
 
-from test_web import LiveServer, children
+from helpers import LiveServer, children, free_port
 
 # one thread per training child: on a loaded 2-core machine torch's second thread waits more than it works
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -104,11 +103,13 @@ def progress_events(client, name: str, seconds: float) -> list[dict]:
 
 
 def test_the_training_api_is_documented_with_its_bodies(client):
-    paths = client.get("/openapi.json").json()["paths"]
+    documented = client.get("/openapi.json").json()
+    paths = documented["paths"]
     for path in ("/api/training", "/api/runs", "/api/runs/{name}", "/api/runs/{name}/stop", "/api/runs/{name}/resume",
                  "/api/runs/{name}/events", "/api/runs/{name}/report", "/api/model"):
         assert path in paths, path
-    start_body = paths["/api/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    reference = paths["/api/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    start_body = documented["components"]["schemas"][reference.rsplit("/", 1)[1]]
     assert set(start_body["properties"]) == {"model", "recipe", "steps", "batch_size", "lr", "seed"}
     assert "put" in paths["/api/model"] and "get" in paths["/api/model"]
 
@@ -128,6 +129,7 @@ def test_the_training_api_is_documented_with_its_bodies(client):
     ({"model": "softmax", "lr": "fast"}, "lr: Input should be a valid number"),
     ({"model": "softmax", "seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"model": "softmax", "recipe": "full"}, "model 'softmax' has no recipe 'full' (choose from default)"),
+    ({"model": "softmax", "recipe": ""}, "recipe: String should have at least 1 character"),
     ({"model": "softmax", "epochs": 3}, "epochs: Extra inputs are not permitted"),
     ([1, 2], "body: Input should be a valid dictionary"),
 ])
@@ -141,7 +143,7 @@ def test_bad_start_parameters_are_422_with_a_clear_detail_and_start_nothing(clie
 
 def test_a_body_that_is_not_json_is_422(client):
     response = client.post("/api/runs", content=b"{model: softmax", headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and response.json()["detail"] == "the body is not valid JSON"
+    assert response.status_code == 422 and response.json()["detail"] == "the body is not valid JSON (or is nested too deep)"
 
 
 @pytest.mark.parametrize("method, path, status, fragment", [
@@ -312,7 +314,7 @@ def test_without_torch_the_panel_is_disabled_with_the_install_command(server, fi
         "from fastapi.testclient import TestClient\n"
         "from digitrec.recognizer import Recognizer\n"
         "from digitrec.web import create_app\n"
-        f"client = TestClient(create_app(Recognizer.load(), runs_dir={str(runs_dir)!r}))\n"
+        f"client = TestClient(create_app(Recognizer.load(), runs_dir={str(runs_dir)!r}), base_url='http://127.0.0.1')\n"
         "print(json.dumps([client.get('/api/training').json(), client.get('/api/runs').json(),\n"
         "                  client.post('/api/runs', json={'model': 'softmax'}).json(),\n"
         "                  client.get('/api/runs/' + NAME).status_code, client.get('/').status_code]))\n"
@@ -324,12 +326,6 @@ def test_without_torch_the_panel_is_disabled_with_the_install_command(server, fi
     reason = "Training needs torch, which this install lacks: pip install 'digitrec[train]'"
     assert training == {"enabled": False, "reason": reason, "recipes": {}, "active": None, "selected": None}
     assert listed == [] and refused == {"detail": reason} and detail_status == 404 and page_status == 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(runs_dir: Path) -> tuple[subprocess.Popen, httpx.Client]:
@@ -394,3 +390,30 @@ def test_a_run_outlives_no_server_it_stops_with_a_checkpoint_and_resumes_after_a
         server.terminate()
         server.wait(60)
         client.close()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_within_a_second_of_its_start_stays_listed_as_failed_saying_so(client, server):
+    name = client.post("/api/runs", json={"model": "softmax", "steps": LONG_STEPS}).json()["name"]
+    assert client.post(f"/api/runs/{name}/stop").status_code == 202
+    run = wait_for_status(client, name, "failed", "stopped")
+    assert run["status"] in ("failed", "stopped") and run["detail"]
+    assert "Traceback" not in (server.runs_dir / name / "train-output.txt").read_text()
+    assert run_info(client, name) == run  # still listed
+
+
+@pytest.mark.slow
+def test_a_failed_resume_says_why_and_stays_resumable(client, server, softmax_run):
+    run_dir = server.runs_dir / "damaged-checkpoint"
+    run_dir.mkdir()
+    for name in ("config.json", "log.jsonl"):
+        (run_dir / name).write_bytes((softmax_run.run_dir / name).read_bytes())
+    (run_dir / "checkpoint-0000050.pt").write_bytes(b"not a checkpoint")
+    (run_dir / "checkpoints.json").write_text(json.dumps({"checkpoints": [
+        {"file": "checkpoint-0000050.pt", "step": 50, "sha256": "0" * 64}]}))
+    assert run_info(client, "damaged-checkpoint")["status"] == "stopped"
+    assert client.post("/api/runs/damaged-checkpoint/resume").status_code == 202
+    wait_for(lambda: client.get("/api/training").json()["active"] is None)
+    run = run_info(client, "damaged-checkpoint")
+    assert run["status"] == "stopped" and run["resumable"]
+    assert run["detail"].startswith("its last resume failed: error: ") and "damaged" in run["detail"]

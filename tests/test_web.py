@@ -3,14 +3,12 @@
 import base64
 import io
 import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from digitrec.person_style import encode
@@ -19,42 +17,7 @@ from digitrec.runtime import Runtime
 from digitrec.tasks import DIGITS
 from digitrec.web import create_app
 
-
-class LiveServer:
-    def __init__(self, app):
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="session")
-def live_server():
-    server = LiveServer(create_app(Recognizer.load()))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(live_server):
-    with httpx.Client(base_url=live_server.url, timeout=30) as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-def seven_png(mnist) -> bytes:
-    digit = (mnist.test.images[0, 0].numpy() * 255).astype(np.uint8)  # a 7
-    return encode(Image.fromarray(255 - digit).resize((280, 280)), "PNG")
+from helpers import LiveServer, children
 
 
 def assert_healthy(client):
@@ -162,19 +125,6 @@ def test_oversized_streamed_body_without_content_length_is_413(client):
     assert_healthy(client)
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the process ended while we looked
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     import subprocess
@@ -273,7 +223,7 @@ def test_the_api_docs_and_the_favicon_come_from_this_server(client):
 
 def test_the_documentation_says_the_limits_of_the_constants(client):
     from digitrec.recognizer import UNSURE_BELOW
-    from digitrec.web.app import MAX_BODY_BYTES
+    from digitrec.web.http import MAX_BODY_BYTES
 
     predict = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
     assert f"below {UNSURE_BELOW}" in predict["description"]

@@ -15,7 +15,8 @@ from digitrec import corrections
 from digitrec.recognizer import Recognizer
 from digitrec.web import create_app
 from test_training import one_thread_children  # noqa: F401  (a fixture)
-from test_web import LiveServer
+
+from helpers import LiveServer
 
 
 def data_url(picture: Image.Image) -> str:

@@ -9,8 +9,6 @@ from PIL import Image
 
 from digitrec.preprocess import dilate
 
-from test_web import client, live_server, seven_png  # noqa: F401  (the session's real server and a 7)
-
 
 def picture(data_url: str) -> np.ndarray:
     assert data_url.startswith("data:image/png;base64,")
@@ -18,7 +16,7 @@ def picture(data_url: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
 
 
-def test_a_drawn_seven_is_explained_with_maps_filters_and_saliency_on_its_ink(client, seven_png):  # noqa: F811
+def test_a_drawn_seven_is_explained_with_maps_filters_and_saliency_on_its_ink(client, seven_png):
     response = client.post("/api/explain", content=seven_png, headers={"Content-Type": "image/png"})
     assert response.status_code == 200
     body = response.json()
@@ -37,7 +35,7 @@ def test_a_drawn_seven_is_explained_with_maps_filters_and_saliency_on_its_ink(cl
     assert overlay[seen == 0].min() > 0.99  # paper stays white: background ink was never blanked
 
 
-def test_target_picks_the_class_captioned_and_is_checked(client, seven_png):  # noqa: F811
+def test_target_picks_the_class_captioned_and_is_checked(client, seven_png):
     url = "data:image/png;base64," + base64.b64encode(seven_png).decode()
     response = client.post("/api/explain?target=1", json={"image": url})
     assert response.status_code == 200
@@ -51,13 +49,13 @@ def test_target_picks_the_class_captioned_and_is_checked(client, seven_png):  # 
     ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\ngarbage", 422, "upload: not an image"),
     ({"Content-Type": "text/plain"}, b"seven", 415, "unsupported media type"),
 ])
-def test_bad_images_get_the_predict_errors(client, headers, content, status, fragment):  # noqa: F811
+def test_bad_images_get_the_predict_errors(client, headers, content, status, fragment):
     response = client.post("/api/explain", content=content, headers=headers)
     assert response.status_code == status and fragment in response.json()["detail"]
     assert client.get("/api/health").json() == {"status": "ok"}
 
 
-def test_explain_is_documented(client):  # noqa: F811
+def test_explain_is_documented(client):
     schema = client.get("/openapi.json").json()
     route = schema["paths"]["/api/explain"]["post"]
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ExplanationOut")

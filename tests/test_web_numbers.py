@@ -9,7 +9,6 @@ from PIL import Image
 
 from digitrec.number_strings import compose
 from digitrec.person_style import encode
-from test_web import client, live_server  # noqa: F401  (the session's real server and a client of it)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def year_png(mnist) -> bytes:
     return encode(image.resize((image.width * 4, image.height * 4), Image.Resampling.BICUBIC), "PNG")
 
 
-def test_a_number_is_read_with_a_box_and_confidence_per_digit(client, year_png):  # noqa: F811
+def test_a_number_is_read_with_a_box_and_confidence_per_digit(client, year_png):
     response = client.post("/api/read", content=year_png, headers={"Content-Type": "image/png"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -36,14 +35,14 @@ def test_a_number_is_read_with_a_box_and_confidence_per_digit(client, year_png):
         assert len(digit["alternatives"]) == 3 and isinstance(digit["unsure"], bool)
 
 
-def test_the_body_forms_of_predict_work_for_read(client, year_png):  # noqa: F811
+def test_the_body_forms_of_predict_work_for_read(client, year_png):
     multipart = client.post("/api/read", files={"image": ("year.png", year_png, "image/png")})
     url = "data:image/png;base64," + base64.b64encode(year_png).decode()
     data_url = client.post("/api/read", json={"image": url})
     assert multipart.json()["text"] == data_url.json()["text"] == "2026"
 
 
-def test_a_bad_image_is_422_and_another_media_type_415(client):  # noqa: F811
+def test_a_bad_image_is_422_and_another_media_type_415(client):
     corrupt = client.post("/api/read", content=b"\x89PNG\r\n\x1a\n not really", headers={"Content-Type": "image/png"})
     assert corrupt.status_code == 422 and "upload" in corrupt.json()["detail"]
     blank = client.post("/api/read", content=encode(Image.new("L", (840, 280), 255), "PNG"),

@@ -16,7 +16,7 @@ import click
 
 from digitrec import __version__
 from digitrec.config import TrainConfig, describe_range, is_switch
-from digitrec.errors import DigitrecError, ImageError, ModelError
+from digitrec.errors import DigitrecError, ImageError, ModelError, OutputError
 from digitrec.files import write_atomic
 from digitrec.inputs import expand_inputs, preview_name
 
@@ -305,10 +305,11 @@ def compare_command(runs, markdown):
     rows = []
     for run_dir in runs:
         config, metrics = read_record(run_dir)
+        number = {name: float("nan") if metrics.get(name) is None else metrics[name]  # read_record checked the types
+                  for name in ("train_seconds", "validation_accuracy", "test_accuracy")}
         rows.append([str(run_dir), config.get("model", "?"), config.get("recipe", "?"), metrics.get("steps", "?"),
-                     f"{metrics.get('train_seconds', float('nan')):.1f}",
-                     f"{100 * metrics.get('validation_accuracy', float('nan')):.2f}%",
-                     f"{100 * metrics.get('test_accuracy', float('nan')):.2f}%"])
+                     f"{number['train_seconds']:.1f}", f"{100 * number['validation_accuracy']:.2f}%",
+                     f"{100 * number['test_accuracy']:.2f}%"])
     echo_table(list(COMPARE_COLUMNS), rows, "lllrrrr")
     if markdown is not None:
         lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
@@ -434,7 +435,11 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
         if show_segments is not None and not isinstance(result, ImageError):
             from digitrec.reading import draw_segments
 
-            show_segments.mkdir(parents=True, exist_ok=True)
+            try:
+                show_segments.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OutputError(f"{show_segments}: cannot create the folder for --show-segments "
+                                  f"({error.strerror})", error.strerror) from None
             write_atomic(show_segments / preview_name(name, previews), draw_segments(source, result))
     if as_json:
         for row in rows:
@@ -566,13 +571,15 @@ def explain_command(paths, model_path, out):
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="Write an int8 copy (logits only; about twice as fast in batches), its ranges calibrated on training "
                    "digits; refused if it loses more than 0.05 points of test accuracy.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (never one of the source run's own files).")
 @DATA_DIR_OPTION
-def export_command(path, out, quantize, data_dir):
+def export_command(path, out, quantize, overwrite, data_dir):
     """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set (a number
     reader: on strings of test digits)."""
     from digitrec import data, deploy
     from digitrec.quantize import TEST_POINTS
 
+    deploy.check_export_out(path, out, overwrite)
     exported = deploy.export(path, out, data.load(data_dir), quantize)
     parity = exported.parity
     if "strings" in parity:
@@ -598,9 +605,13 @@ def export_command(path, out, quantize, data_dir):
               show_default=True, help="Folder of the runs the page lists and trains.")
 @click.option("--allow-training", is_flag=True,
               help="Offer training from the page on a non-loopback --host too (anyone who reaches it can use the CPU).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A name the server answers to besides IP addresses and localhost (the Host header), e.g. "
+                   "mybox.local; repeat for more. Other names are refused, so a web page on a rebound DNS name "
+                   "cannot reach the server.")
 @click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
               help="The corrections database the page stores to (default: $DIGITREC_DB, else the user's data folder).")
-def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_training, db_path):
+def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_training, allowed_hosts, db_path):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
     import uvicorn
 
@@ -611,6 +622,7 @@ def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_
     os.environ[READER_VARIABLE] = str(reader_path or "")
     os.environ[TRAINING_VARIABLE] = json.dumps(
         {"runs_dir": str(runs_dir), "host": host, "allow_training": allow_training, "workers": workers,
+         "allowed_hosts": list(allowed_hosts),
          "corrections_db": str(db_path) if db_path else None})
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")

@@ -21,6 +21,32 @@ from digitrec.errors import ModelError
 from digitrec.tasks.base import PARITY_TOLERANCE  # noqa: F401  (the CLI prints it)
 
 
+def check_export_out(source: str | Path | None, out: Path, overwrite: bool = False) -> None:
+    """Refuse an export to `out` that would destroy something: any existing file unless `overwrite`, and
+    always a file of the source run (its weights, config, metrics, log, curves, checkpoints, report), which
+    an export must never replace. `source` is what `export_onnx` is given (None: the bundled model)."""
+    import os
+
+    from digitrec import rundir
+    from digitrec.errors import OutputError
+    from digitrec.files import BUNDLED_MODEL
+
+    source = Path(source) if source is not None else BUNDLED_MODEL
+    run_dir = source if source.is_dir() else source.parent
+    own = {rundir.OUTPUT_FILE, rundir.REPORT_JSON_FILE, rundir.REPORT_HTML_FILE, *rundir.RUN_FILES}
+    protected = [source] if source.is_file() else []
+    if run_dir.is_dir():
+        protected += [path for path in run_dir.iterdir() if path.name in own or rundir.CHECKPOINT_NAME.fullmatch(path.name)]
+    target = os.path.realpath(out)
+    if any(os.path.realpath(path) == target for path in protected):
+        raise OutputError(f"{out}: a file of the run being exported ({run_dir}); the export never replaces it: "
+                          "choose another --out")
+    if os.path.lexists(out) and not overwrite:
+        raise OutputError(f"{out} exists; add --overwrite to replace it, or choose another --out")
+    if os.path.isdir(out):
+        raise OutputError(f"{out}: a folder; --out names the file to write")
+
+
 def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray | None = None,
                 check_labels: np.ndarray | None = None) -> dict:
     """Export the model at `weights` to `out` (dynamic batch size, and width for the number reader); with

@@ -33,13 +33,15 @@ def figure_png(figure: plt.Figure) -> bytes:
 
 
 def curves_png(log: list[dict]) -> bytes:
-    """Loss, and training-batch / validation accuracy, against step."""
+    """Loss, and training-batch / validation accuracy, against step (a record without a value is a gap)."""
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [record["step"] for record in log]
-    loss_axes.plot(steps, [record["loss"] for record in log], marker="." if len(log) < 3 else None)
+    losses = [record for record in log if record.get("loss") is not None]
+    loss_axes.plot([record["step"] for record in losses], [record["loss"] for record in losses],
+                   marker="." if len(losses) < 3 else None)
     loss_axes.set(xlabel="step", ylabel="training loss", title="loss", yscale="log")
-    accuracy_axes.plot(steps, [100 * record["train_accuracy"] for record in log], label="training batch", alpha=0.6,
-                       marker="." if len(log) < 3 else None)
+    batches = [record for record in log if record.get("train_accuracy") is not None]
+    accuracy_axes.plot([record["step"] for record in batches], [100 * record["train_accuracy"] for record in batches],
+                       label="training batch", alpha=0.6, marker="." if len(batches) < 3 else None)
     validated = [record for record in log if record.get("validation_accuracy") is not None]
     accuracy_axes.plot([record["step"] for record in validated],
                        [100 * record["validation_accuracy"] for record in validated], marker="o", label="validation")

@@ -19,9 +19,11 @@ torch only to save and load checkpoints, so listing and describing runs needs no
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,18 @@ CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{7})\.pt")  # the only files a run 
 KEEP_CHECKPOINTS = 2
 RUN_FILES = {WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, LOG_FILE, CURVES_FILE, CHECKPOINTS_FILE}
 
+MiB = 1024 * 1024
+MAX_RECORD_BYTES = 1 * MiB  # config.json, metrics.json, checkpoints.json, report.json: a few kB when written here
+MAX_LOG_BYTES = 64 * MiB  # log.jsonl: 14 MB for 200,000 steps logged every step
+MAX_REPORT_BYTES = 16 * MiB  # report.html: about 1 MB with its figures embedded
+
+# the type each known field of a record must have when present (None is allowed where the value may be unknown)
+NUMBER = (int, float)
+CONFIG_FIELDS = {"model": str, "recipe": str, "steps": int, "batch_size": int, "lr": NUMBER, "seed": int}
+METRICS_FIELDS = {"steps": int, "test_accuracy": NUMBER, "validation_accuracy": NUMBER, "train_seconds": NUMBER}
+LOG_FIELDS = {"step": int, "loss": NUMBER, "train_accuracy": NUMBER, "validation_accuracy": NUMBER,
+              "seconds": NUMBER}
+
 # what a folder is, for `status`
 FINISHED = "finished"  # weights and metrics: a complete run
 RESUMABLE = "resumable"  # stopped, killed or failed at its final save: `digitrec train --resume` continues it
@@ -49,6 +63,7 @@ STARTED = "started"  # a log but no checkpoint yet: training now, or ended befor
 EMPTY = "empty"
 MISSING = "missing"
 NOT_A_RUN = "not a run"  # a folder with other files in it
+DAMAGED = "damaged"  # for `describe`: a run whose files cannot be read as a run's (the reason is in "problem")
 
 REPLACEMENT_SUFFIX = ".new"  # `--overwrite` trains beside the run it replaces, in NAME.new
 
@@ -57,14 +72,63 @@ def to_json(value: dict) -> str:
     return json.dumps(value, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: fail rather than write it
 
 
-def read_json(path: Path) -> dict:
+def read_bytes(path: Path, limit: int) -> bytes:
+    """The content of the regular file `path`, at most `limit` bytes, never through a link (a run file is never
+    one) and never waiting on a FIFO or a device; anything else is a `ModelError` saying what `path` is."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot read a run record ({getattr(error, 'strerror', None) or error})") from None
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == 40:  # ELOOP: the last part of the path is a link
+            raise ModelError(f"{path}: a link, not a file (a run's files are read only as regular files)") from None
+        raise ModelError(f"{path}: cannot read ({error.strerror})") from None
+    with open(descriptor, "rb") as file:
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode):
+            raise ModelError(f"{path}: not a regular file (a run's files are read only as regular files)")
+        if found.st_size > limit:
+            raise ModelError(f"{path}: {found.st_size:,} bytes, over the {limit:,} a run's file of this kind may hold")
+        try:
+            return file.read(limit + 1)[:limit]
+        except OSError as error:
+            raise ModelError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def finite(value):
+    """`value` with NaN and infinities (which json.loads accepts and JSON cannot carry) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value
+
+
+def check_fields(where: str, record: dict, kinds: dict, required: tuple[str, ...] = ()) -> dict:
+    """`record`, if each of its known fields has its type (None allowed, booleans are not numbers); else a
+    `ModelError` naming the field."""
+    for name in required:
+        if record.get(name) is None:
+            raise ModelError(f"{where}: no {name!r}")
+    for name, kind in kinds.items():
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            expected = "a number" if kind is NUMBER else {int: "a whole number", str: "a string"}[kind]
+            raise ModelError(f"{where}: {name} is {json.dumps(value)[:40]}, not {expected}")
+    return record
+
+
+def read_json(path: Path, kinds: dict | None = None) -> dict:
+    """A run record (a JSON object of at most MAX_RECORD_BYTES); with `kinds`, its known fields are checked."""
+    try:
+        value = json.loads(read_bytes(path, MAX_RECORD_BYTES))
+    except ModelError as error:
+        raise ModelError(f"cannot read a run record: {error}") from None
+    except (ValueError, RecursionError) as error:
+        raise ModelError(f"{path}: cannot read a run record ({error})") from None
     if not isinstance(value, dict):
         raise ModelError(f"{path}: cannot read a run record (not a JSON object)")
-    return value
+    return check_fields(str(path), finite(value), kinds) if kinds else finite(value)
 
 
 # ---- the record: config, metrics, log
@@ -73,7 +137,7 @@ def read_json(path: Path) -> dict:
 def read_record(run_dir: str | Path) -> tuple[dict, dict]:
     """A finished run's config and metrics, without loading its weights."""
     run_dir = Path(run_dir)
-    return read_json(run_dir / CONFIG_FILE), read_json(run_dir / METRICS_FILE)
+    return read_json(run_dir / CONFIG_FILE, CONFIG_FIELDS), read_json(run_dir / METRICS_FILE, METRICS_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -98,48 +162,60 @@ class LogPosition:
 def read_log_since(run_dir: str | Path, position: LogPosition = LogPosition()) -> tuple[list[dict], LogPosition, bool]:
     """The whole records written to the run's log after `position`, the new position, and whether the file
     was replaced since (a resume rewrites it with the checkpoint's log): then the records are all of it.
-    A line still being written is left for the next read; a line that is not a JSON object is skipped."""
+    A line still being written is left for the next read; a line that is not a JSON object is skipped; NaN and
+    infinities become None. No log yet: no records. A log that is not a regular file, over MAX_LOG_BYTES, or
+    holds a record whose step is missing or whose fields are of the wrong type is a `ModelError`."""
+    path = Path(run_dir) / LOG_FILE
     try:
-        with (Path(run_dir) / LOG_FILE).open("rb") as log:
-            inode = os.fstat(log.fileno()).st_ino
-            replaced = inode != position.inode
-            log.seek(0 if replaced else position.offset)
-            chunk = log.read()
-    except OSError:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
         return [], position, False
+    except OSError:
+        read_bytes(path, MAX_LOG_BYTES)  # raises the ModelError that says what the path is
+        raise
+    with open(descriptor, "rb") as log:
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode):
+            raise ModelError(f"{path}: not a regular file (a run's files are read only as regular files)")
+        if found.st_size > MAX_LOG_BYTES:
+            raise ModelError(f"{path}: {found.st_size:,} bytes, over the {MAX_LOG_BYTES:,} a run's log may hold")
+        replaced = found.st_ino != position.inode
+        start = 0 if replaced else position.offset
+        log.seek(start)
+        chunk = log.read(MAX_LOG_BYTES - start)
     complete = chunk[: chunk.rfind(b"\n") + 1]
     records = []
     for line in complete.splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(record, dict):
-            records.append(record)
-    start = 0 if replaced else position.offset
-    return records, LogPosition(inode, start + len(complete)), replaced and position.inode != 0
+            records.append(check_fields(f"{path}: a record", finite(record), LOG_FIELDS, required=("step",)))
+    return records, LogPosition(found.st_ino, start + len(complete)), replaced and position.inode != 0
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    """The run's log records, oldest first; none when it has no readable log."""
+    """The run's log records, oldest first (see `read_log_since`); none when it has no log."""
     return read_log_since(run_dir)[0]
 
 
-def read_json_if_any(path: Path) -> dict:
-    """A run record that may not be written yet (a run still starting): empty when missing or unreadable."""
-    try:
-        return read_json(path)
-    except ModelError:
+def read_json_if_any(path: Path, kinds: dict | None = None) -> dict:
+    """A run record that may not be written yet (a run still starting): empty when missing; a `ModelError`
+    when it is there but cannot be read as one."""
+    if not os.path.lexists(path):
         return {}
+    return read_json(path, kinds)
 
 
 def last_output_line(run_dir: str | Path) -> str | None:
     """The last line a run's starter kept of `digitrec train`'s output (OUTPUT_FILE), if any."""
     try:
-        lines = (Path(run_dir) / OUTPUT_FILE).read_text(errors="replace").strip().splitlines()
-    except OSError:
+        text = read_bytes(Path(run_dir) / OUTPUT_FILE, MAX_LOG_BYTES).decode(errors="replace")
+    except ModelError:
         return None
-    return lines[-1] if lines else None
+    lines = text.strip().splitlines()
+    return lines[-1][:500] if lines else None
 
 
 def open_log(run_dir: Path, config: dict, log: list[dict]):
@@ -163,14 +239,16 @@ def append_log(log_file, record: dict) -> None:
 
 def checkpoint_entries(run_dir: Path) -> list[dict]:
     """The checkpoints listed in `run_dir`, oldest first; entries that do not name a checkpoint file of this
-    folder (`checkpoint-STEP.pt`, nothing else) are left out, and none when there is no readable list."""
+    folder (`checkpoint-STEP.pt`, nothing else) with a whole-number step are left out, and none when there is
+    no readable list."""
     try:
-        entries = json.loads((run_dir / CHECKPOINTS_FILE).read_text())["checkpoints"]
-    except (OSError, ValueError, KeyError, TypeError):
+        entries = json.loads(read_bytes(run_dir / CHECKPOINTS_FILE, MAX_RECORD_BYTES))["checkpoints"]
+    except (ModelError, ValueError, RecursionError, KeyError, TypeError):
         return []
     if not isinstance(entries, list):
         return []
-    return [entry for entry in entries if isinstance(entry, dict) and CHECKPOINT_NAME.fullmatch(str(entry.get("file")))]
+    return [entry for entry in entries if isinstance(entry, dict) and CHECKPOINT_NAME.fullmatch(str(entry.get("file")))
+            and type(entry.get("step")) is int]
 
 
 def write_entries(run_dir: Path, entries: list[dict]) -> None:
@@ -237,13 +315,14 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> dict:
 # ---- what a folder holds
 
 
-def status(run_dir: str | Path) -> str:
-    """FINISHED, RESUMABLE, STARTED, EMPTY, MISSING or NOT_A_RUN (see their comments above)."""
+def status(run_dir: str | Path, entries: list[dict] | None = None) -> str:
+    """FINISHED, RESUMABLE, STARTED, EMPTY, MISSING or NOT_A_RUN (see their comments above); `entries`: the
+    folder's `checkpoint_entries`, if the caller has read them already."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return MISSING
     names = {path.name for path in run_dir.iterdir()}
-    if checkpoint_entries(run_dir):
+    if checkpoint_entries(run_dir) if entries is None else entries:
         return RESUMABLE
     if {WEIGHTS_FILE, METRICS_FILE} <= names:
         return FINISHED
@@ -259,28 +338,39 @@ def describe_status(found: str) -> str:
 
 def describe(run_dir: str | Path) -> dict:
     """One run for a list of runs: path, status, model, recipe, steps done of all, the newest validation
-    accuracy, the test accuracy (finished runs only), training seconds, when it last changed (Unix time)."""
+    accuracy, the test accuracy (finished runs only), training seconds, when it last changed (Unix time), and
+    `problem`. Each file is read once, as a regular file inside the folder (see `read_bytes`). A run whose
+    files cannot be read as a run's is DAMAGED, with `problem` saying why; a folder that holds only what a
+    starter kept of `digitrec train`'s output (it ended before writing anything) is STARTED."""
     run_dir = Path(run_dir)
-    found = status(run_dir)
+    checkpoints = checkpoint_entries(run_dir)
+    found = status(run_dir, checkpoints)
     described = {"path": str(run_dir), "name": run_dir.name, "status": found, "model": None, "recipe": None,
-               "steps": None, "total_steps": None, "validation_accuracy": None, "test_accuracy": None,
-               "train_seconds": None, "updated": None}
+                 "steps": None, "total_steps": None, "validation_accuracy": None, "test_accuracy": None,
+                 "train_seconds": None, "updated": None, "problem": None}
+    if found == EMPTY and (run_dir / OUTPUT_FILE).exists():
+        found = described["status"] = STARTED
     if found in (MISSING, EMPTY, NOT_A_RUN):
         return described
-    config, metrics = {}, {}
     try:
-        config = read_json(run_dir / CONFIG_FILE)
-        if found == FINISHED:
-            metrics = read_json(run_dir / METRICS_FILE)
-    except ModelError:
-        pass
-    log = read_log(run_dir)
+        entries = list(os.scandir(run_dir))
+        described["updated"] = max(entry.stat(follow_symlinks=False).st_mtime for entry in entries)
+        for entry in entries:  # what a run reads besides its records (weights, checkpoints) must be plain files too
+            if (entry.name in RUN_FILES or CHECKPOINT_NAME.fullmatch(entry.name)) and not entry.is_file(follow_symlinks=False):
+                raise ModelError(f"{entry.path}: {'a link' if entry.is_symlink() else 'not a regular file'}, "
+                                 "not a file (a run's files are read only as regular files)")
+        config = read_json_if_any(run_dir / CONFIG_FILE, CONFIG_FIELDS)
+        metrics = read_json(run_dir / METRICS_FILE, METRICS_FIELDS) if found == FINISHED else {}
+        log = read_log(run_dir)
+    except OSError as error:
+        return {**described, "status": DAMAGED, "problem": f"{run_dir}: cannot read ({error.strerror})"}
+    except ModelError as error:
+        return {**described, "status": DAMAGED, "problem": str(error)}
     validated = [record["validation_accuracy"] for record in log if record.get("validation_accuracy") is not None]
-    entries = checkpoint_entries(run_dir)
     if found == RESUMABLE:
-        steps = entries[-1]["step"]
+        steps = checkpoints[-1]["step"]
     elif log:
-        steps = log[-1].get("step")
+        steps = log[-1]["step"]
     else:
         steps = 0
     described.update(
@@ -289,17 +379,27 @@ def describe(run_dir: str | Path) -> dict:
         validation_accuracy=metrics.get("validation_accuracy", validated[-1] if validated else None),
         test_accuracy=metrics.get("test_accuracy"),
         train_seconds=metrics.get("train_seconds", log[-1].get("seconds") if log else None),
-        updated=max(path.stat().st_mtime for path in run_dir.iterdir()),
     )
     return described
 
 
+def describe_inside(folder: Path, name: str) -> dict:
+    """`describe` of `folder / name`, unless that is a link: then it is DAMAGED, unread (runs are read only
+    inside `folder`)."""
+    path = folder / name
+    if path.is_symlink():
+        return {**describe(folder / ".missing"), "path": str(path), "name": name, "status": DAMAGED,
+                "problem": f"{path}: a link to a folder (runs are read only inside {folder})"}
+    return describe(path)
+
+
 def list_runs(folder: str | Path) -> list[dict]:
-    """`describe` of every run directly inside `folder` (folders that hold no run are left out), by name."""
+    """`describe_inside` of every run directly inside `folder` (folders that hold no run are left out), by name."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    runs = [describe(path) for path in sorted(folder.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    runs = [describe_inside(folder, path.name) for path in sorted(folder.iterdir())
+            if path.is_dir() and not path.name.startswith(".")]
     return [run for run in runs if run["status"] not in (EMPTY, NOT_A_RUN)]
 
 

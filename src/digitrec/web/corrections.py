@@ -6,34 +6,33 @@ A correction comes as JSON: the image as a data URL (the drawing the page sent t
 again here with the model in use (never trusting an answer or a box from the page), so the correction
 records what that model saw and answered; a number's digits are stored one per box, all or none, and only
 when `text` has as many digits as were read. Learning runs `digitrec teach learn` as the Train panel's
-child process (web/training.py: one run at a time, loopback only unless allowed), in the runs folder, so
+child process (web/runs.py: one run at a time, loopback only unless allowed), in the runs folder, so
 the panel shows its live curve and offers "Use" when it is done.
 
-The store (corrections.py) is SQLite: each request opens its own short connection in a thread.
+The store (corrections.py) is SQLite: each request opens its own short connection in a thread. Its
+refusals become 404 (no such id), 409 (full) and 503 (the database cannot be used): STATUS_OF.
 """
 
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from digitrec import teach
 from digitrec.corrections import MAX_CORRECTIONS, Correction, Store
-from digitrec.errors import (
-    ImageError,
-    ModelError,
-    NoSuchCorrection,
-    StoreError,
-    StoreFull,
-)
+from digitrec.errors import ImageError, ModelError, NoSuchCorrection, StoreError, StoreFull
 from digitrec.reading import MAX_DIGITS
-from digitrec.web.app import MAX_BODY_BYTES, decode_data_url, png_data_url
-from digitrec.web.training import RunOut, Runs, body_schema, json_body, validated
+from digitrec.web.http import MAX_BODY_BYTES, decode_data_url, json_only, png_data_url
+from digitrec.web.runs import Conflict, Runs
+from digitrec.web.training import RunOut
 
 MAX_LEARN_STEPS = 5000  # ten times the personal recipe's; more is a typo
 DATA_URL_CHARACTERS = 4 * MAX_BODY_BYTES // 3 + 64  # base64 of the largest body, with its "data:image/png;base64," head
+# what each refusal of the store is, in HTTP: an unknown id, a full store, a database that cannot be used
+# (nothing was changed); the most specific first, as the app looks them up along each error's classes
+STATUS_OF = {NoSuchCorrection: 404, StoreFull: 409, StoreError: 503}
 
 
 class CorrectionIn(BaseModel):
@@ -73,82 +72,67 @@ def correction_out(correction: Correction) -> CorrectionOut:
     return CorrectionOut(**correction.summary(), input=png_data_url(correction.input))
 
 
-def store_problem(problem: StoreError) -> HTTPException:
-    """404 for an unknown id, 409 when full, 503 when the database cannot be used (nothing was changed)."""
-    if isinstance(problem, NoSuchCorrection):
-        return HTTPException(404, str(problem))
-    if isinstance(problem, StoreFull):
-        return HTTPException(409, str(problem))
-    return HTTPException(503, str(problem))
-
-
 def router(store: Store, runs: Runs) -> APIRouter:
     """The corrections routes over `store`; learning runs through `runs` (the Train panel's runs)."""
     api = APIRouter(prefix="/api/corrections", tags=["corrections"])
     errors = {404: {"description": "no such correction"}, 409: {"description": "the store is full, or a run is training"},
+              415: {"description": "a body that is not application/json"},
               422: {"description": "a bad label, text or image, or no digit in it"},
               503: {"description": "the corrections database cannot be used (locked, read-only, damaged)"}}
+    changes = [Depends(json_only)]
 
-    async def in_thread(work, *args):
-        try:
-            return await anyio.to_thread.run_sync(work, *args)
-        except StoreError as problem:
-            raise store_problem(problem) from None
-
-    @api.post("", response_model=list[CorrectionOut], status_code=201, responses=errors,
-              openapi_extra=body_schema(CorrectionIn))
-    async def add(request: Request):
-        """Store a correction of one digit (`label`), or of each digit of a number (`text`)."""
-        given = validated(CorrectionIn, await json_body(request))
+    @api.post("", response_model=list[CorrectionOut], status_code=201, responses=errors, dependencies=changes)
+    async def add(given: CorrectionIn, request: Request):
+        """Store a correction of one digit (`label`), or of each digit of a number (`text`): the image is read
+        again here with the model in use, which records what it saw and answered."""
         if (given.label is None) == (given.text is None):
             raise HTTPException(422, 'give exactly one of "label" (a digit 0-9) or "text" (the right number)')
         try:
             image = decode_data_url(given.image)
         except ValueError as problem:
             raise HTTPException(422, str(problem)) from None
-        recognizer = request.app.state.recognizer
+        recognizer, reader = request.app.state.recognizer, request.app.state.reader
 
         def make():
             if given.label is not None:
                 return [teach.digit_correction(recognizer, image, given.label, "page", "drawing")]
-            return teach.number_corrections(request.app.state.reader, recognizer, image, given.text, "page", "drawing")
+            return teach.number_corrections(reader, recognizer, image, given.text, "page", "drawing")
 
         try:
             made = await anyio.to_thread.run_sync(make, limiter=request.app.state.limiter)
         except (ImageError, ModelError) as problem:
             raise HTTPException(422, str(problem)) from None
-        ids = await in_thread(store.add_many, made)
-        return [correction_out(correction) for correction in await in_thread(lambda: [store.get(i) for i in ids])]
+        ids = await anyio.to_thread.run_sync(store.add_many, made)
+        return [correction_out(c) for c in await anyio.to_thread.run_sync(lambda: [store.get(i) for i in ids])]
 
     @api.get("", response_model=CorrectionsOut, responses={503: errors[503]})
     async def listing():
         """Every stored correction, oldest first, with the 28x28 input the model saw."""
-        corrections = await in_thread(store.all)
+        corrections = await anyio.to_thread.run_sync(store.all)
         return CorrectionsOut(corrections=[correction_out(c) for c in corrections], count=len(corrections),
                               limit=MAX_CORRECTIONS)
 
-    @api.delete("/{correction_id}", status_code=204, responses=errors)
+    @api.delete("/{correction_id}", status_code=204, responses=errors, dependencies=changes)
     async def remove(correction_id: Annotated[int, Path(ge=1, le=2**63 - 1)]):
         """Remove one correction."""
-        await in_thread(store.remove, [correction_id])
+        await anyio.to_thread.run_sync(store.remove, [correction_id])
         return Response(status_code=204)
 
-    @api.post("/learn", response_model=RunOut, status_code=202, openapi_extra=body_schema(LearnIn), responses={
-        **errors, 403: {"description": "training is not offered by this server"}})
-    async def learn(request: Request):
+    @api.post("/learn", response_model=RunOut, status_code=202, dependencies=changes, responses={
+        **errors, 403: {"description": "training is not offered by this server, or the request is from another site"}})
+    async def learn(settings: LearnIn | None = None):
         """Learn a personal model from the stored corrections (`digitrec teach learn`, from the bundled default)
         as a run of the Train panel: follow it at /api/runs/{name}/events, then use it with PUT /api/model
         {"run": name}. The body is optional."""
-        settings = validated(LearnIn, await json_body(request)) if await request.body() else LearnIn()
         runs.check_allowed()
         runs.refuse_if_busy()
-        if await in_thread(store.count) == 0:
-            raise HTTPException(409, "no corrections to learn from yet: correct a reading first (\"Wrong? It was\")")
+        if await anyio.to_thread.run_sync(store.count) == 0:
+            raise Conflict("no corrections to learn from yet: correct a reading first (\"Wrong? It was\")")
+        runs.refuse_if_busy()  # again, on the event loop's thread: a second request may have come meanwhile
         name = runs.new_name("personal")
-        steps = ["--steps", str(settings.steps)] if settings.steps is not None else []
+        steps = ["--steps", str(settings.steps)] if settings is not None and settings.steps is not None else []
         runs.launch(name, ["--db", str(store.path), "--out", str(runs.runs_dir / name), "--no-holdout", *steps],
                     command=("teach", "learn"))  # on the event loop's thread: see Runs.launch
-        return runs.describe(name)
+        return await runs.run(name)
 
     return api
-

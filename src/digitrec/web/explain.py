@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from digitrec import explain
 from digitrec.recognizer import Recognizer
-from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image, png_data_url
+from digitrec.web.http import IMAGE_BODY, IMAGE_ERRORS, on_image, png_data_url
 
 router = APIRouter()
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from digitrec.reading import read as read_number
 from digitrec.recognizer import UNSURE_BELOW
-from digitrec.web.app import IMAGE_BODY, IMAGE_ERRORS, on_image
+from digitrec.web.http import IMAGE_BODY, IMAGE_ERRORS, on_image
 
 router = APIRouter()
 

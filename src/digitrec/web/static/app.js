@@ -10,9 +10,8 @@ const pad = drawingPad(document.getElementById("pad"), {
 
 const bars = document.getElementById("bars");
 for (let digit = 0; digit < 10; digit++) {
-  const item = document.createElement("li");
-  item.innerHTML = `<span>${digit}</span><span class="bar"><span class="fill"></span></span><span class="value">0%</span>`;
-  bars.appendChild(item);
+  bars.appendChild(element("li", {}, element("span", {}, digit),
+    element("span", { className: "bar" }, element("span", { className: "fill" })), element("span", { className: "value" }, "0%")));
 }
 
 function undo() { if (!pad.undo()) reset(); }

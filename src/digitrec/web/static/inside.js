@@ -14,7 +14,7 @@
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.digit = digit;
-    button.innerHTML = `<b>${digit}</b><span>0%</span>`;
+    button.append(element("b", {}, digit), element("span", {}, "0%"));
     button.addEventListener("mouseenter", () => showSaliency(digit));
     button.addEventListener("focus", () => showSaliency(digit));
     button.addEventListener("mouseleave", () => showSaliency(current()));

@@ -55,7 +55,7 @@
       item.className = digit.unsure ? "unsure" : "";
       const others = digit.alternatives.map((a) => `${a.digit} ${percent(a.confidence)}`).join(", ");
       item.title = `others: ${others}`;
-      item.innerHTML = `<span class="digit">${digit.digit}</span><span class="value">${percent(digit.confidence)}</span>`;
+      item.append(element("span", { className: "digit" }, digit.digit), element("span", { className: "value" }, percent(digit.confidence)));
       list.appendChild(item);
     }
   }

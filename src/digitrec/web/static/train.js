@@ -109,8 +109,10 @@
       running: `Training ${what}: step ${count(run.step)} of ${count(run.steps)}${speed}`,
       stopping: `Stopping ${what} at step ${count(run.step)}: saving a checkpoint…`,
       finished: `Finished ${what}: ${count(run.steps)} steps, test accuracy ${percent(run.test_accuracy)}.`,
-      stopped: `Stopped ${what} at step ${count(run.step)} of ${count(run.steps)}: Resume continues from its checkpoint.`,
+      stopped: `Stopped ${what} at step ${count(run.step)} of ${count(run.steps)}: Resume continues from its checkpoint.${
+        run.detail ? ` (${run.detail})` : ""}`,
       failed: `${what} failed before its first checkpoint${run.detail ? `: ${run.detail}` : ""}. Start it again.`,
+      damaged: `Run ${run.name} cannot be read: ${run.detail}`,
     };
     status.textContent = lines[run.status];
     status.dataset.status = run.status;
@@ -131,16 +133,17 @@
     byId("train-errors").textContent = `${count(summary.errors)} of ${count(summary.images)}`;
     byId("train-report").href = run.report;
     const most = Math.max(...summary.confusion_matrix.flat());
-    const header = `<tr><th></th>${[...Array(10).keys()].map((digit) => `<th>${digit}</th>`).join("")}</tr>`;
-    byId("train-confusion").innerHTML = header + summary.confusion_matrix.map((row, truth) => `<tr><th>${truth}</th>${
-      row.map((count, answer) => {
-        const shade = count ? 0.12 + 0.88 * Math.log1p(count) / Math.log1p(most) : 0;  // log: errors stay visible
-        const colour = truth === answer ? `rgba(37,99,235,${shade})` : `rgba(180,35,24,${shade})`;
-        return `<td style="background:${colour}" class="${shade > 0.6 ? "dark" : ""}">${count || ""}</td>`;
-      }).join("")}</tr>`).join("");
-    byId("train-mistakes").innerHTML = summary.mistakes.map((mistake) => `<figure><img src="${mistake.image}"
-      alt="test digit ${mistake.index}: a ${mistake.label} read as ${mistake.predicted}" width="42" height="42">
-      <figcaption>${mistake.label}→${mistake.predicted} ${(100 * mistake.confidence).toFixed(0)}%</figcaption></figure>`).join("");
+    const header = element("tr", {}, element("th"), ...[...Array(10).keys()].map((digit) => element("th", {}, digit)));
+    const rows = summary.confusion_matrix.map((row, truth) => element("tr", {}, element("th", {}, truth), ...row.map((count, answer) => {
+      const shade = count ? 0.12 + 0.88 * Math.log1p(count) / Math.log1p(most) : 0;  // log: errors stay visible
+      const colour = truth === answer ? `rgba(37,99,235,${shade})` : `rgba(180,35,24,${shade})`;
+      return element("td", { className: shade > 0.6 ? "dark" : "", style: { background: colour } }, count || "");
+    })));
+    byId("train-confusion").replaceChildren(header, ...rows);
+    byId("train-mistakes").replaceChildren(...summary.mistakes.map((mistake) => element("figure", {},
+      element("img", { src: mistake.image, width: 42, height: 42,
+                       alt: `test digit ${mistake.index}: a ${mistake.label} read as ${mistake.predicted}` }),
+      element("figcaption", {}, `${mistake.label}→${mistake.predicted} ${(100 * mistake.confidence).toFixed(0)}%`))));
     byId("train-result").hidden = false;
   }
 
@@ -148,12 +151,15 @@
   async function refreshRuns() {
     const [runs, training] = await Promise.all([api("GET", "/api/runs"), api("GET", "/api/training")]);
     const selected = training.selected && training.selected.run;
-    byId("runs").querySelector("tbody").innerHTML = runs.map((run) => `<tr data-run="${run.name}" data-status="${run.status}">
-      <td><button type="button" class="link" data-show="${run.name}" title="Show this run's curves">${run.name}</button></td>
-      <td>${run.model || "?"}</td><td>${count(run.step)}/${count(run.steps)}</td>
-      <td>${percent(run.validation_accuracy)}</td><td>${percent(run.test_accuracy)}</td><td>${run.status}</td>
-      <td>${run.status === "finished" ? `<button type="button" data-use="${run.name}"${training.enabled ? "" : " disabled"}>${
-        run.name === selected ? "In use" : "Use"}</button>` : ""}</td></tr>`).join("");
+    byId("runs").querySelector("tbody").replaceChildren(...runs.map((run) => element("tr",
+      { dataset: { run: run.name, status: run.status }, title: run.detail || "" },
+      element("td", {}, element("button", { type: "button", className: "link", dataset: { show: run.name },
+                                            title: "Show this run's curves" }, run.name)),
+      element("td", {}, run.model || "?"), element("td", {}, `${count(run.step)}/${count(run.steps)}`),
+      element("td", {}, percent(run.validation_accuracy)), element("td", {}, percent(run.test_accuracy)),
+      element("td", {}, run.status),
+      element("td", {}, ...(run.status === "finished" ? [element("button", { type: "button", dataset: { use: run.name },
+        disabled: !training.enabled }, run.name === selected ? "In use" : "Use")] : [])))));
   }
 
   async function useModel(choice) {
@@ -181,7 +187,7 @@
   // --- the form: model, recipe, steps; start, stop, resume ---
   function fillRecipes() {
     const choices = recipes[byId("train-model").value] || {};
-    byId("train-recipe").innerHTML = Object.keys(choices).map((name) => `<option>${name}</option>`).join("");
+    byId("train-recipe").replaceChildren(...Object.keys(choices).map((name) => element("option", {}, name)));
     fillSteps();
   }
   function fillSteps() {
