@@ -1,6 +1,7 @@
 // Teaching it your handwriting: "Wrong? It was: [0-9]" under the pad's answer, "Wrong? It was: [text]" under
 // the number read, the "Your corrections" panel (thumbnails, labels, remove), and "Learn from them", which
-// runs as a Train panel run (live curve) and then offers "Use". DOM built with createElement/textContent only.
+// runs as a Train panel run (live curve) and then offers "Use". Elements are built with dom.js's `element`
+// (text as text, never as HTML).
 "use strict";
 
 (() => {
@@ -35,12 +36,8 @@
   const digitBox = byId("teach-digit");
   const digitButtons = byId("teach-digit-buttons");
   for (let digit = 0; digit < 10; digit++) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = String(digit);
-    button.dataset.label = String(digit);
-    button.title = `Store this drawing as a ${digit}`;
-    digitButtons.appendChild(button);
+    digitButtons.append(element("button", { type: "button", dataset: { label: String(digit) },
+      title: `Store this drawing as a ${digit}` }, String(digit)));
   }
   digitButtons.addEventListener("click", async (event) => {
     const button = event.target.closest("button");
@@ -92,22 +89,12 @@
 
   // --- the "Your corrections" panel ---
   function item(correction) {
-    const entry = document.createElement("li");
-    entry.dataset.id = String(correction.id);
-    entry.dataset.label = String(correction.label);
-    const picture = document.createElement("img");
-    picture.src = correction.input;
-    picture.alt = `correction ${correction.id}: a ${correction.label}` +
-      (correction.answer == null ? "" : `, read as ${correction.answer}`);
-    const caption = document.createElement("span");
-    caption.textContent = correction.answer == null ? String(correction.label) : `${correction.label} (read ${correction.answer})`;
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.dataset.remove = String(correction.id);
-    remove.textContent = "Remove";
-    remove.title = `Remove correction ${correction.id}`;
-    entry.append(picture, caption, remove);
-    return entry;
+    const read = correction.answer == null ? "" : ` (read ${correction.answer})`;
+    return element("li", { dataset: { id: String(correction.id), label: String(correction.label) } },
+      element("img", { src: correction.input, alt: `correction ${correction.id}: a ${correction.label}${read}` }),
+      element("span", {}, `${correction.label}${read}`),
+      element("button", { type: "button", dataset: { remove: String(correction.id) }, title: `Remove correction ${
+        correction.id}` }, "Remove"));
   }
 
   async function refresh() {
