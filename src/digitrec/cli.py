@@ -5,8 +5,8 @@ usage errors are Click's (exit status 2).
 """
 
 import io
-import math
 import json
+import math
 import os
 import sys
 from dataclasses import fields
