@@ -1,13 +1,15 @@
-"""Reading whole numbers: accuracy per spacing and length, and numbers/s, on strings of MNIST digits.
+"""Reading whole numbers: accuracy per kind of writing and length, and numbers/s, on strings of MNIST digits.
 
-Each string is made of random digits of the chosen split, set with one spacing (separate, close,
-touching, overlapping) and rendered as a person's JPEG by digitrec/person_style.py; the set is the same
-on every run (seeded). For each spacing and length: whole-string accuracy, per-digit accuracy (position
+Each string is made of random digits of the chosen split, written as one kind of number
+(number_strings.CLASSES: separate, close, touching, overlapping, overlapping hard, uneven, photographed)
+and rendered as a person's image by digitrec/person_style.py; the set is the same on every run (seeded).
+For each kind and length: whole-string accuracy, per-digit accuracy (position
 by position, where the reading has the right length), mean edit distance; for single digits also
 `predict` on the same images. Then numbers/s end to end (JPEG bytes -> text) for 4-digit strings, in
 one process and in one worker process per core.
 
-    nice python bench/read_numbers.py [--model PATH] [--reader PATH] [--count 200] [--lengths 1,2,3,4,5,6,7,8] [--split test|validation]
+    nice python bench/read_numbers.py [--model PATH] [--reader PATH] [--count 200] [--lengths 1,2,...,12]
+                                      [--classes separate,...] [--split test|validation]
 
 Choose with `--split validation`; report with the test split (never tuned on).
 """
@@ -22,7 +24,7 @@ import numpy as np
 
 from digitrec import data, runtime
 from digitrec.errors import ImageError
-from digitrec.number_strings import SPACINGS
+from digitrec.number_strings import CLASSES
 from digitrec.person_style import number_image
 from digitrec.reading import read
 from digitrec.recognizer import Recognizer
@@ -80,22 +82,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--reader", default=None)
-    parser.add_argument("--count", type=int, default=200, help="strings per spacing and length")
-    parser.add_argument("--lengths", default="1,2,3,4,5,6,7,8")
+    parser.add_argument("--count", type=int, default=200, help="strings per kind and length")
+    parser.add_argument("--lengths", default=",".join(map(str, range(1, 13))))
+    parser.add_argument("--classes", default=",".join(CLASSES), help="kinds of writing (strings.CLASSES), comma-separated")
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-speed", action="store_true", help="skip the numbers/s measurement")
     args = parser.parse_args()
     split = getattr(data.load(), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
     recognizer, reader = Recognizer.load(args.model), runtime.load(args.reader, NUMBERS)
     lengths = [int(n) for n in args.lengths.split(",")]
-    print(f"{'spacing':<12}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}"
+    kinds = args.classes.split(",")
+    unknown = sorted(set(kinds) - set(CLASSES))
+    if unknown:
+        parser.error(f"unknown kinds {', '.join(unknown)} (choose from {', '.join(CLASSES)})")
+    print(f"{'kind':<18}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}"
           f"{'predict':>9}{'s':>7}")
     speed_set = []
-    for spacing in SPACINGS:
+    for kind in kinds:
         for length in lengths:
-            rng = np.random.default_rng([args.seed, SPACINGS.index(spacing), length])
-            made = [number_image(images, labels, length, spacing, rng) for _ in range(args.count)]
+            rng = np.random.default_rng([args.seed, CLASSES.index(kind), length])
+            made = [number_image(images, labels, length, kind, rng) for _ in range(args.count)]
             if length == 4:
                 speed_set += [image for image, _ in made]
             started = time.perf_counter()
@@ -110,11 +118,11 @@ def main():
             if length == 1:
                 results = recognizer.predict_many([(str(i), image) for i, (image, _) in enumerate(made)], workers=1)
                 predicted = f"{100 * np.mean([str(getattr(p, 'digit', '')) == r for p, r in zip(results, truths)]):.2f}%"
-            print(f"{spacing:<12}{length:>6}{len(made):>8}{100 * whole:>8.2f}%{100 * digits:>10.2f}%{distance:>10.3f}"
+            print(f"{kind:<18}{length:>6}{len(made):>8}{100 * whole:>8.2f}%{100 * digits:>10.2f}%{distance:>10.3f}"
                   f"{predicted:>9}{seconds:>7.1f}", flush=True)
-    if speed_set:
+    if speed_set and not args.no_speed:
         cores = os.cpu_count() or 1
-        print(f"\n4-digit strings, JPEG bytes -> text ({len(speed_set)} strings, all spacings, median of 3):")
+        print(f"\n4-digit strings, JPEG bytes -> text ({len(speed_set)} strings, all kinds, median of 3):")
         print(f"  1 process:            {numbers_per_second(speed_set, args.model, args.reader, 1):7.1f} numbers/s")
         print(f"  {cores} worker processes:  {numbers_per_second(speed_set, args.model, args.reader, cores):7.1f} numbers/s")
 

@@ -54,3 +54,20 @@ def test_an_uploaded_number_is_read(page, mnist, tmp_path):
     Image.fromarray((255 - row * 255).astype(np.uint8)).resize((row.shape[1] * 5, row.shape[0] * 5)).save(path)
     page.set_input_files("#number-file", str(path))
     assert shown_number(page, "1984") == "1984"
+
+
+def test_a_number_written_with_crossing_neighbours_is_read_or_flagged(page):  # noqa: F811
+    """Written fast, each digit's cell starting a quarter of a digit inside the one before: the strokes of
+    neighbours cross, and the number is still read whole. When the reading says it is unsure, the page
+    marks at least one digit orange (the one in doubt)."""
+    page.click("#number-clear")
+    strokes = [[(0.1 + index * 0.075 + x * 0.1, 0.15 + y * 0.7) for x, y in stroke]
+               for index, digit in enumerate([FOUR, FIVE, SEVEN, TWO]) for stroke in digit]
+    draw(page, strokes, pad="#number-pad")
+    page.wait_for_function("() => /^[0-9]+$/.test(document.getElementById('number-text').textContent)", timeout=15_000)
+    text = page.locator("#number-text").text_content()
+    unsure = page.locator("#number-unsure").is_visible()
+    assert text == "4572", (text, unsure)
+    digits = page.locator("#number-digits li")
+    assert digits.count() == 4
+    assert page.locator("#number-digits li.unsure").count() >= (1 if unsure else 0)

@@ -100,3 +100,108 @@ def test_training_batches_are_the_same_for_the_same_seed_and_hold_their_strings(
     assert (first.columns * number_strings.COLUMN_STEP <= first.pixels.shape[3]).all()
     assert all(1 <= len(text) <= number_strings.MAX_TRAINING_LENGTH for text in number_strings.truths(first.digits, first.lengths))
     assert (first.columns >= 2 * first.lengths).all()  # room for every digit and a blank between repeats
+
+
+def ink_columns(piece: np.ndarray) -> np.ndarray:
+    return np.nonzero(piece.max(0) >= number_strings.INK)[0]
+
+
+def test_hard_overlaps_cross_a_quarter_to_a_half_of_the_narrower_digit(validation_digits):
+    images, labels = validation_digits
+    zero, one = (images[np.nonzero(labels == d)[0][0]] for d in (0, 1))
+    for seed in range(5):
+        row = number_strings.compose([zero, one], "overlapping hard", np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)  # compose varies the digits first: the same pieces again
+        widths = [number_strings.vary(d, rng).shape[1] for d in (zero, one)]
+        overlap = 2 * number_strings.MARGIN + sum(widths) - row.shape[1]
+        assert 0.25 * min(widths) - 1 <= overlap <= 0.5 * min(widths) + 1, (overlap, widths)
+        assert ink_components(row) == 1  # the 1 crosses into the 0
+
+
+def test_uneven_writing_moves_the_baseline_and_heights_between_digits(validation_digits):
+    images, labels = validation_digits
+    ones = [images[i] for i in np.nonzero(labels == 1)[0][:8]]
+    feet, heights = [], []
+    for seed in range(3):
+        row = number_strings.compose(ones, "separate", np.random.default_rng(seed), number_strings.Hand(uneven=True, slant=10.0))
+        found, boxes = components(row >= number_strings.INK)
+        boxes = boxes[np.argsort(boxes[:, 2])]
+        feet += list(np.diff(boxes[:, 1]))
+        heights += list(boxes[:, 1] - boxes[:, 0])
+    step = number_strings.BASELINE_STEP * number_strings.DIGIT_HEIGHT
+    assert max(abs(f) for f in feet) <= step + 2 and np.std(feet) > 1  # moving, by at most 15 % of a digit
+    assert np.ptp(heights) >= 4  # heights differ within a number
+
+
+def test_a_photographed_number_is_a_jpeg_whose_ink_the_ink_finder_finds(validation_digits):
+    images, labels = validation_digits
+    rng = np.random.default_rng(4)
+    row = number_strings.compose([images[i] for i in range(4)], "close", rng)
+    photo = number_strings.photograph(row, rng, scale=5.0)
+    assert photo[:2] == b"\xff\xd8"  # JPEG
+    ink, shrunk = number_strings.found_ink(photo)
+    assert ink.shape[0] == number_strings.PHOTO_WORKING_HEIGHT and 0 < shrunk < 1
+    assert ink_components(ink) >= 2  # the digits, not a blank page
+
+
+def test_every_kind_of_writing_is_made_and_an_unknown_one_is_refused(validation_digits):
+    images, _ = validation_digits
+    rng = np.random.default_rng(0)
+    for kind in number_strings.CLASSES:
+        made = number_strings.written([images[0], images[1]], kind, rng)
+        assert isinstance(made, bytes) if kind == "photographed" else made.shape[0] >= number_strings.ROW_HEIGHT
+    with pytest.raises(ValueError, match="unknown kind of number 'scribbled'"):
+        number_strings.written([images[0]], "scribbled", rng)
+
+
+def test_the_training_mixtures_are_the_choices_of_the_strings_setting():
+    from dataclasses import fields
+
+    from digitrec.config import TrainConfig
+
+    choices = next(f for f in fields(TrainConfig) if f.name == "strings").metadata["choices"]
+    assert set(choices) == set(number_strings.MIXTURES)
+
+
+def test_workers_make_the_same_training_strings_as_the_loop(mnist):
+    from digitrec import data
+
+    split = data.Split(mnist.train.images[:500], mnist.train.labels[:500])
+    made_here = data.string_batches(split, 4, seed=3, mixture="people")
+    made_ahead = data.string_batches(split, 4, seed=3, mixture="people", workers=2)
+    for _ in range(3):
+        here, ahead = next(made_here), next(made_ahead)
+        assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(here, ahead))
+    made_ahead.close()
+
+
+def column_scores(columns: list[dict[int, float]]) -> np.ndarray:
+    """(11, T) probabilities from each column's {class: probability}, the rest spread evenly."""
+    table = np.zeros((11, len(columns)))
+    for t, column in enumerate(columns):
+        rest = (1 - sum(column.values())) / (11 - len(column))
+        table[:, t] = rest
+        for c, p in column.items():
+            table[c, t] = p
+    return table
+
+
+def test_the_length_aware_decode_weighs_a_reading_one_digit_shorter():
+    blank, three = number_strings.BLANK, 3 + 1
+    # a 3, then a column as likely blank as 3, then a 3: "3" (one 3 held) or "33" (two, a blank between)
+    table = column_scores([{blank: 0.99}, {three: 0.99}, {three: 0.5, blank: 0.49}, {three: 0.99}, {blank: 0.99}])
+    decoded = number_strings.decode_lengths(table)
+    assert [one.digit for one in number_strings.decode(table)] == [3]  # best path: one 3, held, and sure of it
+    assert number_strings.decode(table)[0].confidence > 0.95
+    assert set(decoded.by_length) >= {1, 2} and decoded.by_length[2][0] == "33"
+    assert decoded.by_length[1][1] + decoded.by_length[2][1] == pytest.approx(0.99**4, rel=0.02)
+    assert 0.45 < decoded.length_share < 0.6  # nearly a coin toss between one digit and two
+    clear = number_strings.decode_lengths(column_scores([{blank: 0.99}, {three: 0.99}, {three: 0.99}, {blank: 0.99}]))
+    assert clear.text == "3" and clear.length_share > 0.97
+
+
+def test_the_aligned_reading_spans_the_columns_each_digit_was_read_from():
+    blank, three, seven = number_strings.BLANK, 3 + 1, 7 + 1
+    found = number_strings.decode_lengths(scores([blank, three, three, blank, three, seven, seven, blank])).reads
+    assert [(one.digit, one.first, one.last) for one in found] == [(3, 1, 2), (3, 4, 4), (7, 5, 6)]
+    assert found[0].confidence == pytest.approx(0.9)

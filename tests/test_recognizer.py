@@ -12,7 +12,7 @@ from PIL import Image
 
 from digitrec.errors import ImageError, ModelError
 from digitrec.person_style import STYLES, encode, render
-from digitrec.recognizer import UNSURE_BELOW, Prediction, Recognizer
+from digitrec.recognizer import Prediction, Recognizer
 
 from helpers import run
 
@@ -52,7 +52,7 @@ def test_every_accepted_input_type_gives_the_same_answer(recognizer, digits, tmp
     result = recognizer.predict(source)
     assert isinstance(result, Prediction) and result.digit == labels[0] == 7
     assert abs(sum(result.probabilities) - 1) < 1e-6 and result.confidence == max(result.probabilities)
-    assert result.unsure == (result.confidence < UNSURE_BELOW)
+    assert result.unsure == (result.confidence < recognizer.calibration.unsure_below)
     assert result.preprocessed.shape == (28, 28)
 
 

@@ -54,11 +54,12 @@ def test_jpeg_body_is_recognized(client, mnist):
 
 
 def test_model_endpoint_describes_the_bundled_model_with_its_recorded_figures(client):
-    from digitrec.recognizer import UNSURE_BELOW
+    from digitrec import confidence
+    from digitrec.files import BUNDLED_MODEL
 
     info = client.get("/api/model").json()
     assert info == {"name": "fast", "recipe": "full", "parameters": 104_938, "test_accuracy": 0.9971,
-                    "runtime": "onnxruntime", "unsure_below": UNSURE_BELOW}
+                    "runtime": "onnxruntime", "unsure_below": confidence.load(BUNDLED_MODEL).unsure_below}
 
 
 def test_openapi_docs_are_served(client):
@@ -222,11 +223,10 @@ def test_the_api_docs_and_the_favicon_come_from_this_server(client):
 
 
 def test_the_documentation_says_the_limits_of_the_constants(client):
-    from digitrec.recognizer import UNSURE_BELOW
     from digitrec.web.http import MAX_BODY_BYTES
 
     predict = client.get("/openapi.json").json()["paths"]["/api/predict"]["post"]
-    assert f"below {UNSURE_BELOW}" in predict["description"]
+    assert "`unsure_below` in /api/model" in predict["description"]
     assert predict["responses"]["413"]["description"] == f"body over {MAX_BODY_BYTES // 2**20} MiB"
 
 

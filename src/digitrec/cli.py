@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -85,10 +86,16 @@ class Commands(click.Group):
             ctx.exit(130)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (e.g. a model without its calibration) as one line on stderr, not Python's two."""
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(cls=Commands)
 @click.version_option(__version__, prog_name="digitrec")
 def main():
     """Handwritten-digit recognition: train, evaluate and use MNIST models."""
+    warnings.showwarning = show_warning
 
 
 @main.command("data")

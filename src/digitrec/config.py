@@ -47,6 +47,11 @@ class TrainConfig:
     augment_scale: float = setting(0.0, "Random scale within 1 ± this; 0: none.", low=0, high=1, high_open=True)
     augment_stroke: float = setting(0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.",
                                     low=0, high=1)
+    strings: str = setting("plain", "Number reader: what its training strings are made of (number_strings.MIXTURES): plain (neat "
+                           "MNIST strings), or people (also hard overlaps, uneven heights and baselines, slant, photos).",
+                           choices=("plain", "people"))
+    string_workers: int = setting(0, "Number reader: processes making training strings ahead of the steps (for a GPU); "
+                                     "0: made between steps. The strings are the same either way.", low=0, high=64)
     channels_last: bool = setting(False, "NHWC activations: faster convolutions on CPUs (measured in bench/).")
     precision: str = setting("auto", "fp32, bf16 (autocast), or auto: fp32 on CUDA (faster there, measured on an H200), "
                                      "bf16 on CPUs with AMX or AVX-512 BF16, else fp32.", choices=("auto", "fp32", "bf16"))

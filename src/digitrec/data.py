@@ -6,8 +6,11 @@ the uncompressed bytes), the tutorial's train/validation/test split, and the shu
 It does not know about models.
 """
 
+import collections
 import hashlib
 import http.client
+import itertools
+import multiprocessing
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -189,19 +192,49 @@ def batch_indices(
         skip = 0
 
 
-def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Endless batches of random number strings made from `split`'s digits (number_strings.random_batch), for
-    the number reader: (strips (B, 1, 32, W), each strip's output columns (B,), their digits as classes
-    1-10 one string after another, each string's length (B,)). Batch number n is drawn from a generator
-    seeded with (seed, n, rank) alone, so a resumed run (`start`) sees the same strings, and every rank
-    under torchrun its own."""
-    images, labels = split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy()
-    step = start
-    while True:
-        made = number_strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]))
-        yield (torch.from_numpy(made.pixels).to(split.images.device), torch.from_numpy(made.columns),
-               torch.from_numpy(made.digits + 1), torch.from_numpy(made.lengths))  # class 0 is the blank
-        step += 1
+def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, start: int = 0, mixture: str = "plain",
+                   workers: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Endless batches of random number strings made from `split`'s digits (number_strings.random_batch, as
+    number_strings.MIXTURES[`mixture`] says), for the number reader: (strips (B, 1, 32, W), each strip's output
+    columns (B,), their digits as classes 1-10 one string after another, each string's length (B,)).
+    Batch number n is drawn from a generator seeded with (seed, n, rank) alone, so a resumed run
+    (`start`) sees the same strings, and every rank under torchrun its own; `workers` processes make them
+    ahead of time (the same batches: making strings, not the model, bounds a reader's step on a GPU)."""
+    device = split.images.device
+    source = (split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), batch_size, seed, rank, number_strings.MIXTURES[mixture])
+    key = id(source)
+    string_sources[key] = source
+    try:
+        made = ahead(make_string_batch, key, start, workers) if workers else (
+            make_string_batch(key, step) for step in itertools.count(start))
+        for batch in made:
+            yield (torch.from_numpy(batch.pixels).to(device), torch.from_numpy(batch.columns),
+                   torch.from_numpy(batch.digits + 1).to(device), torch.from_numpy(batch.lengths))  # class 0 is the blank
+    finally:
+        del string_sources[key]
+
+
+# what make_string_batch draws from, by key: forked workers inherit it, so the digits are never pickled
+string_sources: dict[int, tuple] = {}
+
+
+def make_string_batch(key: int, step: int) -> number_strings.Batch:
+    images, labels, batch_size, seed, rank, mixture = string_sources[key]
+    return number_strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]), mixture=mixture)
+
+
+def ahead(make, key: int, start: int, workers: int, depth: int = 4) -> Iterator:
+    """make(key, start), make(key, start + 1), ... in order, each made by one of `workers` forked processes,
+    at most `depth` per worker made ahead of the one asked for. The workers stop when the iterator is closed."""
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        pending = collections.deque(pool.apply_async(make, (key, n)) for n in range(start, start + depth * workers))
+        for n in itertools.count(start + depth * workers):
+            result = pending.popleft().get()
+            pending.append(pool.apply_async(make, (key, n)))
+            yield result
+    finally:
+        pool.terminate()
 
 
 def describe(data_dir: str | Path | None = None) -> dict:

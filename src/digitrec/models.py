@@ -238,6 +238,12 @@ register("reader", ModelSpec(NumberReader, size=ReaderSize, task="numbers", reci
         width=16, steps=10000, batch_size=64, optimizer="adam", lr=2e-3, schedule="warmup_cosine", warmup_fraction=0.1,
         weight_decay=1e-4, channels_last=True, log_every=100, eval_every=1000,
     ),
+    # the same on strings written as people write them (number_strings.MIXTURES["people"]): hard overlaps, uneven
+    # heights and baselines, one slant per number, photos; meant for a GPU, with string_workers set to its cores
+    "robust": dict(
+        width=16, steps=10000, batch_size=64, optimizer="adam", lr=2e-3, schedule="warmup_cosine", warmup_fraction=0.1,
+        weight_decay=1e-4, strings="people", channels_last=True, log_every=100, eval_every=1000,
+    ),
 }))
 
 

@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
-from digitrec.number_strings import compose
+from digitrec.number_strings import written
 
 STYLES = ("dark-on-light jpeg", "light-on-dark png", "rgba transparent", "thick pen", "thin pen", "photo")
 
@@ -60,10 +60,13 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
 NUMBER_STYLE = "dark-on-light jpeg"
 
 
-def number_image(images: np.ndarray, labels: np.ndarray, length: int, spacing: str,
+def number_image(images: np.ndarray, labels: np.ndarray, length: int, kind: str,
                  rng: np.random.Generator) -> tuple[bytes, str]:
-    """A random `length`-digit string drawn from `images` (N, 28, 28, 0..1) with their `labels` (made by
-    number_strings.compose), rendered as a person's JPEG; returns the file's bytes and the true text."""
+    """A random `length`-digit string drawn from `images` (N, 28, 28, 0..1) with their `labels`, written as
+    `kind` (one of number_strings.CLASSES, by number_strings.written) and rendered as a person's JPEG (a
+    photographed number is already its photo); returns the file's bytes and the true text."""
     chosen = rng.integers(0, len(images), length)
-    row = compose([images[i] for i in chosen], spacing, rng)
-    return render((row * 255).round().astype(np.uint8), NUMBER_STYLE, rng), "".join(str(int(labels[i])) for i in chosen)
+    made = written([images[i] for i in chosen], kind, rng)
+    if not isinstance(made, bytes):
+        made = render((made * 255).round().astype(np.uint8), NUMBER_STYLE, rng)
+    return made, "".join(str(int(labels[i])) for i in chosen)

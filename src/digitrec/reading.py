@@ -12,8 +12,13 @@ cutting; each digit it reads is then given the ink around its place in the strip
 where one lies mostly within it) as its box. A digit that is one or more whole components of its own is
 also read by the digit model, framed as `predict` frames a lone digit (preprocess.frame, one code
 path), and the two readings' probabilities are multiplied (chosen on strings of validation digits:
-see the README). Not owned here: decoding images and the ink
-map (preprocess), strips and CTC decoding (number_strings), loading the models (runtime, recognizer).
+see the README). The reader's answer is decoded by a prefix beam search that keeps the likeliest
+reading of every length (number_strings.decode_lengths); the reading's confidence is the chance that its
+number of digits is right (against the likeliest reading of every other length: a digit missed or two
+merged) times each digit's, calibrated on validation strings of every kind of writing by the reader's
+calibration.json (confidence.py, fitted by bench/calibrate_reader.py), whose threshold sets `unsure`.
+Not owned here: decoding images and the ink map (preprocess), strips and CTC decoding (number_strings),
+loading the models (runtime, recognizer).
 """
 
 import io
@@ -49,14 +54,14 @@ class DigitReading:
     confidence: float  # the probability of `digit`
     alternatives: list[tuple[int, float]]  # the next likeliest digits with their probabilities
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
-    unsure: bool  # confidence < recognizer.UNSURE_BELOW
+    unsure: bool  # marked when the reading is unsure: below recognizer.UNSURE_BELOW, or else the least sure digit
 
 
 @dataclass(frozen=True)
 class Reading:
     text: str  # the digits left to right, e.g. "2026"
-    confidence: float  # the product of the digits' confidences: the chance that every digit is right
-    unsure: bool  # whether any digit is unsure
+    confidence: float  # the calibrated chance that the whole reading is right, digits and their number
+    unsure: bool  # confidence below the reader's calibrated threshold (then at least one digit is marked unsure)
     digits: list[DigitReading]
 
     def as_dict(self) -> dict:
@@ -85,7 +90,8 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
     framed = number_strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
     if framed.pixels.shape[1] > MAX_STRIP_WIDTH:
         raise ImageError(f"{name}: the writing is too long for a number of at most {MAX_DIGITS} digits")
-    found = number_strings.decode(reader.probabilities(framed.pixels[None, None])[0])
+    decoding = number_strings.decode_lengths(reader.probabilities(framed.pixels[None, None])[0])
+    found = decoding.reads
     if not found:
         raise ImageError(f"{name}: no digits found (the marks read as no digit)")
     if len(found) > MAX_DIGITS:
@@ -101,9 +107,34 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
             probabilities[index] = joint / joint.sum()
             confidences[index] = float(probabilities[index].max())
     to_original = (image.width / ink.shape[1], image.height / ink.shape[0])
-    digits = [digit_reading(p, c, mask, to_original) for p, c, mask in zip(probabilities, confidences, masks)]
-    return Reading(text="".join(str(d.digit) for d in digits), confidence=math.prod(d.confidence for d in digits),
-                   unsure=any(d.unsure for d in digits), digits=digits)
+    calibration = reader.calibration
+    number_confidence = float(calibration.probabilities(sure_and_not(uncalibrated_confidence(decoding, confidences)))[0, 0])
+    unsure = calibration.unsure(number_confidence)
+    doubted = doubted_digits(confidences) if unsure else set()
+    digits = [digit_reading(p, c, mask, to_original, index in doubted)
+              for index, (p, c, mask) in enumerate(zip(probabilities, confidences, masks))]
+    return Reading(text="".join(str(d.digit) for d in digits), confidence=number_confidence, unsure=unsure, digits=digits)
+
+
+def uncalibrated_confidence(decoding: number_strings.Decoding, confidences: list[float]) -> float:
+    """How likely the reading is right before calibration: the chance that it has the right number of
+    digits (the likeliest reading's share of the likeliest readings of every length: a digit missed, or
+    two read as one, shows as a close reading of another length) times the chance that each digit is right."""
+    return decoding.length_share * math.prod(confidences)
+
+
+def sure_and_not(confidence: float) -> np.ndarray:
+    """A confidence as the two logits (right, wrong) that temperature scaling (confidence.Calibration)
+    divides by T: softmax of them over T is confidence^(1/T) / (confidence^(1/T) + (1 - confidence)^(1/T))."""
+    confidence = min(max(confidence, 1e-12), 1 - 1e-12)
+    return np.array([[math.log(confidence), math.log(1 - confidence)]])
+
+
+def doubted_digits(confidences: list[float]) -> set[int]:
+    """The digits to mark when a reading is unsure: those less sure than UNSURE_BELOW, or else the least
+    sure one (the doubt lies in the number of digits, or is spread over all of them)."""
+    doubted = {index for index, c in enumerate(confidences) if c < UNSURE_BELOW}
+    return doubted or {int(np.argmin(confidences))}
 
 
 def working_ink(image: Image.Image, name: str) -> np.ndarray:
@@ -168,13 +199,13 @@ def keep(boxes: np.ndarray, height: float) -> list[int]:
 
 
 def digit_reading(probabilities: np.ndarray, confidence: float, mask: np.ndarray,
-                  to_original: tuple[float, float]) -> DigitReading:
+                  to_original: tuple[float, float], unsure: bool) -> DigitReading:
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     x_scale, y_scale = to_original
     x, y = math.floor(cols[0] * x_scale), math.floor(rows[0] * y_scale)
     box = (x, y, math.ceil((cols[-1] + 1) * x_scale) - x, math.ceil((rows[-1] + 1) * y_scale) - y)
     order = np.argsort(probabilities)[::-1]
-    return DigitReading(digit=int(order[0]), confidence=confidence, box=box, unsure=confidence < UNSURE_BELOW,
+    return DigitReading(digit=int(order[0]), confidence=confidence, box=box, unsure=unsure,
                         alternatives=[(int(d), float(probabilities[d])) for d in order[1 : ALTERNATIVES + 1]])
 
 

@@ -22,23 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
-from digitrec import runtime
+from digitrec import confidence, runtime
 from digitrec.errors import ImageError
 from digitrec.files import BUNDLED_INT8, BUNDLED_ONNX
 from digitrec.preprocess import Source, keep_freed_memory, preprocess
 from digitrec.runtime import Runtime
 from digitrec.tasks import DIGITS
 
-UNSURE_BELOW = 0.80  # a prediction whose top probability is below this is flagged as unsure
+# the threshold on an uncalibrated model's top probability (a model's own is in its calibration: confidence.py)
+UNSURE_BELOW = confidence.UNCALIBRATED_UNSURE_BELOW
 BATCH_SIZE = 256  # images per forward pass in batched prediction
 
 
 @dataclass(frozen=True)
 class Prediction:
     digit: int
-    confidence: float  # the probability of `digit`
-    probabilities: list[float]  # all ten, summing to 1
-    unsure: bool  # confidence < UNSURE_BELOW
+    confidence: float  # the calibrated probability of `digit` (see confidence.py)
+    probabilities: list[float]  # all ten, calibrated, summing to 1
+    unsure: bool  # confidence < the calibration's `unsure_below`
     preprocessed: np.ndarray  # the (28, 28) view the model saw, 0..1
 
     def top(self, k: int) -> list[tuple[int, float]]:
@@ -90,6 +91,7 @@ class Recognizer:
         # the same for `predict_many`: the model's int8 copy where it has one (the bundled default), else `model`
         self.batch_model = batch_model or model
         self.info = model.info  # name, parameters, recorded metrics, weights path
+        self.calibration = model.calibration  # logits -> confidence and unsure (confidence.py), from beside the model
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int = 0) -> "Recognizer":
@@ -101,7 +103,8 @@ class Recognizer:
         kept only because it is as accurate: see digitrec.quantize), about twice as fast in batches.
         `threads` is how many threads one forward pass may use (0: the runtime's default, one per core);
         a server that runs several requests at once does better with 1. On torch it sets the process's
-        thread count.
+        thread count. The model's calibration (confidence.py) is read from beside it; without one, the
+        scores are used as they are, with one warning.
         """
         if path is None and runtime.onnxruntime_installed():
             return cls(runtime.load_onnx(BUNDLED_ONNX, DIGITS, threads), runtime.load_onnx(BUNDLED_INT8, DIGITS, threads))
@@ -185,13 +188,13 @@ class Recognizer:
                        logits: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Prediction]:
         """Already-preprocessed (N, 28, 28) arrays in 0..1, through `logits` (default: the model's float `logits`)."""
         batch = np.asarray(arrays, dtype=np.float32)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-        probabilities = DIGITS.probabilities((logits or self.logits)(batch))  # refuses an overflow's NaN
+        probabilities = DIGITS.probabilities((logits or self.logits)(batch), self.calibration)  # refuses an overflow's NaN
         return [
             Prediction(
                 digit=int(p.argmax()),
                 confidence=float(p.max()),
                 probabilities=[float(x) for x in p],
-                unsure=bool(p.max() < UNSURE_BELOW),
+                unsure=self.calibration.unsure(float(p.max())),
                 preprocessed=array,
             )
             for p, array in zip(probabilities, batch[:, 0])

@@ -11,13 +11,15 @@ from `.onnx` files needs neither torch nor the training code; the torch side imp
 The `Recognizer` (digits) and `reading.read` (numbers) both stand on this module.
 """
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from digitrec import metadata
+from digitrec import confidence, metadata
+from digitrec.confidence import Calibration
 from digitrec.errors import ModelError
 from digitrec.tasks import Task
 
@@ -40,6 +42,12 @@ class Runtime:
     def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Everything the model computes, by name (the Inside view's activations where the model has them)."""
         return {self.task.output_name: self.forward(batch)}
+
+    @functools.cached_property
+    def calibration(self) -> Calibration:
+        """Its calibration (confidence.py: what its confidences mean, and when it is unsure), read from beside
+        its file when first asked for; the uncalibrated fallback, with one warning, when there is none."""
+        return confidence.load(self.info["weights"])
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """`forward` as probabilities (float64); an answer that is NaN or infinite is a `ModelError`."""

@@ -49,8 +49,11 @@ NODE_COLUMN = "_node"  # the Ray node that made a row: counted by the driver, ne
 
 def model_files(task: str, model_path: str | Path | None, reader_path: str | Path | None) -> dict[str, bytes]:
     """The files `Recognizer.load(model_path)` and `runtime.load(reader_path, NUMBERS)` read, by the name a worker gives them:
-    model.onnx (+ model.int8.onnx, the bundled default's batch copy) or model.safetensors; for `read`
-    also reader.onnx or reader.safetensors. Each file alone rebuilds its model (its config is inside)."""
+    model/model.onnx (+ model/model.int8.onnx, the bundled default's batch copy) or model/model.safetensors;
+    for `read` also reader/reader.onnx or reader/reader.safetensors. Each file alone rebuilds its model (its
+    config is inside); each folder also holds the model's calibration.json where it has one (confidence.py),
+    so a worker's confidences and `unsure` are the driver's."""
+    from digitrec.confidence import calibration_path
     from digitrec.runtime import onnxruntime_installed
 
     def one(role: str, path: str | Path | None, default_dir: Path, default_onnx: Path) -> dict[str, bytes]:
@@ -61,13 +64,16 @@ def model_files(task: str, model_path: str | Path | None, reader_path: str | Pat
             path = path / WEIGHTS_FILE
         suffix = ".onnx" if path.suffix == ".onnx" else ".safetensors"
         try:
-            return {role + suffix: path.read_bytes()}
+            files = {f"{role}/{role}{suffix}": path.read_bytes()}
         except OSError as error:
             raise EngineError(f"{path}: cannot read the model file to send to the workers ({error.strerror})") from None
+        if calibration_path(path).is_file():
+            files[f"{role}/{calibration_path(path).name}"] = calibration_path(path).read_bytes()
+        return files
 
     files = one("model", model_path, BUNDLED_MODEL, BUNDLED_ONNX)
-    if model_path is None and "model.onnx" in files:
-        files["model.int8.onnx"] = BUNDLED_INT8.read_bytes()
+    if model_path is None and "model/model.onnx" in files:
+        files["model/model.int8.onnx"] = BUNDLED_INT8.read_bytes()
     if task == "read":
         files |= one("reader", reader_path, BUNDLED_READER, BUNDLED_READER_ONNX)
     return files
@@ -81,12 +87,13 @@ def models_from_files(files: dict[str, bytes], folder: Path, threads: int = 1):
     from digitrec.tasks import DIGITS, NUMBERS
 
     for name, content in files.items():
+        (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).write_bytes(content)
-    reader = next((runtime.load(folder / name, NUMBERS, threads) for name in files if name.startswith("reader.")), None)
-    if "model.int8.onnx" in files:  # the bundled default on onnxruntime: its int8 copy for batches, as load() does
-        return Recognizer(runtime.load_onnx(folder / "model.onnx", DIGITS, threads),
-                          runtime.load_onnx(folder / "model.int8.onnx", DIGITS, threads)), reader
-    model = next(folder / name for name in files if name.startswith("model."))
+    reader = next((runtime.load(folder / name, NUMBERS, threads) for name in files if name.startswith("reader/reader.")), None)
+    if "model/model.int8.onnx" in files:  # the bundled default on onnxruntime: its int8 copy for batches, as load() does
+        return Recognizer(runtime.load_onnx(folder / "model/model.onnx", DIGITS, threads),
+                          runtime.load_onnx(folder / "model/model.int8.onnx", DIGITS, threads)), reader
+    model = next(folder / name for name in files if name.startswith("model/model."))
     return Recognizer.load(model, threads), reader
 
 

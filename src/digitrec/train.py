@@ -230,8 +230,10 @@ class Training:
     def batch_stream(self):
         """Batches from step `self.step` on: (images, labels) for eager steps, indices for graphed ones."""
         share = self.config.batch_size // self.world.size
-        stream = self.task.batch_indices if self.graphed else self.task.batches
-        return stream(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
+        if self.graphed:
+            return self.task.batch_indices(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
+        return self.task.batches(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step,
+                                 config=self.config)
 
     def autocast(self):
         # no cache of cast weights: a CUDA graph would replay a cast made once (each weight is cast once a step anyway)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from digitrec.confidence import UNCALIBRATED, Calibration
 from digitrec.errors import ConfigError, ModelError
 
 PARITY_TOLERANCE = 1e-4  # the largest output difference allowed between torch and onnxruntime in an export
@@ -50,19 +51,23 @@ class Task:
     cannot_run = "the model cannot run on a batch"  # the probe failed to run
     bad_probe = "the model's answer for a blank batch is not finite"  # the probe's answer is wrong
 
-    def probabilities(self, answer: np.ndarray) -> np.ndarray:
-        """The model's answer as probabilities over its classes (axis 1), float64; a NaN or infinite answer
-        (an overflow: loading refuses NaN weights) is refused."""
+    def probabilities(self, answer: np.ndarray, calibration: Calibration = UNCALIBRATED) -> np.ndarray:
+        """The model's answer as probabilities over its classes (axis 1), float64, scaled by `calibration`'s
+        temperature (confidence.py); a NaN or infinite answer (an overflow: loading refuses NaN weights) is refused."""
         if not np.isfinite(answer).all():
             raise ModelError(f"the {self.noun}'s answer is NaN or infinite: it cannot be used")
-        return softmax(answer.astype(np.float64), 1)
+        if calibration is UNCALIBRATED:
+            return softmax(answer.astype(np.float64), 1)
+        return calibration.probabilities(answer)  # (N, classes): a digit model's logits
 
     # --- training and export: these import torch ----------------------------------------------------
     def check_config(self, config) -> None:
         """Refuse settings of a TrainConfig that mean nothing for this task (nothing by default)."""
 
-    def batches(self, split, batch_size: int, seed: int, rank: int, world_size: int, start: int) -> Iterator[tuple]:
-        """Endless training batches of `split` from step `start`: (inputs, *targets) tensors."""
+    def batches(self, split, batch_size: int, seed: int, rank: int, world_size: int, start: int,
+                config=None) -> Iterator[tuple]:
+        """Endless training batches of `split` from step `start`: (inputs, *targets) tensors; made as the
+        TrainConfig `config` asks where the task takes something from it (None: its defaults)."""
         raise NotImplementedError
 
     # A graphable task's batches keep one shape from step to step and are picked from the split on its

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from digitrec.errors import ModelError
+from digitrec.errors import ConfigError, ModelError
 from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX
 from digitrec.shapes import CLASSES
 from digitrec.tasks.base import Task, refuse_mismatch
@@ -34,7 +34,11 @@ class DigitTask(Task):
 
     graphable = True  # (B, 1, 28, 28) images picked by index from the split on the device: one shape every step
 
-    def batches(self, split, batch_size, seed, rank, world_size, start):
+    def check_config(self, config) -> None:
+        if config.strings != "plain" or config.string_workers:
+            raise ConfigError(f"model {config.model!r} reads digits: --strings and --string-workers apply to the number reader only")
+
+    def batches(self, split, batch_size, seed, rank, world_size, start, config=None):
         from digitrec import data
 
         return data.batches(split, batch_size, seed, rank, world_size, start=start)

@@ -1,7 +1,8 @@
 """The numbers task: a strip of written digits (B, 1, 32, W) -> (B, 11, W/2) per-column scores over
 blank and the ten digits, read by CTC decoding (number_strings.py).
 
-Trains on random strings of training digits (data.string_batches) with the CTC loss; measured by the
+Trains on random strings of training digits (data.string_batches, made as the `strings` setting says,
+by `string_workers` processes) with the CTC loss; measured by the
 share of whole strings read right, on EVALUATION_STRINGS fixed strings made from a split; an export is
 checked on PARITY_STRINGS strings of the check images' digits. Imports torch only inside the training
 and export steps.
@@ -41,10 +42,13 @@ class NumberTask(Task):
         if config.cuda_graph == "on":  # its strips change width from batch to batch: no one graph fits them
             raise ConfigError(f"model {config.model!r} reads whole numbers: --cuda-graph on applies to digit models only")
 
-    def batches(self, split, batch_size, seed, rank, world_size, start):
+    def batches(self, split, batch_size, seed, rank, world_size, start, config=None):
         from digitrec import data
 
-        return data.string_batches(split, batch_size, seed, rank, start=start)
+        if config is None:
+            return data.string_batches(split, batch_size, seed, rank, start=start)
+        return data.string_batches(split, batch_size, seed, rank, start=start, mixture=config.strings,
+                                   workers=config.string_workers)
 
     def loss(self, outputs, batch, config) -> tuple[object, Callable[[], float]]:
         import torch.nn.functional as F

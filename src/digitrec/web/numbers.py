@@ -28,8 +28,8 @@ class DigitOut(BaseModel):
 
 class ReadingOut(BaseModel):
     text: str
-    confidence: float  # the product of the digits' confidences
-    unsure: bool  # any digit unsure
+    confidence: float  # the calibrated chance that the whole reading is right (digits and their number)
+    unsure: bool  # confidence below the reader's threshold; then at least one digit is marked unsure
     digits: list[DigitOut]
 
 
@@ -38,8 +38,10 @@ class ReadingOut(BaseModel):
     response_model=ReadingOut,
     responses=IMAGE_ERRORS,
     openapi_extra=IMAGE_BODY,
-    description=f"Read a whole number, left to right. Each digit has its box in the image's pixels; `unsure` "
-                f"marks a digit whose probability is below {UNSURE_BELOW}, and the reading when any digit is unsure.",
+    description="Read a whole number, left to right. Each digit has its box in the image's pixels. `confidence` is "
+                "the calibrated chance that the whole reading is right (a digit missed or two read as one included); "
+                f"`unsure` marks a reading below the reader's threshold, and in it the digits below {UNSURE_BELOW} "
+                "(or else the least sure one).",
 )
 async def read(request: Request):
     reading = await on_image(request, lambda recognizer, image, reader, name: read_number(reader, recognizer, image, name),

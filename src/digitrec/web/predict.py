@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.recognizer import Recognizer
 from digitrec.web.http import (
     IMAGE_BODY,
     IMAGE_ERRORS,
@@ -29,7 +29,8 @@ class PredictionOut(BaseModel):
 
 
 @router.post("/api/predict", response_model=PredictionOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,
-             description=f"Recognize one digit. `unsure` is true when the top probability is below {UNSURE_BELOW}.")
+             description="Recognize one digit. `confidence` is calibrated (its probability of being right); `unsure` "
+                         "is true when it is below the model's threshold, `unsure_below` in /api/model.")
 async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
     result = await on_image(request, Recognizer.predict, "upload")
     return PredictionOut(
@@ -55,7 +56,7 @@ def model(request: Request):
         "parameters": info["parameters"],
         "test_accuracy": info["metrics"].get("test_accuracy"),
         "runtime": info["runtime"],
-        "unsure_below": UNSURE_BELOW,
+        "unsure_below": request.app.state.recognizer.calibration.unsure_below,
     }
 
 
