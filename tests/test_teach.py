@@ -107,7 +107,8 @@ def test_add_list_export_add_back_learn_and_the_personal_model_reads_them_right(
 
     predicted = run("predict", *(path for path, _, _ in misread), "--model", out, "--json")
     assert predicted.exit_code == 0, predicted.output
-    assert [json.loads(line)["digit"] for line in predicted.output.splitlines()] == [label for _, label, _ in misread]
+    assert [json.loads(line)["digit"] for line in predicted.stdout.splitlines()] == [label for _, label, _ in misread]
+    assert "calibration" not in predicted.output  # learn wrote the personal model's calibration: no warning
 
 
 def test_learn_without_corrections_and_add_without_label_or_digit_are_one_clear_error(tmp_path, misread):

@@ -12,7 +12,8 @@ evaluate, explain and export accept, and the page's Train panel shows its live c
 HOLDOUT_SHARE of each digit's corrections, drawn at random with a fixed seed, learned without them by a
 separate measuring run) and on the MNIST test set (of the model it saves). The run is saved in place of
 the previous one only once it is complete (train's `--overwrite` path), so a learn killed halfway leaves
-the previous personal model, and the corrections are only ever read.
+the previous personal model, and the corrections are only ever read. The saved run gets its confidence
+calibration (confidence.py) fitted on the MNIST validation digits, as any model needs one.
 """
 
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitrec import checkpoint, data, evaluate, models, rundir, train
+from digitrec import checkpoint, confidence, data, evaluate, models, rundir, train
 from digitrec.config import TrainConfig
 from digitrec.corrections import Store
 from digitrec.errors import ConfigError, TrainingStopped
@@ -183,6 +184,9 @@ def learn(store: Store, start_from: str | Path | None = None, out: Path | None =
     print_line(f"learning {len(labels)} corrections: {config.steps} steps from {loaded.weights_path.parent}")
     result = fine_tune(config, mnist, start, as_split(images, labels), device, out, overwrite=overwrite,
                        print_line=print_line, show_progress=show_progress, draw_curves=draw_curves)
+    validation_logits = models.logits_in_batches(result.model, mnist.validation.images).numpy()
+    confidence.save(confidence.fit(validation_logits, mnist.validation.labels.numpy(),
+                                   {"fitted_on": "the 5,000 MNIST validation digits, by digitrec teach learn"}), out)
     return Learned(out, len(labels), int(mask.sum()), before, after, test_before, result.metrics["test_accuracy"],
                    result.metrics["train_seconds"], result.metrics)
 
