@@ -115,8 +115,11 @@ def check_flags(arguments: list[str], where: str) -> None:
     if name in ("--help", "--version") or name.isupper():  # `digitrec --help`, `digitrec COMMAND --help`
         return
     assert name in main.commands, f"{where}: digitrec has no command {name!r}"
+    command = main.commands[name]
+    while isinstance(command, click.Group) and rest and rest[0] in command.commands:  # `digitrec teach add`
+        name, command, rest = f"{name} {rest[0]}", command.commands[rest[0]], rest[1:]
     unknown = {flag.split("=")[0] for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", " ".join(rest))}
-    unknown -= options_of(main.commands[name])
+    unknown -= options_of(command)
     assert not unknown, f"{where}: `digitrec {name}` has no option {sorted(unknown)}"
 
 

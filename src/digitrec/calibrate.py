@@ -17,8 +17,8 @@ from digitrec import confidence, data
 from digitrec.confidence import Calibration
 from digitrec.errors import ImageError
 from digitrec.files import BUNDLED_MODEL
-from digitrec.recognizer import Recognizer
 from digitrec.person_style import STYLES, render
+from digitrec.recognizer import Recognizer
 
 PLAIN = "plain 28x28"  # the MNIST image itself, through preprocess
 COUNT = 2000  # digits of the split per style (the validation split has 5,000)

@@ -6,6 +6,7 @@ usage errors are Click's (exit status 2).
 
 import io
 import json
+import math
 import os
 import sys
 import warnings
@@ -639,7 +640,9 @@ def export_command(path, out, quantize, overwrite, data_dir):
               help="A name the server answers to besides IP addresses and localhost (the Host header), e.g. "
                    "mybox.local; repeat for more. Other names are refused, so a web page on a rebound DNS name "
                    "cannot reach the server.")
-def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_training, allowed_hosts):
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
+              help="The corrections database the page stores to (default: $DIGITREC_DB, else the user's data folder).")
+def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_training, allowed_hosts, db_path):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
     import uvicorn
 
@@ -650,12 +653,152 @@ def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_
     os.environ[READER_VARIABLE] = str(reader_path or "")
     os.environ[TRAINING_VARIABLE] = json.dumps(
         {"runs_dir": str(runs_dir), "host": host, "allow_training": allow_training, "workers": workers,
-         "allowed_hosts": list(allowed_hosts)})
+         "allowed_hosts": list(allowed_hosts),
+         "corrections_db": str(db_path) if db_path else None})
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
     # several workers are started by uvicorn from an import string, each building its own app
     uvicorn.run(app if workers == 1 else "digitrec.web:serving_app", factory=workers > 1, workers=workers,
                 host=host, port=port, log_level="warning", **uvicorn_settings())
+
+
+# ---- teach: corrections and the personal model (corrections.py, teach.py, personal.py)
+
+DB_OPTION = click.option(
+    "--db", "db_path", type=click.Path(path_type=Path), default=None,
+    help="The corrections database (default: $DIGITREC_DB, else corrections.sqlite3 in the user's data folder).",
+)
+
+
+@main.group("teach", cls=Commands)
+def teach_group():
+    """Teach digitrec your handwriting: store corrections, learn a personal model from them."""
+
+
+@teach_group.command("add")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--label", type=click.IntRange(0, 9), default=None,
+              help="The right digit of every image given (without it: folders whose subfolders 0..9 hold images).")
+@MODEL_OPTION
+@DB_OPTION
+def teach_add(paths, label, model_path, db_path):
+    """Store images of digits with their right label (IMAGE... --label D), or FOLDER whose subfolders 0..9 hold them."""
+    from digitrec import teach
+    from digitrec.corrections import Store
+
+    labelled = []
+    if label is not None:
+        labelled = [(name, source, label) for name, source in expand_inputs(paths, sys.stdin.buffer)]
+        source = "cli"
+    else:
+        for given in paths:
+            folders = [Path(given, str(digit)) for digit in range(10)]
+            if given == "-" or not Path(given).is_dir() or not any(folder.is_dir() for folder in folders):
+                raise click.UsageError(f"{given}: give --label D for images, or a folder whose subfolders 0..9 hold images")
+            for digit, folder in enumerate(folders):
+                if folder.is_dir():
+                    labelled += [(name, found, digit) for name, found in expand_inputs((str(folder),))]
+        source = "import"
+    from digitrec.recognizer import Recognizer
+
+    store = Store(db_path)
+    store.count()  # an unusable database is one error before any image is read
+    added, failed = teach.add_images(store, Recognizer.load(model_path), labelled, source)
+    for name, identifier, correction in added:
+        click.echo(f"added {identifier}: {name} is {correction.label} (the model read {correction.answer})")
+    for error in failed:
+        click.echo(f"error: {error}", err=True)
+    click.echo(f"{len(added)} correction(s) added to {store.path}")
+    if failed:
+        click.echo(f"{len(failed)} of {len(labelled)} images failed", err=True)
+        sys.exit(1)
+
+
+@teach_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per correction.")
+@DB_OPTION
+def teach_list(as_json, db_path):
+    """List the stored corrections, oldest first."""
+    from digitrec.corrections import Store
+
+    store = Store(db_path)
+    corrections = [correction.summary() for correction in store.all()]
+    if as_json:
+        for correction in corrections:
+            click.echo(json.dumps(correction))
+        return
+    click.echo(f"{len(corrections)} correction(s) in {store.path}")
+    if corrections:
+        click.echo(f"{'id':>6} {'label':>5} {'read':>5}  {'source':<7} {'created':<26} model")
+    for c in corrections:
+        read = "-" if c["answer"] is None else c["answer"]
+        click.echo(f"{c['id']:>6} {c['label']:>5} {read!s:>5}  {c['source']:<7} {c['created']:<26} {c['model'] or '-'}")
+
+
+@teach_group.command("remove")
+@click.argument("ids", nargs=-1, required=True, type=click.IntRange(min=1))
+@DB_OPTION
+def teach_remove(ids, db_path):
+    """Remove corrections by id (all or none: an unknown id removes nothing)."""
+    from digitrec.corrections import Store
+
+    store = Store(db_path)
+    store.remove(list(dict.fromkeys(ids)))
+    click.echo(f"removed {len(set(ids))} correction(s) from {store.path}")
+
+
+@teach_group.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@DB_OPTION
+def teach_export(directory, db_path):
+    """Write every correction's image as DIRECTORY/LABEL/ID.png (which `digitrec teach add DIRECTORY` reads back)."""
+    from digitrec import teach
+    from digitrec.corrections import Store
+
+    count = teach.export(Store(db_path), directory)
+    click.echo(f"wrote {count} image(s) to {directory}")
+
+
+@teach_group.command("learn")
+@click.option("--from", "start_from", type=click.Path(path_type=Path), default=None,
+              help="The model to start from: a run directory or .safetensors (default: the bundled default).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory of the personal model (default: `personal` beside the database); a finished run "
+                   "there is replaced once the new one is saved.")
+@click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="Override the personal recipe's steps.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Seed for the batches and variations.")
+@click.option("--holdout/--no-holdout", default=True, show_default=True,
+              help="Measure on a held-out share of the corrections first (a second, shorter-lived run).")
+@DB_OPTION
+@DATA_DIR_OPTION
+@click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
+def teach_learn(start_from, out, steps, seed, holdout, db_path, data_dir, quiet):
+    """Learn a personal model from the stored corrections and save it as an ordinary run folder.
+
+    It starts from --from's weights and takes the personal recipe's steps (models.py), mixing your
+    corrections with replayed MNIST training digits; then prints, before and after, the accuracy on
+    held-out corrections and on the MNIST test set. Use it with --model RUN (predict, serve, evaluate,
+    explain, export). Killed halfway, the previous personal model and every correction are kept.
+    """
+    from digitrec import personal, report
+    from digitrec.corrections import Store
+
+    learned = personal.learn(Store(db_path), start_from, out, data_dir, print_line=click.echo,
+                             show_progress=not quiet, draw_curves=report.curves_png, holdout=holdout,
+                             steps=steps, seed=seed)
+    click.echo(f"learned {learned.corrections} correction(s) in {learned.train_seconds:.1f} s of training; "
+               f"saved to {learned.run_dir}")
+    if learned.held_out:
+        click.echo(f"held-out corrections ({learned.held_out}: {personal.HOLDOUT_SHARE:.0%} of each digit's, drawn at "
+                   f"random, learned without them): {100 * learned.held_out_before:.2f}% before, "
+                   f"{100 * learned.held_out_after:.2f}% after")
+    elif not holdout:
+        click.echo("held-out corrections: not measured (--no-holdout)")
+    else:
+        click.echo(f"held-out corrections: none (too few to hold any out: a digit needs {math.ceil(1 / personal.HOLDOUT_SHARE)})")
+    click.echo(f"MNIST test set (10,000 images): {100 * learned.test_before:.2f}% before, "
+               f"{100 * learned.test_after:.2f}% after")
+    click.echo(f"use it: digitrec predict --model {learned.run_dir} IMAGE, or digitrec serve --model {learned.run_dir}")
 
 
 if __name__ == "__main__":

@@ -44,3 +44,16 @@ class OutputError(DigitrecError):
 
 class EngineError(DigitrecError):
     """The engine that runs a job cannot start, or its cluster does not answer."""
+
+
+class StoreError(DigitrecError):
+    """The corrections database cannot be used: a folder, locked, read-only, damaged or from a newer digitrec.
+    Nothing in it was changed."""
+
+
+class StoreFull(StoreError):
+    """The corrections database holds as many corrections as it may (corrections.MAX_CORRECTIONS)."""
+
+
+class NoSuchCorrection(StoreError):
+    """A correction id that the database does not hold."""

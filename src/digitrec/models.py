@@ -33,6 +33,13 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
+PERSONAL_RECIPE = "personal"  # starts from a trained model's weights, so `digitrec teach learn` runs it, not `train`
+PERSONAL = dict(
+    steps=300, batch_size=64, optimizer="nesterov", lr=0.03, schedule="warmup_cosine", warmup_fraction=0.1,
+    weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1, augment_scale=0.1,
+    augment_stroke=1.0, channels_last=True, log_every=25, eval_every=100,
+    cuda_graph="off",  # its batches mix the corrections in (personal.py): not the graph's batches of training indices
+)
 DEFAULT_MODEL = "fast"  # what `digitrec train` trains without --model
 
 
@@ -178,6 +185,9 @@ register("fast", ModelSpec(FastCNN, size=FastSize, default_recipe="quick", recip
     "full": FULL_RECIPE,
     # the candidate for the next default: `full`, with person-style variation (augment.py) on a share of each batch
     "person": dict(FULL_RECIPE, augment_low_resolution=0.15, augment_blur=0.15, augment_lighting=0.2, augment_paper=0.15),
+    # a trained model taught one person's corrections (digitrec teach learn, personal.py): its size is the trained
+    # model's; each batch half corrections, half replayed training digits, all varied; chosen in bench/teach.py
+    PERSONAL_RECIPE: PERSONAL,
 }))
 
 

@@ -33,13 +33,16 @@ DRY_RUN_STEPS = 3
 GRAPH_WARMUP_STEPS = 3  # steps run eagerly on a side stream before a CUDA graph is captured (as torch's docs advise)
 
 
-def resolve_config(model: str, recipe: str | None = None, **overrides) -> TrainConfig:
+def resolve_config(model: str, recipe: str | None = None, from_weights: bool = False, **overrides) -> TrainConfig:
     """The named recipe of `model` (its default when None) with the given fields replaced (None values
-    are ignored); every value and the model's size are checked here, before anything is created."""
+    are ignored); every value and the model's size are checked here, before anything is created.
+    The personal recipe starts from a trained model's weights (`from_weights`: personal.py) only."""
     spec = models.spec(model)
     recipe = recipe or spec.default_recipe
     if recipe not in spec.recipes:
         raise ConfigError(f"model {model!r} has no recipe {recipe!r} (choose from {', '.join(spec.recipes)})")
+    if recipe == models.PERSONAL_RECIPE and not from_weights:
+        raise ConfigError(f"recipe {recipe!r} teaches a trained model your corrections: digitrec teach learn")
     known = {f.name for f in fields(TrainConfig)}
     chosen = {key: value for key, value in overrides.items() if value is not None and key in known}
     config = TrainConfig(**{**spec.recipes[recipe], **chosen, "model": model, "recipe": recipe})

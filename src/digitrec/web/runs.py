@@ -354,8 +354,9 @@ class Runs:
             name = f"{prefix}-{stamp}-{number}"
         return name
 
-    def launch(self, name: str, arguments: list[str]) -> None:
-        """Start `digitrec train ARGUMENTS --quiet` for run `name`, its output into the run folder.
+    def launch(self, name: str, arguments: list[str], command: tuple[str, ...] = ("train",)) -> None:
+        """Start `digitrec train ARGUMENTS --quiet` (or another `command` that writes a run: `teach learn`)
+        for run `name`, its output into the run folder.
 
         Called on the event loop's thread (async routes): the child's "parent died" signal fires when the
         thread that started it ends, and that thread lives as long as the server.
@@ -369,7 +370,7 @@ class Runs:
                           "folder it can write") from None
         with output:
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "digitrec", "train", *arguments, "--quiet"],
+                [sys.executable, "-m", "digitrec", *command, *arguments, "--quiet"],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the server's terminal reaches the server, which stops the child once
                 preexec_fn=stop_with_parent if libc is not None and sys.platform == "linux" else None,
@@ -528,7 +529,8 @@ def recipes() -> dict[str, dict[str, dict]]:
     for model, spec in models.REGISTRY.items():
         if spec.task != "digits":
             continue
-        ordered = [spec.default_recipe, *(name for name in spec.recipes if name != spec.default_recipe)]
+        ordered = [spec.default_recipe, *(name for name in spec.recipes  # the personal recipe: teach learn's
+                                          if name not in (spec.default_recipe, models.PERSONAL_RECIPE))]
         configs = {name: train.resolve_config(model, name) for name in ordered}
         chosen[model] = {name: {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
                          for name, config in configs.items()}

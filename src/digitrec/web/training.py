@@ -116,6 +116,7 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
         runs.close()
 
     api = APIRouter(prefix="/api", tags=["training"], lifespan=lifespan)
+    api.runs = runs  # the corrections' learning is one of these runs (web/corrections.py)
     errors = {403: {"description": "training is not offered by this server, or the request is from another site"},
               404: {"description": "no such run"}, 409: {"description": "conflicts with a run's state"},
               415: {"description": "a body that is not application/json"}, 422: {"description": "bad parameters"},

@@ -16,6 +16,7 @@
 
   function reset(message = "") {
     if (inFlight) inFlight.abort();
+    document.dispatchEvent(new CustomEvent("digitrec:number-cleared"));
     document.getElementById("number-text").textContent = "–";
     document.getElementById("number-confidence").textContent = "";
     document.getElementById("number-unsure").hidden = true;
@@ -69,6 +70,8 @@
       const result = await response.json();
       if (!response.ok) { reset(result.detail || `error ${response.status}`); return; }
       show(result);
+      // other panels (the corrections) follow the number pad through this event: the image sent and the reading
+      document.dispatchEvent(new CustomEvent("digitrec:number-read", { detail: { result, body, type } }));
     } catch (problem) {
       if (problem.name !== "AbortError") document.getElementById("number-message").textContent = "The server did not answer.";
     }

@@ -96,6 +96,7 @@
       showProgress(run);
       refreshRuns();
       if (run.status === "finished") showResult(run.name);
+      document.dispatchEvent(new CustomEvent("digitrec:run-ended", { detail: run }));  // e.g. the corrections panel
     });
   }
 
@@ -219,6 +220,11 @@
     }
   });
   byId("train-resume").addEventListener("click", () => act(() => api("POST", `/api/runs/${encodeURIComponent(shown)}/resume`)));
+
+  // a run started by another panel (the corrections' "Learn from them"): follow it here
+  document.addEventListener("digitrec:run-started", (event) => { follow(event.detail.name); refreshRuns(); });
+  // another panel that chose the model (the corrections' "Use"): show it in the runs list
+  document.addEventListener("digitrec:model-changed", () => { refreshRuns().catch(() => {}); });
 
   async function start() {
     draw();
