@@ -32,8 +32,9 @@ from digitrec.tasks import NUMBERS
 LENGTHS = (1, 8)  # each string's length is drawn from this range, both ends included
 
 
-def readings(reader: Runtime, recognizer: Recognizer, images: np.ndarray, labels: np.ndarray, count: int,
-             seed: int) -> list[dict]:
+def readings(
+    reader: Runtime, recognizer: Recognizer, images: np.ndarray, labels: np.ndarray, count: int, seed: int
+) -> list[dict]:
     """`count` strings of each kind read with the reader's confidence left uncalibrated: kind, truth, text, confidence."""
     made = []
     for kind in CLASSES:
@@ -55,16 +56,20 @@ def report(calibration: confidence.Calibration, made: list[dict]) -> None:
     right = np.array([one["text"] == one["truth"] for one in made])
     kinds = np.array([one["kind"] for one in made])
     print(f"T = {calibration.temperature:g}, unsure below {calibration.unsure_below:g}")
-    print(f"{'kind':<18}{'strings':>8}{'right':>8}{'wrong flagged':>15}{'right flagged':>15}{'ECE':>7}"
-          f"{'raw ECE':>9}  error at 100/99/97/95 % coverage")
+    print(
+        f"{'kind':<18}{'strings':>8}{'right':>8}{'wrong flagged':>15}{'right flagged':>15}{'ECE':>7}"
+        f"{'raw ECE':>9}  error at 100/99/97/95 % coverage"
+    )
     for kind in ("all", *CLASSES):
         chosen = np.ones(len(made), bool) if kind == "all" else kinds == kind
         rates = confidence.flag_rates(calibrated[chosen], right[chosen], calibration.unsure_below)
         table = confidence.coverage_table(calibrated[chosen], right[chosen])
-        print(f"{kind:<18}{chosen.sum():>8}{100 * right[chosen].mean():>7.2f}%{100 * rates['wrong_flagged']:>14.1f}%"
-              f"{100 * rates['right_flagged']:>14.1f}%{100 * confidence.expected_calibration_error(calibrated[chosen], right[chosen]):>6.2f}%"
-              f"{100 * confidence.expected_calibration_error(raw[chosen], right[chosen]):>8.2f}%  "
-              + " / ".join(f"{100 * row['error']:.2f}" for row in table))
+        print(
+            f"{kind:<18}{chosen.sum():>8}{100 * right[chosen].mean():>7.2f}%{100 * rates['wrong_flagged']:>14.1f}%"
+            f"{100 * rates['right_flagged']:>14.1f}%{100 * confidence.expected_calibration_error(calibrated[chosen], right[chosen]):>6.2f}%"
+            f"{100 * confidence.expected_calibration_error(raw[chosen], right[chosen]):>8.2f}%  "
+            + " / ".join(f"{100 * row['error']:.2f}" for row in table)
+        )
 
 
 def main():
@@ -93,12 +98,17 @@ def main():
     fitted = confidence.Calibration(temperature)
     calibrated = fitted.probabilities(logits)[:, 0]
     unsure_below = round(confidence.choose_unsure_below(calibrated, right), 6)
-    record = {"fitted_on": f"{len(made)} validation strings: {args.count} of each kind ({', '.join(CLASSES)}), "
-                           f"lengths {LENGTHS[0]}-{LENGTHS[1]} (bench/calibrate_reader.py)",
-              "validation": {"readings": len(made), "accuracy": float(right.mean()),
-                             "ece_uncalibrated": confidence.expected_calibration_error(raw, right),
-                             "ece": confidence.expected_calibration_error(calibrated, right),
-                             **confidence.flag_rates(calibrated, right, unsure_below)}}
+    record = {
+        "fitted_on": f"{len(made)} validation strings: {args.count} of each kind ({', '.join(CLASSES)}), "
+        f"lengths {LENGTHS[0]}-{LENGTHS[1]} (bench/calibrate_reader.py)",
+        "validation": {
+            "readings": len(made),
+            "accuracy": float(right.mean()),
+            "ece_uncalibrated": confidence.expected_calibration_error(raw, right),
+            "ece": confidence.expected_calibration_error(calibrated, right),
+            **confidence.flag_rates(calibrated, right, unsure_below),
+        },
+    }
     calibration = confidence.Calibration(temperature, unsure_below, True, record)
     report(calibration, made)
     if args.save:

@@ -90,8 +90,14 @@ def main():
             inside_row("cnn, torch", Recognizer.load(BUNDLED_DIR / "cnn", threads=1), pngs)
             inside_row("cnn, onnxruntime", Recognizer.load(cnn_onnx, threads=1), pngs)
             softmax_run = Path(folder) / "softmax"
-            train.train(train.resolve_config("softmax"), data.load(), torch.device("cpu"), softmax_run,
-                        print_line=lambda line: None, show_progress=False)
+            train.train(
+                train.resolve_config("softmax"),
+                data.load(),
+                torch.device("cpu"),
+                softmax_run,
+                print_line=lambda line: None,
+                show_progress=False,
+            )
             export_onnx(softmax_run, Path(folder) / "softmax.onnx")
             inside_row("softmax, onnxruntime", Recognizer.load(Path(folder) / "softmax.onnx", threads=1), pngs)
 
@@ -108,10 +114,16 @@ def main():
         rounds = {"with the Inside outputs": [], "logits output only": []}
         for _ in range(5):
             for name, recognizer in (("with the Inside outputs", with_outputs), ("logits output only", without)):
-                rounds[name].append(1000 * median_seconds(lambda work=work, recognizer=recognizer: work(recognizer)) / calls)
+                rounds[name].append(
+                    1000 * median_seconds(lambda work=work, recognizer=recognizer: work(recognizer)) / calls
+                )
         for name, values in rounds.items():
-            print(f"  {work_name:<36}{name:<26}" + "  ".join(f"{value:.3f}" for value in values)
-                  + f"   median {statistics.median(values):.3f}")
+            print(
+                f"  {work_name:<36}{name:<26}"
+                + "  ".join(f"{value:.3f}" for value in values)
+                + f"   median {statistics.median(values):.3f}"
+            )
+
 
 if __name__ == "__main__":
     main()

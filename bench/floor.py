@@ -46,11 +46,15 @@ def main():
     per_image = counter.get_total_flops() / config.batch_size
     recipe = per_image * config.batch_size * config.steps
     cpu_name, _ = provenance.cpu()
-    print(f"CPU: {cpu_name}, {torch.get_num_threads()} threads; --precision auto chooses "
-          f"{train.choose_precision('auto', torch.device('cpu'))}")
-    print(f"fast {args.recipe} (width {config.width}, pool_first {config.pool_first}): {per_image / 1e6:.1f} MFLOP per "
-          f"training image, epoch {per_image * 55000 / 1e12:.2f} TFLOP, the recipe's {config.steps} steps "
-          f"{recipe / 1e12:.2f} TFLOP")
+    print(
+        f"CPU: {cpu_name}, {torch.get_num_threads()} threads; --precision auto chooses "
+        f"{train.choose_precision('auto', torch.device('cpu'))}"
+    )
+    print(
+        f"fast {args.recipe} (width {config.width}, pool_first {config.pool_first}): {per_image / 1e6:.1f} MFLOP per "
+        f"training image, epoch {per_image * 55000 / 1e12:.2f} TFLOP, the recipe's {config.steps} steps "
+        f"{recipe / 1e12:.2f} TFLOP"
+    )
     mnist = data.load()
     peaks = {precision: matmul_flops_per_second(dtype) for precision, dtype in DTYPES.items()}
     seconds = {precision: [] for precision in DTYPES}
@@ -63,6 +67,7 @@ def main():
     for precision, peak in peaks.items():
         floor, measured = recipe / peak, statistics.median(seconds[precision])
         print(f"{precision:<10}{peak / 1e9:>8.0f} GFLOP/s{floor:>8.2f}s{measured:>16.2f}s{measured / floor:>8.1f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -53,7 +53,9 @@ def throughput(images: np.ndarray, rounds: int) -> None:
     runs = []
     for name, model, batch_size, threads in variants:
         logits = runtime.from_source(model, name, DIGITS, threads).forward
-        runs.append(lambda logits=logits, size=batch_size: [logits(images[i : i + size]) for i in range(0, len(images), size)])
+        runs.append(
+            lambda logits=logits, size=batch_size: [logits(images[i : i + size]) for i in range(0, len(images), size)]
+        )
         runs[-1]()  # warm-up
     seconds = [[] for _ in variants]
     for _ in range(rounds):
@@ -63,8 +65,10 @@ def throughput(images: np.ndarray, rounds: int) -> None:
             timings.append(time.perf_counter() - started)
     rates = [len(images) / statistics.median(timings) for timings in seconds]
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"{len(images):,} test images, median of {rounds} alternated rounds; load average {load} (1, 5, 15 min), "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{len(images):,} test images, median of {rounds} alternated rounds; load average {load} (1, 5, 15 min), "
+        f"{os.cpu_count()} cores"
+    )
     print(f"{'model':<32}{'batch':>7}{'threads':>9}{'images/s':>11}{'vs baseline':>13}")
     for (name, _, batch_size, threads), rate in zip(variants, rates):
         print(f"{name:<32}{batch_size:>7}{threads or 'all':>9}{rate:>11,.0f}{rate / rates[0]:>12.2f}x")
@@ -100,7 +104,10 @@ def write_bundled(mnist, person_style: dict) -> None:
     checks = {"test": (mnist.test.images.numpy(), mnist.test.labels.numpy(), TEST_POINTS)}
     checks |= {style: (images, labels, PERSON_STYLE_POINTS) for style, (images, labels) in person_style.items()}
     report = quantize_int8(BUNDLED_ONNX, BUNDLED_INT8, mnist.train.images[:CALIBRATION_DIGITS].numpy(), checks)
-    print(f"wrote {BUNDLED_INT8}: " + ", ".join(f"{name} {100 * (e['int8'] - e['float']):+.2f}" for name, e in report.items()))
+    print(
+        f"wrote {BUNDLED_INT8}: "
+        + ", ".join(f"{name} {100 * (e['int8'] - e['float']):+.2f}" for name, e in report.items())
+    )
 
 
 def main():

@@ -35,7 +35,9 @@ def main():
     recognizer = Recognizer.load(args.model)
     original = np.mean([p.digit for p in recognizer.predict_arrays(images, recognizer.batch_logits)] == labels)
     digits = (images * 255).round().astype(np.uint8)
-    preprocessed = np.mean([r.digit for r in recognizer.predict_many((str(i), d) for i, d in enumerate(digits))] == labels)
+    preprocessed = np.mean(
+        [r.digit for r in recognizer.predict_many((str(i), d) for i, d in enumerate(digits))] == labels
+    )
     print(f"{'input':<24}{'accuracy':>10}{'vs original':>13}{'seconds':>9}")
     print(f"{'original 28x28':<24}{100 * original:>9.2f}%{'':>13}")
     print(f"{'original, preprocessed':<24}{100 * preprocessed:>9.2f}%{100 * (preprocessed - original):>+12.2f}")
@@ -44,7 +46,9 @@ def main():
         started = time.perf_counter()
         results = recognizer.predict_many((str(i), render(d, style, rng)) for i, d in enumerate(digits))
         accuracy = np.mean([getattr(r, "digit", -1) == label for r, label in zip(results, labels)])
-        print(f"{style:<24}{100 * accuracy:>9.2f}%{100 * (accuracy - original):>+12.2f}{time.perf_counter() - started:>9.1f}")
+        print(
+            f"{style:<24}{100 * accuracy:>9.2f}%{100 * (accuracy - original):>+12.2f}{time.perf_counter() - started:>9.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,11 @@ def main():
         torch.set_num_threads(args.threads)  # one thread: a loaded machine cannot stall it at OpenMP barriers
     mnist = data.load()
     model_name, flags = provenance.cpu()
-    print(f"CPU: {model_name}, flags {', '.join(flags)}; "
-          f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; auto chooses {train.choose_precision('auto', torch.device('cpu'))}")
+    print(
+        f"CPU: {model_name}, flags {', '.join(flags)}; "
+        f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads; auto chooses {train.choose_precision('auto', torch.device('cpu'))}"
+    )
     results: dict[str, list[tuple[float, float, float]]] = {"fp32": [], "bf16": []}
     print(f"{'seed':>4} {'precision':>9} {'wall s':>8} {'cpu s':>8} {'test':>8} {'load':>5}")
     for seed in args.seeds:
@@ -46,12 +48,17 @@ def main():
                 cpu = time.process_time() - cpu_started
                 accuracy = result.metrics["test_accuracy"]
                 results[precision].append((result.metrics["train_seconds"], cpu, accuracy))
-                print(f"{seed:>4} {precision:>9} {result.metrics['train_seconds']:>8.2f} {cpu:>8.2f} "
-                      f"{100 * accuracy:>7.2f}% {os.getloadavg()[0]:>5.1f}", flush=True)
+                print(
+                    f"{seed:>4} {precision:>9} {result.metrics['train_seconds']:>8.2f} {cpu:>8.2f} "
+                    f"{100 * accuracy:>7.2f}% {os.getloadavg()[0]:>5.1f}",
+                    flush=True,
+                )
     for precision, runs in results.items():
         walls, cpus, accuracies = zip(*runs)
-        print(f"{precision}: median {statistics.median(walls):.2f} s wall, {statistics.median(cpus):.2f} s CPU "
-              f"(CPU time includes the final evaluation), test {100 * min(accuracies):.2f}-{100 * max(accuracies):.2f}% over {len(runs)} runs")
+        print(
+            f"{precision}: median {statistics.median(walls):.2f} s wall, {statistics.median(cpus):.2f} s CPU "
+            f"(CPU time includes the final evaluation), test {100 * min(accuracies):.2f}-{100 * max(accuracies):.2f}% over {len(runs)} runs"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--compare-with", type=Path, default=None,
-                        help="another checkout's src/ folder: run this benchmark on it and on this one, alternately")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        help="another checkout's src/ folder: run this benchmark on it and on this one, alternately",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternations with --compare-with")
     args = parser.parse_args()
     if args.compare_with:
@@ -54,13 +58,20 @@ def main():
         median = statistics.median(seconds)
         started = time.perf_counter()
         model_flag = ["--model", args.model] if args.model else []
-        subprocess.run([sys.executable, "-m", "digitrec", "predict", folder, "--json", *model_flag], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "digitrec", "predict", folder, "--json", *model_flag],
+            check=True,
+            capture_output=True,
+        )
         whole = time.perf_counter() - started
-    print(f"{args.count} PNGs of 280x280: {args.count / median:.0f} images/s in-process "
-          f"(median of 5: {median:.2f} s), accuracy {100 * accuracy:.2f}%")
-    print(f"whole `digitrec predict FOLDER --json` command, start-up included: {whole:.2f} s "
-          f"({args.count / whole:.0f} images/s)")
+    print(
+        f"{args.count} PNGs of 280x280: {args.count / median:.0f} images/s in-process "
+        f"(median of 5: {median:.2f} s), accuracy {100 * accuracy:.2f}%"
+    )
+    print(
+        f"whole `digitrec predict FOLDER --json` command, start-up included: {whole:.2f} s "
+        f"({args.count / whole:.0f} images/s)"
+    )
 
 
 def compare(args) -> None:
@@ -69,9 +80,12 @@ def compare(args) -> None:
     figures: dict[str, list[float]] = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            command = [sys.executable, __file__, "--count", str(args.count)] + (["--model", args.model] if args.model else [])
-            output = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
-                                    capture_output=True, text=True).stdout
+            command = [sys.executable, __file__, "--count", str(args.count)] + (
+                ["--model", args.model] if args.model else []
+            )
+            output = subprocess.run(
+                command, env={**os.environ, "PYTHONPATH": str(tree)}, check=True, capture_output=True, text=True
+            ).stdout
             figures[name].append(float(re.search(r"(\d+) images/s in-process", output).group(1)))
             print(f"{name} ({tree}): {figures[name][-1]:.0f} images/s", flush=True)
     for name, tree in trees.items():

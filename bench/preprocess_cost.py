@@ -48,8 +48,10 @@ def main():
                 module.preprocess(blob)
             cost[name].append(1000 * (time.process_time() - started) / len(files))
     for name in versions:
-        print(f"{name}: median {statistics.median(cost[name]):.3f} ms of CPU per image "
-              f"(rounds: {', '.join(f'{value:.3f}' for value in cost[name])})")
+        print(
+            f"{name}: median {statistics.median(cost[name]):.3f} ms of CPU per image "
+            f"(rounds: {', '.join(f'{value:.3f}' for value in cost[name])})"
+        )
     print(f"identical arrays on all {len(files)} images: {same}")
 
 

@@ -42,8 +42,10 @@ def main():
         ]
     print(f"{'training':<36}{'seconds':>9}{'speed-up':>10}{'test accuracy':>15}")
     for run in runs:
-        print(f"{run['label']:<36}{run['seconds']:>9.1f}{runs[0]['seconds'] / run['seconds']:>9.2f}x"
-              f"{100 * run['test_accuracy']:>14.2f}%")
+        print(
+            f"{run['label']:<36}{run['seconds']:>9.1f}{runs[0]['seconds'] / run['seconds']:>9.2f}x"
+            f"{100 * run['test_accuracy']:>14.2f}%"
+        )
 
 
 if __name__ == "__main__":

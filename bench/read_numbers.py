@@ -84,7 +84,9 @@ def main():
     parser.add_argument("--reader", default=None)
     parser.add_argument("--count", type=int, default=200, help="strings per kind and length")
     parser.add_argument("--lengths", default=",".join(map(str, range(1, 13))))
-    parser.add_argument("--classes", default=",".join(CLASSES), help="kinds of writing (strings.CLASSES), comma-separated")
+    parser.add_argument(
+        "--classes", default=",".join(CLASSES), help="kinds of writing (strings.CLASSES), comma-separated"
+    )
     parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-speed", action="store_true", help="skip the numbers/s measurement")
@@ -97,8 +99,9 @@ def main():
     unknown = sorted(set(kinds) - set(CLASSES))
     if unknown:
         parser.error(f"unknown kinds {', '.join(unknown)} (choose from {', '.join(CLASSES)})")
-    print(f"{'kind':<18}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}"
-          f"{'predict':>9}{'s':>7}")
+    print(
+        f"{'kind':<18}{'length':>6}{'strings':>8}{'whole':>9}{'per digit':>11}{'edit dist':>10}{'predict':>9}{'s':>7}"
+    )
     speed_set = []
     for kind in kinds:
         for length in lengths:
@@ -111,20 +114,29 @@ def main():
             seconds = time.perf_counter() - started
             truths = [truth for _, truth in made]
             whole = np.mean([t == r for t, r in zip(texts, truths)])
-            digits = np.mean([a == b for t, r in zip(texts, truths) for a, b in zip(t, r) if len(t) == len(r)]
-                             + [False] * sum(len(r) for t, r in zip(texts, truths) if len(t) != len(r)))
+            digits = np.mean(
+                [a == b for t, r in zip(texts, truths) for a, b in zip(t, r) if len(t) == len(r)]
+                + [False] * sum(len(r) for t, r in zip(texts, truths) if len(t) != len(r))
+            )
             distance = np.mean([edit_distance(t, r) for t, r in zip(texts, truths)])
             predicted = ""
             if length == 1:
                 results = recognizer.predict_many([(str(i), image) for i, (image, _) in enumerate(made)], workers=1)
-                predicted = f"{100 * np.mean([str(getattr(p, 'digit', '')) == r for p, r in zip(results, truths)]):.2f}%"
-            print(f"{kind:<18}{length:>6}{len(made):>8}{100 * whole:>8.2f}%{100 * digits:>10.2f}%{distance:>10.3f}"
-                  f"{predicted:>9}{seconds:>7.1f}", flush=True)
+                predicted = (
+                    f"{100 * np.mean([str(getattr(p, 'digit', '')) == r for p, r in zip(results, truths)]):.2f}%"
+                )
+            print(
+                f"{kind:<18}{length:>6}{len(made):>8}{100 * whole:>8.2f}%{100 * digits:>10.2f}%{distance:>10.3f}"
+                f"{predicted:>9}{seconds:>7.1f}",
+                flush=True,
+            )
     if speed_set and not args.no_speed:
         cores = os.cpu_count() or 1
         print(f"\n4-digit strings, JPEG bytes -> text ({len(speed_set)} strings, all kinds, median of 3):")
         print(f"  1 process:            {numbers_per_second(speed_set, args.model, args.reader, 1):7.1f} numbers/s")
-        print(f"  {cores} worker processes:  {numbers_per_second(speed_set, args.model, args.reader, cores):7.1f} numbers/s")
+        print(
+            f"  {cores} worker processes:  {numbers_per_second(speed_set, args.model, args.reader, cores):7.1f} numbers/s"
+        )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,11 @@ def main():
     recognizer = Recognizer.load()
     first, second = (runtime.load(path, NUMBERS) for path in (args.first, args.second))
     print(f"{'reader':<8}{'right':>8}{'wrong caught':>14}  " + "  ".join(kind for kind in CLASSES))
-    for name, reader in (("first", Average([first])), ("second", Average([second])), ("average", Average([first, second]))):
+    for name, reader in (
+        ("first", Average([first])),
+        ("second", Average([second])),
+        ("average", Average([first, second])),
+    ):
         scores, right, kinds = [], [], []
         for kind, image, truth in made:
             try:
@@ -63,8 +67,11 @@ def main():
             kinds.append(kind)
         scores, right, kinds = np.array(scores), np.array(right), np.array(kinds)
         threshold = np.sort(scores[right])[int(0.05 * right.sum())]
-        print(f"{name:<8}{100 * right.mean():>7.1f}%{100 * np.mean(scores[~right] < threshold):>13.1f}%  "
-              + "  ".join(f"{100 * right[kinds == kind].mean():>{len(kind)}.1f}" for kind in CLASSES), flush=True)
+        print(
+            f"{name:<8}{100 * right.mean():>7.1f}%{100 * np.mean(scores[~right] < threshold):>13.1f}%  "
+            + "  ".join(f"{100 * right[kinds == kind].mean():>{len(kind)}.1f}" for kind in CLASSES),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def main():
         recognizer = Recognizer.load(path)
 
         def all_logits(recognizer=recognizer):
-            return np.concatenate([recognizer.logits(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)])
+            return np.concatenate(
+                [recognizer.logits(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
+            )
 
         batched = median_seconds(all_logits)
         single = median_seconds(lambda recognizer=recognizer: [recognizer.logits(one) for _ in range(200)]) / 200

@@ -64,7 +64,9 @@ def write_images(folder: Path, digits: int, numbers: int, seed: int = 0) -> tupl
     if len(list(number_dir.glob("*/*.png"))) != numbers:
         for index in range(numbers):
             chosen = rng.integers(0, len(images), int(rng.integers(2, 7)))
-            row = number_strings.compose([images[i] for i in chosen], number_strings.SPACINGS[index % len(number_strings.SPACINGS)], rng)
+            row = number_strings.compose(
+                [images[i] for i in chosen], number_strings.SPACINGS[index % len(number_strings.SPACINGS)], rng
+            )
             text = "".join(str(int(labels[i])) for i in chosen)
             path = number_dir / f"{index // 1000:03d}" / f"{index:06d}-{text}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +115,13 @@ def run_cli(*args: str, env=None) -> tuple[float, str, float]:
     """Run `digitrec ARGS` in a fresh process: seconds taken, its stderr and its peak memory (MiB, with its
     descendants); fails on a crash."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "digitrec", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=env or os.environ)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitrec", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or os.environ,
+    )
     memory = TreeMemory(process.pid)
     _, stderr = process.communicate()
     seconds = time.perf_counter() - start
@@ -167,11 +174,18 @@ def compare_engines(task: str, folder: Path, work: Path) -> dict:
     ray_seconds, ray_log, ray_mib = run_cli(task, str(folder), "--engine", "ray", "--out", str(ray_out), "--overwrite")
     same, largest = same_rows(read_back(local_out), read_back(ray_out))
     summary = next((line for line in ray_log.splitlines() if "rows written" in line), "")
-    return {"task": task, "files": files, "local_files_per_s": round(files / local_seconds, 1),
-            "ray_files_per_s": round(files / ray_seconds, 1), "ratio_end_to_end": round(local_seconds / ray_seconds, 3),
-            "rows_identical": same, "largest_difference": largest,
-            "peak_memory_mib": {"local": round(local_mib), "ray": round(ray_mib)}, "ray_summary": summary,
-            "seconds": {"local": round(local_seconds, 1), "ray": round(ray_seconds, 1)}}
+    return {
+        "task": task,
+        "files": files,
+        "local_files_per_s": round(files / local_seconds, 1),
+        "ray_files_per_s": round(files / ray_seconds, 1),
+        "ratio_end_to_end": round(local_seconds / ray_seconds, 3),
+        "rows_identical": same,
+        "largest_difference": largest,
+        "peak_memory_mib": {"local": round(local_mib), "ray": round(ray_mib)},
+        "ray_summary": summary,
+        "seconds": {"local": round(local_seconds, 1), "ray": round(ray_seconds, 1)},
+    }
 
 
 def descends_from(pid: int, ancestor: int) -> bool:
@@ -197,8 +211,12 @@ def killed_worker(folder: Path, work: Path) -> dict:
     Ray restarts it and runs its batch again; the output must still hold one row per file, the same rows."""
     out = work / "killed-worker.jsonl"
     out.unlink(missing_ok=True)
-    job = subprocess.Popen([sys.executable, "-m", "digitrec", "predict", str(folder), "--engine", "ray", "--out", str(out),
-                            "--overwrite"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "digitrec", "predict", str(folder), "--engine", "ray", "--out", str(out), "--overwrite"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     killed = None
     while job.poll() is None and killed is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 2000:
@@ -216,8 +234,13 @@ def killed_worker(folder: Path, work: Path) -> dict:
     rows_before_kill = None if killed is None else "at >= 2000 rows"
     same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
     summary = next((line for line in log.splitlines() if "rows written" in line), log[-500:])
-    return {"killed_worker_pid": killed, "when": rows_before_kill, "summary": summary, "rows_identical": same,
-            "largest_difference": largest}
+    return {
+        "killed_worker_pid": killed,
+        "when": rows_before_kill,
+        "summary": summary,
+        "rows_identical": same,
+        "largest_difference": largest,
+    }
 
 
 def two_node_cluster(folder: Path, work: Path) -> dict:
@@ -227,27 +250,59 @@ def two_node_cluster(folder: Path, work: Path) -> dict:
     port = "6390"
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")  # the nodes share ~/.ray/auth_token
     here = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--block"]
-    nodes = [subprocess.Popen([ray_bin, "start", "--head", "--port", port, "--include-dashboard=false",
-                               "--disable-usage-stats", *here], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    nodes = [
+        subprocess.Popen(
+            [ray_bin, "start", "--head", "--port", port, "--include-dashboard=false", "--disable-usage-stats", *here],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     out = work / "cluster.jsonl"
     try:
         time.sleep(10)
-        nodes.append(subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", *here], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes.append(
+            subprocess.Popen(
+                [ray_bin, "start", "--address", f"127.0.0.1:{port}", *here],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         for _ in range(60):
-            status = subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
-                                    text=True, env=env, check=False).stdout
+            status = subprocess.run(
+                [ray_bin, "status", "--address", f"127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+            ).stdout
             if status.count(" node_") >= 2:
                 break
             time.sleep(2)
-        seconds, log, _ = run_cli("predict", str(folder), "--engine", "ray", "--address", f"127.0.0.1:{port}",
-                                  "--actors", "2", "--out", str(out), "--overwrite", env=env)
+        seconds, log, _ = run_cli(
+            "predict",
+            str(folder),
+            "--engine",
+            "ray",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--actors",
+            "2",
+            "--out",
+            str(out),
+            "--overwrite",
+            env=env,
+        )
         summary = next((line for line in log.splitlines() if "rows written" in line), log[-500:])
         same, largest = same_rows(read_back(work / "predict-local.jsonl"), read_back(out))
         return {"summary": summary, "seconds": round(seconds, 1), "rows_identical": same, "largest_difference": largest}
     finally:
-        started = {pid: start_time(pid) for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                   if any(descends_from(pid, node.pid) for node in nodes)}
+        started = {
+            pid: start_time(pid)
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if any(descends_from(pid, node.pid) for node in nodes)
+        }
         for node in reversed(nodes):
             node.send_signal(2)  # SIGINT: `ray start --block` stops its node's processes
             try:

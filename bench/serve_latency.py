@@ -66,14 +66,28 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="server processes (digitrec serve --workers)")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--train", choices=["softmax", "cnn", "fast"], default=None,
-                        help="also measure while the server trains this model (a 6,000-step run, stopped after)")
+    parser.add_argument(
+        "--train",
+        choices=["softmax", "cnn", "fast"],
+        default=None,
+        help="also measure while the server trains this model (a 6,000-step run, stopped after)",
+    )
     args = parser.parse_args()
     pngs = canvas_pngs(200)
     port = free_port()
     runs_dir = tempfile.mkdtemp(prefix="digitrec-bench-runs-")
-    command = [sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--workers", str(args.workers),
-               "--runs", runs_dir]
+    command = [
+        sys.executable,
+        "-m",
+        "digitrec",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--runs",
+        runs_dir,
+    ]
     server = subprocess.Popen(command + (["--model", args.model] if args.model else []), stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -83,11 +97,12 @@ def main():
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("server did not start")
+                    raise SystemExit("server did not start") from None
                 time.sleep(0.2)
         requests = [
             b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-            + f"Content-Length: {len(png)}\r\n\r\n".encode() + png
+            + f"Content-Length: {len(png)}\r\n\r\n".encode()
+            + png
             for png in pngs
         ]
         report("idle" if args.train else "", *measure(port, requests, args.requests, args.clients), args.clients)
@@ -100,8 +115,12 @@ def main():
             cpu = children_cpu_seconds(server.pid) - cpu_before
             after = run_step(port, name)
             call(port, "POST", f"/api/runs/{name}/stop")
-            report(f"while {args.train} trains (it logged steps {before} -> {after} and used {cpu:.1f} s of CPU "
-                   f"during the measurement)", *measured, args.clients)
+            report(
+                f"while {args.train} trains (it logged steps {before} -> {after} and used {cpu:.1f} s of CPU "
+                f"during the measurement)",
+                *measured,
+                args.clients,
+            )
     finally:
         server.terminate()
         server.wait(60)  # it stops its training child first
@@ -168,10 +187,14 @@ def measure(port: int, requests: list[bytes], count: int, clients: int) -> tuple
 
 def report(label: str, latencies: list[float], errors: list[int], wall: float, clients: int) -> None:
     milliseconds = np.array(latencies) * 1000
-    print(f"{label + ': ' if label else ''}{len(latencies)} requests from {clients} clients in {wall:.1f} s: "
-          f"{len(latencies) / wall:.0f} requests/s, {len(errors)} errors")
-    print(f"latency ms: p50 {np.percentile(milliseconds, 50):.1f}  p90 {np.percentile(milliseconds, 90):.1f}  "
-          f"p99 {np.percentile(milliseconds, 99):.1f}  max {milliseconds.max():.1f}")
+    print(
+        f"{label + ': ' if label else ''}{len(latencies)} requests from {clients} clients in {wall:.1f} s: "
+        f"{len(latencies) / wall:.0f} requests/s, {len(errors)} errors"
+    )
+    print(
+        f"latency ms: p50 {np.percentile(milliseconds, 50):.1f}  p90 {np.percentile(milliseconds, 90):.1f}  "
+        f"p99 {np.percentile(milliseconds, 99):.1f}  max {milliseconds.max():.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,15 @@ def time_to_accuracy(config, mnist, device, eval_every: int, target: float, stop
             if stop_at_target:
                 break
     model = training.evaluated_model.eval()
-    return {"reached": reached, "final_accuracy": curve[-1]["test_accuracy"], "steps": training.step,
-            "train_seconds": seconds, "peak_rss_mb": peak_rss_mb(), "curve": curve, "model": model}
+    return {
+        "reached": reached,
+        "final_accuracy": curve[-1]["test_accuracy"],
+        "steps": training.step,
+        "train_seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "curve": curve,
+        "model": model,
+    }
 
 
 def inference_speed(model, images: torch.Tensor, repeats: int = 5) -> dict:
@@ -94,19 +101,26 @@ def main():
         results[name] = result
 
     print(f"\ndevice {device}, {torch.get_num_threads()} torch threads, target {100 * args.target:.1f}% test accuracy")
-    print(f"{'model':<12}{'s to target':>12}{'at step':>9}{'final acc':>11}{'steps':>7}{'peak MB':>9}"
-          f"{'img/s':>10}{'1-img ms':>10}")
+    print(
+        f"{'model':<12}{'s to target':>12}{'at step':>9}{'final acc':>11}{'steps':>7}{'peak MB':>9}"
+        f"{'img/s':>10}{'1-img ms':>10}"
+    )
     for name, r in results.items():
         reached = f"{r['reached']['seconds']:.1f}" if r["reached"] else "never"
         at_step = r["reached"]["step"] if r["reached"] else "-"
-        print(f"{name:<12}{reached:>12}{at_step:>9}{100 * r['final_accuracy']:>10.2f}%{r['steps']:>7}"
-              f"{r['peak_rss_mb']:>9.0f}{r['images_per_second']:>10.0f}{r['latency_ms']:>10.2f}")
+        print(
+            f"{name:<12}{reached:>12}{at_step:>9}{100 * r['final_accuracy']:>10.2f}%{r['steps']:>7}"
+            f"{r['peak_rss_mb']:>9.0f}{r['images_per_second']:>10.0f}{r['latency_ms']:>10.2f}"
+        )
     cnn, fast = results["cnn"]["reached"], results["fast quick"]["reached"]
     ratio = cnn["seconds"] / fast["seconds"] if cnn and fast else None
-    print(f"fast quick reaches the target {ratio:.1f}x sooner than cnn" if ratio else "ratio: a model missed the target")
+    print(
+        f"fast quick reaches the target {ratio:.1f}x sooner than cnn" if ratio else "ratio: a model missed the target"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "target": args.target, "ratio": ratio,
-                                         "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": str(device), "target": args.target, "ratio": ratio, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -32,24 +32,42 @@ def measured_metrics(run_dir: Path, mnist: data.MNIST, previous: dict) -> dict:
     config, log = json.loads((run_dir / rundir.CONFIG_FILE).read_text()), rundir.read_log(run_dir)
     model = checkpoint.load(run_dir).model
     tensors, _ = stored_tensors(run_dir / rundir.WEIGHTS_FILE)
-    command = ["digitrec", "train", "--model", config["model"], "--recipe", config["recipe"], "--seed", str(config["seed"])]
+    command = [
+        "digitrec",
+        "train",
+        "--model",
+        config["model"],
+        "--recipe",
+        config["recipe"],
+        "--seed",
+        str(config["seed"]),
+    ]
     recorded = previous.get("provenance", {})
     trained_on = recorded.get("trained_on") or {  # a run's own record: where it trained
-        key: source[key] for source in (previous, recorded) if "measured" not in source
-        for key in ("device", "torch_threads", "processes", "precision", "cpu", "cpu_flags") if key in source}
+        key: source[key]
+        for source in (previous, recorded)
+        if "measured" not in source
+        for key in ("device", "torch_threads", "processes", "precision", "cpu", "cpu_flags")
+        if key in source
+    }
     return {
         "model": config["model"],
         "recipe": config["recipe"],
         "parameters": models.parameter_count(model),
         "steps": log[-1]["step"],
         "train_seconds": round(log[-1]["seconds"], 3),
-        "validation_accuracy": evaluate.accuracy(evaluate.model_logits(model, mnist.validation), mnist.validation.labels),
+        "validation_accuracy": evaluate.accuracy(
+            evaluate.model_logits(model, mnist.validation), mnist.validation.labels
+        ),
         "test_accuracy": evaluate.accuracy(evaluate.model_logits(model, mnist.test), mnist.test.labels),
         "stored_as": str(next(t.dtype for t in tensors.values() if t.is_floating_point())).removeprefix("torch."),
         "provenance": provenance.provenance(
-            measured="the stored weights, as predict loads them (float32 compute)", device="cpu",
-            torch_threads=torch.get_num_threads(), precision="float32",
-            trained_with=shlex.join(command), trained_on=trained_on,
+            measured="the stored weights, as predict loads them (float32 compute)",
+            device="cpu",
+            torch_threads=torch.get_num_threads(),
+            precision="float32",
+            trained_with=shlex.join(command),
+            trained_on=trained_on,
         ),
     }
 
@@ -82,8 +100,10 @@ def main():
         previous = json.loads((run_dir / rundir.METRICS_FILE).read_text())
         metrics = measured_metrics(run_dir, mnist, previous)
         config = json.loads((run_dir / rundir.CONFIG_FILE).read_text())
-        print(f"{run_dir.name:<10}{100 * metrics['validation_accuracy']:>11.2f}%{100 * previous['test_accuracy']:>11.2f}%"
-              f"{100 * metrics['test_accuracy']:>11.2f}%  {metrics['stored_as']}")
+        print(
+            f"{run_dir.name:<10}{100 * metrics['validation_accuracy']:>11.2f}%{100 * previous['test_accuracy']:>11.2f}%"
+            f"{100 * metrics['test_accuracy']:>11.2f}%  {metrics['stored_as']}"
+        )
         if args.dry_run:
             continue
         tensors, metadata = stored_tensors(run_dir / rundir.WEIGHTS_FILE)

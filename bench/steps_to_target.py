@@ -29,11 +29,16 @@ def whiten_first_conv(training: train.Training, eps: float = 1e-2) -> None:
     conv = training.model.layers[0][0]
     size = conv.kernel_size[0]
     images = training.mnist.train.images[:5000]
-    patches = nn.functional.unfold(images, size, padding=size // 2).transpose(1, 2).reshape(-1, size * size)  # (N*784, k*k)
+    patches = (
+        nn.functional.unfold(images, size, padding=size // 2).transpose(1, 2).reshape(-1, size * size)
+    )  # (N*784, k*k)
     patches = patches[patches.abs().sum(1) > 0]  # blank patches say nothing about strokes
     covariance = torch.cov(patches.T)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
-    chosen = eigenvectors[:, -conv.out_channels:].T.flip(0) / (eigenvalues[-conv.out_channels:].flip(0) + eps).sqrt()[:, None]
+    chosen = (
+        eigenvectors[:, -conv.out_channels :].T.flip(0)
+        / (eigenvalues[-conv.out_channels :].flip(0) + eps).sqrt()[:, None]
+    )
     with torch.no_grad():
         conv.weight.copy_(chosen.reshape(conv.weight.shape))
         if training.ema_model is not None:
@@ -92,13 +97,18 @@ def main():
         config = train.resolve_config(args.model, args.recipe, seed=seed, **overrides)
         result = run(config, mnist, args.variant, args.every, args.target)
         results.append(result)
-        print(f"seed {seed}: {args.target:.1%} at step {result['reached']}, final validation {result['final']:.2%}, "
-              f"{result['ms_per_step']:.1f} ms/step", flush=True)
+        print(
+            f"seed {seed}: {args.target:.1%} at step {result['reached']}, final validation {result['final']:.2%}, "
+            f"{result['ms_per_step']:.1f} ms/step",
+            flush=True,
+        )
     steps = [r["reached"] for r in results]
     worst = "never" if None in steps else max(steps)
-    print(f"{args.variant} {overrides}: worst step to {args.target:.1%}: {worst}; steps {steps}; "
-          f"mean final {statistics.mean(r['final'] for r in results):.2%}; "
-          f"median {statistics.median(r['ms_per_step'] for r in results):.1f} ms/step ({torch.get_num_threads()} threads)")
+    print(
+        f"{args.variant} {overrides}: worst step to {args.target:.1%}: {worst}; steps {steps}; "
+        f"mean final {statistics.mean(r['final'] for r in results):.2%}; "
+        f"median {statistics.median(r['ms_per_step'] for r in results):.1f} ms/step ({torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,14 @@ def slanted(image: np.ndarray) -> np.ndarray:
     stretch = 1 / WIDTH  # output x -> input x: (x - c) / width + c + shear * (y - c)
     centre = side / 2
     coefficients = (stretch, SHEAR * stretch, centre - stretch * centre - SHEAR * stretch * centre, 0, 1, 0)
-    ink = np.clip(np.asarray(big.transform((side, side), Image.Transform.AFFINE, coefficients,
-                                           resample=Image.Resampling.BILINEAR), np.float32), 0, 1)
+    ink = np.clip(
+        np.asarray(
+            big.transform((side, side), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR),
+            np.float32,
+        ),
+        0,
+        1,
+    )
     return frame(ink)
 
 
@@ -84,8 +90,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="measure on the writer's first N digits only")
     parser.add_argument("--device", default="cpu", help="cpu, cuda (the accuracies; seconds then are the GPU's)")
-    parser.add_argument("--share", type=float, default=None,
-                        help="corrections' share of a batch (default: the recipe's, personal.correction_share)")
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=None,
+        help="corrections' share of a batch (default: the recipe's, personal.correction_share)",
+    )
     arguments = parser.parse_args()
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -93,22 +103,23 @@ def main() -> None:
     mnist = data.load()
     loaded = checkpoint.load(None)
     start = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
-    config = personal.personal_config(loaded.config, steps=arguments.steps, lr=arguments.lr,
-                                      batch_size=arguments.batch_size)
+    config = personal.personal_config(
+        loaded.config, steps=arguments.steps, lr=arguments.lr, batch_size=arguments.batch_size
+    )
     config = replace(config, eval_every=config.steps)  # validation once, at the end: the runs are measured here
     if arguments.writer == "uci":
         images, labels = uci_digits()
     elif arguments.writer == "synthetic":
         images, labels = synthetic_digits(mnist.test)
     else:
-        images, labels = synthetic_digits(data.Split(mnist.validation.images[: arguments.limit],
-                                                     mnist.validation.labels[: arguments.limit]))
+        images, labels = synthetic_digits(
+            data.Split(mnist.validation.images[: arguments.limit], mnist.validation.labels[: arguments.limit])
+        )
     images, labels = images[: arguments.limit], labels[: arguments.limit]
     before_all = accuracy(loaded.model, images, labels)
     print(f"writer {arguments.writer}: {len(labels)} digits, the default reads {100 * before_all:.2f} %")
     recipe = {key: value for key, value in asdict(config).items() if key in ("steps", "batch_size", "lr")}
-    print(f"recipe: {recipe}, "
-          f"share {arguments.share}; CPU threads {torch.get_num_threads()}")
+    print(f"recipe: {recipe}, share {arguments.share}; CPU threads {torch.get_num_threads()}")
     print(f"{'K':>3} {'draw':>4} {'before':>8} {'after':>8} {'mnist':>8} {'seconds':>8}")
     for k in arguments.k:
         afters, seconds = [], []
@@ -117,14 +128,20 @@ def main() -> None:
             rest_images, rest_labels = images[~chosen], labels[~chosen]
             before = accuracy(loaded.model, rest_images, rest_labels)
             started = time.perf_counter()
-            result = personal.learn_arrays(config, mnist, start, images[chosen], labels[chosen], arguments.share, device)
+            result = personal.learn_arrays(
+                config, mnist, start, images[chosen], labels[chosen], arguments.share, device
+            )
             elapsed = time.perf_counter() - started  # includes the final MNIST test evaluation (finish)
             after = accuracy(result.model, rest_images, rest_labels)
-            kept = result.metrics["validation_accuracy" if arguments.writer == "synthetic-validation" else "test_accuracy"]
+            kept = result.metrics[
+                "validation_accuracy" if arguments.writer == "synthetic-validation" else "test_accuracy"
+            ]
             afters.append(after)
             seconds.append(elapsed)
-            print(f"{k:>3} {seed:>4} {100 * before:>7.2f}% {100 * after:>7.2f}% {100 * kept:>7.2f}% {elapsed:>8.1f}",
-                  flush=True)
+            print(
+                f"{k:>3} {seed:>4} {100 * before:>7.2f}% {100 * after:>7.2f}% {100 * kept:>7.2f}% {elapsed:>8.1f}",
+                flush=True,
+            )
         print(f"{k:>3} mean {'':>8} {100 * np.mean(afters):>7.2f}% {'':>8} {np.mean(seconds):>8.1f}", flush=True)
 
 

@@ -40,7 +40,9 @@ def uci_images() -> tuple[list[np.ndarray], np.ndarray]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="Run directory, .safetensors or .onnx (default: the bundled model).")
+    parser.add_argument(
+        "--model", default=None, help="Run directory, .safetensors or .onnx (default: the bundled model)."
+    )
     parser.add_argument("--workers", type=int, default=None, help="Preprocessing processes (default: one per core).")
     args = parser.parse_args()
     images, labels = uci_images()

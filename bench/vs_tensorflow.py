@@ -20,12 +20,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-TENSORFLOW_HALF = r'''
+TENSORFLOW_HALF = r"""
 import json, sys, time
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -95,7 +94,7 @@ with tf.Session() as session:
                 reached = {"step": step, "seconds": seconds}
                 break
 print(json.dumps({"reached": reached, "final_accuracy": final, "train_seconds": seconds, "version": tf.__version__}))
-'''
+"""
 
 
 def cpu_description() -> str:
@@ -115,22 +114,35 @@ def cpu_description() -> str:
 def run_tensorflow(python: str, mnist, target: float, eval_every: int, max_steps: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         arrays = Path(folder) / "mnist.npz"
-        np.savez(arrays, train_images=mnist.train.images.numpy(), train_labels=mnist.train.labels.numpy(),
-                 test_images=mnist.test.images.numpy(), test_labels=mnist.test.labels.numpy())
+        np.savez(
+            arrays,
+            train_images=mnist.train.images.numpy(),
+            train_labels=mnist.train.labels.numpy(),
+            test_images=mnist.test.images.numpy(),
+            test_labels=mnist.test.labels.numpy(),
+        )
         finished = subprocess.run(
             [python, "-c", TENSORFLOW_HALF, str(arrays), str(target), str(eval_every), str(max_steps), str(seed)],
-            stdout=subprocess.PIPE, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     if finished.returncode != 0:
-        sys.exit(f"the TensorFlow half failed (exit {finished.returncode}); is tensorflow installed in {python}? "
-                 "See this script's docstring.")
+        sys.exit(
+            f"the TensorFlow half failed (exit {finished.returncode}); is tensorflow installed in {python}? "
+            "See this script's docstring."
+        )
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tensorflow-python", default=sys.executable,
-                        help="a Python interpreter with tensorflow installed (default: this one)")
+    parser.add_argument(
+        "--tensorflow-python",
+        default=sys.executable,
+        help="a Python interpreter with tensorflow installed (default: this one)",
+    )
     parser.add_argument("--target", type=float, default=0.99, help="test accuracy to reach")
     parser.add_argument("--tf-eval-every", type=int, default=250)
     parser.add_argument("--tf-max-steps", type=int, default=20000, help="the tutorial's schedule")
@@ -146,21 +158,29 @@ def main():
     mnist = data.load()
     print(f"CPU: {cpu_description()}, torch {torch.__version__} with {torch.get_num_threads()} threads", flush=True)
     print(f"TensorFlow tutorial CNN, test set every {args.tf_eval_every} steps...", flush=True)
-    tensorflow = run_tensorflow(args.tensorflow_python, mnist, args.target, args.tf_eval_every, args.tf_max_steps,
-                                args.seed)
+    tensorflow = run_tensorflow(
+        args.tensorflow_python, mnist, args.target, args.tf_eval_every, args.tf_max_steps, args.seed
+    )
     config = train.resolve_config("fast", "quick", seed=args.seed)
     precision = train.choose_precision(config.precision, torch.device("cpu"))  # what --precision auto uses here
     print(f"digitrec fast quick (precision {precision}), test set every {args.fast_eval_every} steps...", flush=True)
     fast = time_to_accuracy(config, mnist, torch.device("cpu"), args.fast_eval_every, args.target, True)
 
     print(f"\n{'':<32}{'s to ' + format(args.target, '.1%'):>12}{'at step':>9}{'last test acc':>15}")
-    for name, result in ((f"TensorFlow {tensorflow['version']} tutorial CNN", tensorflow), ("digitrec fast quick", fast)):
+    for name, result in (
+        (f"TensorFlow {tensorflow['version']} tutorial CNN", tensorflow),
+        ("digitrec fast quick", fast),
+    ):
         reached = result["reached"]
-        print(f"{name:<32}{reached['seconds'] if reached else float('nan'):>12.1f}{reached['step'] if reached else '-':>9}"
-              f"{100 * result['final_accuracy']:>14.2f}%")
+        print(
+            f"{name:<32}{reached['seconds'] if reached else float('nan'):>12.1f}{reached['step'] if reached else '-':>9}"
+            f"{100 * result['final_accuracy']:>14.2f}%"
+        )
     if tensorflow["reached"] and fast["reached"]:
-        print(f"fast quick reaches {args.target:.1%} {tensorflow['reached']['seconds'] / fast['reached']['seconds']:.1f}x "
-              "sooner than the tutorial's own TensorFlow code")
+        print(
+            f"fast quick reaches {args.target:.1%} {tensorflow['reached']['seconds'] / fast['reached']['seconds']:.1f}x "
+            "sooner than the tutorial's own TensorFlow code"
+        )
     else:
         print("ratio: a side never reached the target")
 

@@ -44,11 +44,21 @@ def valid_images(mnist) -> list[bytes]:
     rgba = digit.convert("RGBA")
     rgba.putalpha(Image.eval(digit, lambda v: 255 - v))
     return [
-        encode(digit, "PNG"), encode(rgba, "PNG"), encode(digit.convert("P"), "PNG", transparency=255),
-        encode(digit.convert("I;16"), "PNG"), encode(digit, "JPEG", quality=85), encode(digit.convert("RGB"), "JPEG"),
-        encode(digit, "BMP"), encode(digit.convert("RGB"), "BMP"), encode(digit.convert("P"), "GIF"),
-        encode(digit, "WEBP"), encode(rgba, "WEBP", lossless=True), encode(digit, "TIFF"),
-        encode(digit, "TIFF", compression="tiff_lzw"), encode(float_tiff, "TIFF"), encode(digit.convert("CMYK"), "TIFF"),
+        encode(digit, "PNG"),
+        encode(rgba, "PNG"),
+        encode(digit.convert("P"), "PNG", transparency=255),
+        encode(digit.convert("I;16"), "PNG"),
+        encode(digit, "JPEG", quality=85),
+        encode(digit.convert("RGB"), "JPEG"),
+        encode(digit, "BMP"),
+        encode(digit.convert("RGB"), "BMP"),
+        encode(digit.convert("P"), "GIF"),
+        encode(digit, "WEBP"),
+        encode(rgba, "WEBP", lossless=True),
+        encode(digit, "TIFF"),
+        encode(digit, "TIFF", compression="tiff_lzw"),
+        encode(float_tiff, "TIFF"),
+        encode(digit.convert("CMYK"), "TIFF"),
     ]
 
 

@@ -51,8 +51,10 @@ def seven_png(mnist, folder) -> Path:
 def without_torch(commands: str) -> str:
     """What `commands` print, run by a fresh Python in which importing torch fails (a deployment installed
     without the `train` extra); they may use `json`, `CliRunner` and the CLI's `main`."""
-    script = ("import sys, json\nsys.modules['torch'] = None\nfrom click.testing import CliRunner\n"
-              "from digitrec.cli import main\n" + commands)
+    script = (
+        "import sys, json\nsys.modules['torch'] = None\nfrom click.testing import CliRunner\n"
+        "from digitrec.cli import main\n" + commands
+    )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
 
 
@@ -75,12 +77,16 @@ def mutate(data: bytes, mutations) -> bytes:
         elif kind == "insert":
             damaged[at:at] = argument
         elif kind == "overwrite":
-            damaged[at:at + len(argument)] = argument
+            damaged[at : at + len(argument)] = argument
     return bytes(damaged)
 
 
-fuzzing = settings(max_examples=150, deadline=None, database=None,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+fuzzing = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 DAMAGE = dict(index=st.integers(0, 14), mutations=st.lists(MUTATION, min_size=1, max_size=4))
 
 
@@ -135,8 +141,15 @@ def launch_chromium(playwright, *flags: str):
     """Debian's Chromium, headless, with nothing that reaches the network by itself."""
     return playwright.chromium.launch(
         executable_path=CHROMIUM,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run", *flags],
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            *flags,
+        ],
     )
 
 

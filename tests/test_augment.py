@@ -85,5 +85,4 @@ def test_the_geometric_augmentation_is_unchanged_by_the_person_columns_after_it(
     generator = torch.Generator().manual_seed(3)
     geometric = DIGITS.augmentation_draws(torch.Generator().manual_seed(3), len(images), full)
     assert torch.equal(DIGITS.augmentation_draws(generator, len(images), with_person)[:, :5], geometric)
-    assert torch.equal(DIGITS.augment(images, geometric, full),
-                       data.augment(images, geometric, 1.0, 10, 0.0, 0.0))
+    assert torch.equal(DIGITS.augment(images, geometric, full), data.augment(images, geometric, 1.0, 10, 0.0, 0.0))

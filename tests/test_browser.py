@@ -48,8 +48,10 @@ def test_uploaded_file_is_recognized(page, mnist, tmp_path):
 def offline_page(browser, live_server):
     """A fresh page whose every request to anywhere but the server fails, as on a machine offline."""
     context = browser.new_context(viewport={"width": 1000, "height": 800})
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live_server.url + "/")
-                  else route.abort())
+    context.route(
+        "**/*",
+        lambda route: route.continue_() if route.request.url.startswith(live_server.url + "/") else route.abort(),
+    )
     yield context.new_page()
     context.close()
 
@@ -79,7 +81,8 @@ def test_what_the_model_saw_is_an_empty_square_before_anything_is_drawn(offline_
     offline_page.goto(live_server.url)
     offline_page.wait_for_load_state("networkidle")
     box = offline_page.locator("#seen").bounding_box()
-    shot = offline_page.screenshot(clip={"x": box["x"] + 4, "y": box["y"] + 4, "width": box["width"] - 8,
-                                         "height": box["height"] - 8})
+    shot = offline_page.screenshot(
+        clip={"x": box["x"] + 4, "y": box["y"] + 4, "width": box["width"] - 8, "height": box["height"] - 8}
+    )
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
     assert box["width"] == box["height"] == 112 and (pixels == pixels[0, 0]).all()  # no icon, no alt text

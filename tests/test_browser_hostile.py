@@ -24,8 +24,11 @@ START = """url => fetch(url + "/api/runs", {method: "POST", mode: "no-cors",
 def old_browser(playwright):
     """Chromium without its newer block on pages reaching loopback servers (Local Network Access), as older
     browsers and other engines are: the server's own checks must refuse what such a browser sends."""
-    browser = launch_chromium(playwright, "--disable-features=LocalNetworkAccessChecks,"
-                                          "BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights")
+    browser = launch_chromium(
+        playwright,
+        "--disable-features=LocalNetworkAccessChecks,"
+        "BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights",
+    )
     yield browser
     browser.close()
 
@@ -89,9 +92,11 @@ def test_another_sites_page_and_a_local_file_cannot_start_training(old_browser, 
         # the server's own page starts one with the same call as JSON: the refusals above are the checks' doing
         own = context.new_page()
         own.goto(hostile_runs.url)
-        started = own.evaluate("""url => fetch(url + "/api/runs", {method: "POST", headers: {"Content-Type":
+        started = own.evaluate(
+            """url => fetch(url + "/api/runs", {method: "POST", headers: {"Content-Type":
             "application/json"}, body: '{"model": "softmax", "steps": 60}'}).then(r => r.json().then(b => [r.status, b]))""",
-                               hostile_runs.url)
+            hostile_runs.url,
+        )
         assert started[0] == 202, started
         own.evaluate("url => fetch(url, {method: 'POST'})", f"{hostile_runs.url}/api/runs/{started[1]['name']}/stop")
     finally:

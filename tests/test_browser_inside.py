@@ -29,13 +29,25 @@ def test_inside_view_shows_feature_maps_and_saliency_on_the_drawn_ink(page, tmp_
     assert page.locator("#inside-body").is_hidden()
     draw(page, SEVEN)
     shown_digit(page, "7")
-    page.wait_for_function("() => document.getElementById('inside').dataset.state === 'ready'"
-                           " && document.getElementById('inside').dataset.saliencyDigit === '7'", timeout=10_000)
+    page.wait_for_function(
+        "() => document.getElementById('inside').dataset.state === 'ready'"
+        " && document.getElementById('inside').dataset.saliencyDigit === '7'",
+        timeout=10_000,
+    )
     captions = page.locator("#inside-stages figcaption").all_text_contents()
-    assert captions == ["conv1: 32 feature maps of 14×14", "conv2: 64 feature maps of 7×7", "conv3: 128 feature maps of 3×3"]
-    widths = page.eval_on_selector_all("#inside-stages img, #inside-filters img", "images => images.map(i => i.naturalWidth)")
+    assert captions == [
+        "conv1: 32 feature maps of 14×14",
+        "conv2: 64 feature maps of 7×7",
+        "conv3: 128 feature maps of 3×3",
+    ]
+    widths = page.eval_on_selector_all(
+        "#inside-stages img, #inside-filters img", "images => images.map(i => i.naturalWidth)"
+    )
     assert widths == [119, 127, 63, 47]  # the grids of 8 / 16 / 16 maps a row and of the 32 filters, all loaded
-    assert page.locator("#inside-caption").text_content() == "red: ink that pushed the answer towards 7; blue: ink that pushed it away"
+    assert (
+        page.locator("#inside-caption").text_content()
+        == "red: ink that pushed the answer towards 7; blue: ink that pushed it away"
+    )
 
     seen = canvas_pixels(page, "inside-input")[..., 0]  # white ink on black, as the model saw it
     overlay = canvas_pixels(page, "inside-saliency")

@@ -16,8 +16,10 @@ def cell(index: int, strokes):
 
 
 FOUR = [[(0.35, 0.0), (0.0, 0.65), (1.0, 0.65)], [(0.72, 0.3), (0.72, 1.0)]]  # two strokes
-FIVE = [[(0.15, 0.0), (0.1, 0.45), (0.5, 0.38), (0.85, 0.5), (0.9, 0.72), (0.6, 0.95), (0.1, 0.9)],
-        [(0.15, 0.0), (0.9, 0.0)]]  # the body, then the top bar
+FIVE = [
+    [(0.15, 0.0), (0.1, 0.45), (0.5, 0.38), (0.85, 0.5), (0.9, 0.72), (0.6, 0.95), (0.1, 0.9)],
+    [(0.15, 0.0), (0.9, 0.0)],
+]  # the body, then the top bar
 SEVEN = [[(0.0, 0.0), (1.0, 0.0), (0.35, 1.0)], [(0.25, 0.5), (0.85, 0.5)]]  # with a bar across
 TWO = [[(0.05, 0.25), (0.3, 0.0), (0.7, 0.0), (0.95, 0.25), (0.8, 0.5), (0.0, 1.0), (1.0, 1.0)]]
 
@@ -61,8 +63,11 @@ def test_a_number_written_with_crossing_neighbours_is_read_or_flagged(page):  # 
     neighbours cross, and the number is still read whole. When the reading says it is unsure, the page
     marks at least one digit orange (the one in doubt)."""
     page.click("#number-clear")
-    strokes = [[(0.1 + index * 0.075 + x * 0.1, 0.15 + y * 0.7) for x, y in stroke]
-               for index, digit in enumerate([FOUR, FIVE, SEVEN, TWO]) for stroke in digit]
+    strokes = [
+        [(0.1 + index * 0.075 + x * 0.1, 0.15 + y * 0.7) for x, y in stroke]
+        for index, digit in enumerate([FOUR, FIVE, SEVEN, TWO])
+        for stroke in digit
+    ]
     draw(page, strokes, pad="#number-pad")
     page.wait_for_function("() => /^[0-9]+$/.test(document.getElementById('number-text').textContent)", timeout=15_000)
     text = page.locator("#number-text").text_content()

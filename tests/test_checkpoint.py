@@ -10,8 +10,10 @@ from digitrec.errors import ModelError
 
 def test_float16_storage_round_trips_closely(tmp_path):
     model = models.create("fast")
-    files.write_atomic(tmp_path / "weights.safetensors",
-                       checkpoint.weights_bytes(model, {"model": "fast"}, {"test_accuracy": 0.5}, dtype=torch.float16))
+    files.write_atomic(
+        tmp_path / "weights.safetensors",
+        checkpoint.weights_bytes(model, {"model": "fast"}, {"test_accuracy": 0.5}, dtype=torch.float16),
+    )
     loaded = checkpoint.load(tmp_path / "weights.safetensors")
     assert loaded.metrics == {"test_accuracy": 0.5}
     for name, tensor in model.state_dict().items():
@@ -59,8 +61,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
-@pytest.mark.parametrize("width, message", [(-1, "width must be in 1..256, not -1"), (10**6, "width must be in 1..256, not 1000000"),
-                                            ("16", "width must be a whole number, not '16'")])
+@pytest.mark.parametrize(
+    "width, message",
+    [
+        (-1, "width must be in 1..256, not -1"),
+        (10**6, "width must be in 1..256, not 1000000"),
+        ("16", "width must be a whole number, not '16'"),
+    ],
+)
 def test_a_size_asked_for_by_a_small_file_is_bounded_before_building(tmp_path, width, message):
     from safetensors.torch import save_file
 
@@ -75,15 +83,23 @@ def test_non_finite_weights_are_refused(tmp_path):
     model = models.create("fast", width=4)
     with torch.no_grad():
         model.layers[-1].weight[0, 0] = float("nan")
-    files.write_atomic(tmp_path / "weights.safetensors", checkpoint.weights_bytes(model, {"model": "fast", "width": 4}, {}))
-    with pytest.raises(ModelError, match=r"the weights hold NaN or infinite values \(layers.7.weight\): the training that wrote them diverged"):
+    files.write_atomic(
+        tmp_path / "weights.safetensors", checkpoint.weights_bytes(model, {"model": "fast", "width": 4}, {})
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"the weights hold NaN or infinite values \(layers.7.weight\): the training that wrote them diverged",
+    ):
         checkpoint.load(tmp_path)
 
 
-@pytest.mark.parametrize("metadata, message", [
-    ({"config": "[1, 2]"}, "not a digitrec model config"),
-    ({"config": '{"model": "fast"}', "metrics": '{"test_accuracy": NaN}'}, "no digitrec model config"),
-])
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"config": "[1, 2]"}, "not a digitrec model config"),
+        ({"config": '{"model": "fast"}', "metrics": '{"test_accuracy": NaN}'}, "no digitrec model config"),
+    ],
+)
 def test_metadata_that_is_not_a_config_object_or_holds_nan_is_refused(tmp_path, metadata, message):
     from safetensors.torch import save_file
 

@@ -20,7 +20,19 @@ def test_data_command_prints_location_sizes_and_checksums():
     for name, (sha256, _) in data.FILES.items():
         assert f"{name:<28} sha256 {sha256[:16]}… verified" in result.output
     assert next(line for line in lines if line.startswith("test")).split() == [
-        "test", "10000", "980", "1135", "1032", "1010", "982", "892", "958", "1028", "974", "1009"]
+        "test",
+        "10000",
+        "980",
+        "1135",
+        "1032",
+        "1010",
+        "982",
+        "892",
+        "958",
+        "1028",
+        "974",
+        "1009",
+    ]
 
 
 def test_train_then_evaluate_json_agree(tmp_path):
@@ -70,8 +82,11 @@ def test_weights_of_another_architecture_are_one_line(tmp_path, softmax_run):
     import torch
     from safetensors.torch import save_file
 
-    save_file({"linear.weight": torch.zeros(10, 784), "linear.bias": torch.zeros(10)}, tmp_path / "w.safetensors",
-              metadata={"config": '{"model": "fast"}'})
+    save_file(
+        {"linear.weight": torch.zeros(10, 784), "linear.bias": torch.zeros(10)},
+        tmp_path / "w.safetensors",
+        metadata={"config": '{"model": "fast"}'},
+    )
     assert_one_line_error(run("evaluate", tmp_path / "w.safetensors"), "do not fit model 'fast'")
 
 
@@ -79,8 +94,9 @@ def test_bad_data_directory_is_one_line(tmp_path, softmax_run):
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (tmp_path / name).write_bytes((BUNDLED_MNIST / name).read_bytes())
-    assert_one_line_error(run("evaluate", softmax_run.run_dir, "--data-dir", tmp_path),
-                          f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: ")  # the folder too: which copy is bad
+    assert_one_line_error(
+        run("evaluate", softmax_run.run_dir, "--data-dir", tmp_path), f"{tmp_path / 't10k-images-idx3-ubyte.gz'}: "
+    )  # the folder too: which copy is bad
 
 
 def test_non_numeric_flag_is_a_usage_error():
@@ -97,16 +113,19 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0 and "digitrec" in result.stdout
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--lr", "nan"], "lr must be a finite number, not nan"),
-    (["--lr", "inf"], "lr must be a finite number, not inf"),
-    (["--lr", "1e300"], "lr must be in (0, 10], not 1e+300"),
-    (["--batch-size", "60000"], "batch_size must be in 1..55,000, not 60000"),
-    (["--width", "100000"], "width must be in 1..256, not 100000"),
-    (["--seed", str(2**70)], f"seed must be in 0..9,223,372,036,854,775,807, not {2**70}"),
-    (["--device", "xpu"], "unknown device 'xpu' (auto, cpu, cuda or cuda:N)"),
-    (["--device", "meta"], "unknown device 'meta'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "nan"], "lr must be a finite number, not nan"),
+        (["--lr", "inf"], "lr must be a finite number, not inf"),
+        (["--lr", "1e300"], "lr must be in (0, 10], not 1e+300"),
+        (["--batch-size", "60000"], "batch_size must be in 1..55,000, not 60000"),
+        (["--width", "100000"], "width must be in 1..256, not 100000"),
+        (["--seed", str(2**70)], f"seed must be in 0..9,223,372,036,854,775,807, not {2**70}"),
+        (["--device", "xpu"], "unknown device 'xpu' (auto, cpu, cuda or cuda:N)"),
+        (["--device", "meta"], "unknown device 'meta'"),
+    ],
+)
 def test_out_of_range_training_settings_are_one_line_and_create_nothing(tmp_path, flags, message):
     assert_one_line_error(run("train", *flags, "--out", tmp_path / "run"), message)
     assert not (tmp_path / "run").exists()
@@ -129,8 +148,10 @@ def test_train_help_lists_every_setting_with_its_range_and_default():
 
 
 # the reader's dry run makes and measures 1,000 strings of digits twice: about 20 s
-@pytest.mark.parametrize("model", [pytest.param(name, marks=pytest.mark.slow) if name == "reader" else name
-                                   for name in sorted(models.REGISTRY)])
+@pytest.mark.parametrize(
+    "model",
+    [pytest.param(name, marks=pytest.mark.slow) if name == "reader" else name for name in sorted(models.REGISTRY)],
+)
 def test_dry_run_trains_a_few_logged_steps_of_each_model_and_writes_nothing(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("train", "--model", model, "--dry-run", "--quiet", "--data-dir", BUNDLED_MNIST)
@@ -150,15 +171,47 @@ def test_dry_run_refuses_flags_that_would_write(tmp_path):
 
 def test_every_setting_is_a_flag_that_reaches_the_recorded_config(tmp_path):
     out = tmp_path / "run"
-    result = run("train", "--model", "softmax", "--steps", 20, "--optimizer", "adam", "--lr", "0.01",
-                 "--schedule", "warmup_cosine", "--warmup-fraction", "0.5", "--weight-decay", "0.001",
-                 "--label-smoothing", "0.05", "--log-every", 10, "--eval-every", 20, "--no-channels-last",
-                 "--precision", "fp32", "--out", out, "--quiet")
+    result = run(
+        "train",
+        "--model",
+        "softmax",
+        "--steps",
+        20,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--schedule",
+        "warmup_cosine",
+        "--warmup-fraction",
+        "0.5",
+        "--weight-decay",
+        "0.001",
+        "--label-smoothing",
+        "0.05",
+        "--log-every",
+        10,
+        "--eval-every",
+        20,
+        "--no-channels-last",
+        "--precision",
+        "fp32",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
-    assert (config["optimizer"], config["lr"], config["schedule"], config["warmup_fraction"]) == ("adam", 0.01, "warmup_cosine", 0.5)
+    assert (config["optimizer"], config["lr"], config["schedule"], config["warmup_fraction"]) == (
+        "adam",
+        0.01,
+        "warmup_cosine",
+        0.5,
+    )
     assert (config["weight_decay"], config["label_smoothing"], config["log_every"]) == (0.001, 0.05, 10)
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [10, 20]
+
+
 def test_read_prints_each_number_writes_csv_and_segments_and_fails_on_a_bad_file(mnist, tmp_path):
     import numpy as np
     from PIL import Image
@@ -170,8 +223,16 @@ def test_read_prints_each_number_writes_csv_and_segments_and_fails_on_a_bad_file
     picture = Image.fromarray((255 - row * 255).round().astype(np.uint8)).resize((row.shape[1] * 4, row.shape[0] * 4))
     picture.save(tmp_path / "47.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    result = run("read", tmp_path / "47.png", tmp_path / "broken.png", "--json", "--csv", tmp_path / "out.csv",
-                 "--show-segments", tmp_path / "segments")
+    result = run(
+        "read",
+        tmp_path / "47.png",
+        tmp_path / "broken.png",
+        "--json",
+        "--csv",
+        tmp_path / "out.csv",
+        "--show-segments",
+        tmp_path / "segments",
+    )
     assert result.exit_code == 1
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows[0]["text"] == "47" and len(rows[0]["digits"]) == 2 and rows[0]["error"] is None

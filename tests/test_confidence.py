@@ -85,9 +85,17 @@ def test_fitting_recovers_the_temperature_that_made_the_scores():
     assert confidence.fit_temperature(true_logits * 2.5, labels) == pytest.approx(2.5, rel=0.05)
 
 
-@pytest.mark.parametrize("content", [None, "{not json", '{"version": 1, "temperature": -3, "unsure_below": 0.9}',
-                                     '{"version": 1, "temperature": NaN, "unsure_below": 0.9}', "[1, 2]",
-                                     '{"version": 99, "temperature": 1, "unsure_below": 0.9}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,
+        "{not json",
+        '{"version": 1, "temperature": -3, "unsure_below": 0.9}',
+        '{"version": 1, "temperature": NaN, "unsure_below": 0.9}',
+        "[1, 2]",
+        '{"version": 99, "temperature": 1, "unsure_below": 0.9}',
+    ],
+)
 def test_a_missing_or_damaged_calibration_falls_back_to_raw_scores_with_one_warning(tmp_path, mnist, content):
     model = copy_of_the_bundled_model(tmp_path, content)
     with pytest.warns(CalibrationWarning) as caught:
@@ -107,7 +115,7 @@ def test_predict_with_a_damaged_calibration_prints_one_warning_line_and_still_an
     result = run("predict", image, image, "--model", model, "--json")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["digit"] for line in result.stdout.splitlines()] == [7, 7]
-    warning, = result.stderr.strip().splitlines()
+    (warning,) = result.stderr.strip().splitlines()
     assert warning.startswith(f"warning: {tmp_path / confidence.CALIBRATION_FILE}: calibration damaged")
 
 
@@ -128,5 +136,7 @@ def test_the_coverage_table_keeps_the_most_confident_readings():
     confidences = np.array([0.99, 0.98, 0.6, 0.97, 0.5])
     correct = np.array([True, True, False, True, False])
     rows = confidence.coverage_table(confidences, correct, (1.0, 0.6))
-    assert rows == [{"coverage": 1.0, "error": 0.4, "confidence_at_least": 0.5},
-                    {"coverage": 0.6, "error": 0.0, "confidence_at_least": 0.97}]
+    assert rows == [
+        {"coverage": 1.0, "error": 0.4, "confidence_at_least": 0.5},
+        {"coverage": 0.6, "error": 0.0, "confidence_at_least": 0.97},
+    ]

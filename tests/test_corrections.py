@@ -28,8 +28,9 @@ def correction(label: int = 7, **changes) -> NewCorrection:
     pixels = np.zeros((28, 28), np.float32)
     pixels[4:24, 12:16] = 1.0
     pixels[5, 5] = 0.5
-    return NewCorrection(**{"image": png(), "input": pixels, "label": label, "answer": 1, "model": "fast",
-                            "source": "cli", **changes})
+    return NewCorrection(
+        **{"image": png(), "input": pixels, "label": label, "answer": 1, "model": "fast", "source": "cli", **changes}
+    )
 
 
 def test_a_correction_is_kept_with_its_image_input_label_answer_model_source_and_time(tmp_path):
@@ -57,7 +58,9 @@ def test_jpeg_and_oversized_originals_are_stored_as_png_within_the_cap(tmp_path)
     buffer = io.BytesIO()
     Image.new("L", (900, 700), "white").save(buffer, format="JPEG")
     noisy = io.BytesIO()  # a PNG over the cap: random pixels do not compress
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(noisy, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(
+        noisy, format="PNG"
+    )
     assert noisy.tell() > MAX_IMAGE_BYTES
     for original in (buffer.getvalue(), noisy.getvalue()):
         kept = store.get(store.add(correction(image=original))).image
@@ -177,7 +180,9 @@ def make_read_only(path, read_only: bool) -> None:
     if os.geteuid() != 0:
         path.chmod(0o444 if read_only else 0o644)
         return
-    done = subprocess.run(["chattr", "+i" if read_only else "-i", str(path)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["chattr", "+i" if read_only else "-i", str(path)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         pytest.skip(f"running as root without chattr: {done.stderr.strip()}")
 
@@ -188,7 +193,9 @@ def test_a_read_only_database_can_be_listed_but_a_write_is_one_clear_error(tmp_p
     make_read_only(path, True)
     try:
         assert len(Store(path).all()) == 1
-        with pytest.raises(StoreError, match="the corrections database is read-only; make it writable or give another --db"):
+        with pytest.raises(
+            StoreError, match="the corrections database is read-only; make it writable or give another --db"
+        ):
             Store(path).add(correction())
         with pytest.raises(StoreError, match="read-only"):
             Store(path).remove([1])

@@ -15,13 +15,17 @@ QUIET = {"print_line": lambda _: None, "show_progress": False}
 
 def max_difference(first: torch.nn.Module, second: torch.nn.Module) -> float:
     theirs = second.state_dict()
-    return max((tensor.float() - theirs[name].float()).abs().max().item() for name, tensor in first.state_dict().items())
+    return max(
+        (tensor.float() - theirs[name].float()).abs().max().item() for name, tensor in first.state_dict().items()
+    )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_graphed_training_takes_the_same_steps_as_eager_training(mnist, precision):
     # full: augmentation and weight decay inside the graph; ema: the average updated inside it too
-    config = train.resolve_config("fast", "full", width=8, steps=60, log_every=20, eval_every=60, precision=precision, ema=0.9)
+    config = train.resolve_config(
+        "fast", "full", width=8, steps=60, log_every=20, eval_every=60, precision=precision, ema=0.9
+    )
     eager = train.train(replace(config, cuda_graph="off"), mnist, CUDA, **QUIET)
     graphed = train.train(replace(config, cuda_graph="on"), mnist, CUDA, **QUIET)
     assert graphed.metrics["provenance"]["cuda_graph"] is True and eager.metrics["provenance"]["cuda_graph"] is False
@@ -63,7 +67,21 @@ def test_a_graphed_runs_checkpoint_resumes_on_the_cpu(mnist, tmp_path):
 def test_the_cli_says_the_steps_run_as_a_cuda_graph(tmp_path):
     from helpers import run  # here: helpers needs hypothesis, which the GPU machine may lack for the other tests
 
-    result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--device", "cuda",
-                 "--out", tmp_path / "run", "--quiet")
+    result = run(
+        "train",
+        "--model",
+        "fast",
+        "--width",
+        4,
+        "--steps",
+        30,
+        "--log-every",
+        10,
+        "--device",
+        "cuda",
+        "--out",
+        tmp_path / "run",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "on cuda, precision fp32, CUDA graph" in result.output

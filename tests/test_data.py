@@ -78,7 +78,9 @@ def test_truncated_data_file_is_rejected_with_its_name(tmp_path):
     directory = copy_mnist(tmp_path / "mnist")
     raw = gzip.decompress((directory / "t10k-labels-idx1-ubyte.gz").read_bytes())
     (directory / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:512]))
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: truncated: shape 10000 needs 10008 bytes, got 512"):
+    with pytest.raises(
+        DataError, match=r"t10k-labels-idx1-ubyte\.gz: truncated: shape 10000 needs 10008 bytes, got 512"
+    ):
         data.load(directory)
 
 
@@ -200,7 +202,9 @@ def moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def test_random_affine_is_reproducible_and_the_identity_when_all_ranges_are_zero(mnist):
     images = mnist.test.images[:64]
     first = data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1)
-    assert first.shape == images.shape and torch.equal(first, data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1))
+    assert first.shape == images.shape and torch.equal(
+        first, data.random_affine(images, torch.Generator().manual_seed(0), 10, 0.1, 0.1)
+    )
     assert torch.allclose(data.random_affine(images, torch.Generator().manual_seed(0), 0, 0, 0), images, atol=1e-5)
 
 

@@ -145,9 +145,15 @@ def onnx_file(path, module, input_name="images", output_names=("logits", "pixels
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module.eval(), (torch.zeros(1, 1, 28, 28),), buffer, input_names=[input_name],
-                          output_names=list(output_names), dynamic_axes={name: {0: "batch"} for name in (input_name, *output_names)},
-                          dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(1, 1, 28, 28),),
+            buffer,
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in (input_name, *output_names)},
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     if config is not None:
         entry = proto.metadata_props.add()
@@ -162,13 +168,25 @@ def test_an_onnx_model_with_extra_outputs_beside_its_logits_is_accepted(tmp_path
     assert len(recognizer.predict_arrays(np.zeros((3, 28, 28), np.float32))) == 3
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda path: onnx_file(path, TwoOutputs(), input_name="pixels_in"), "expected one input 'images' of float (batch, 1, 28, 28)"),
-    (lambda path: onnx_file(path, TwoOutputs(classes=5)), "expected an output 'logits' of float (batch, 10), found logits"),
-    (lambda path: onnx_file(path, TwoOutputs(), output_names=("scores", "pixels")), "expected an output 'logits'"),
-    (lambda path: onnx_file(path, TwoOutputs(), config="[1, 2]"), "the file's metadata is not a digitrec model config"),
-    (lambda path: onnx_file(path, TwoOutputs(), config=None), "no digitrec model config in the file's metadata"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda path: onnx_file(path, TwoOutputs(), input_name="pixels_in"),
+            "expected one input 'images' of float (batch, 1, 28, 28)",
+        ),
+        (
+            lambda path: onnx_file(path, TwoOutputs(classes=5)),
+            "expected an output 'logits' of float (batch, 10), found logits",
+        ),
+        (lambda path: onnx_file(path, TwoOutputs(), output_names=("scores", "pixels")), "expected an output 'logits'"),
+        (
+            lambda path: onnx_file(path, TwoOutputs(), config="[1, 2]"),
+            "the file's metadata is not a digitrec model config",
+        ),
+        (lambda path: onnx_file(path, TwoOutputs(), config=None), "no digitrec model config in the file's metadata"),
+    ],
+)
 def test_onnx_files_that_are_not_digitrec_models_are_one_clear_error(tmp_path, make, message):
     path = make(tmp_path / "m.onnx")
     with pytest.raises(ModelError, match=re.escape(message)):
@@ -196,7 +214,9 @@ def test_the_export_parity_check_fails_on_nan(tmp_path, mnist):
 @pytest.fixture(scope="module")
 def exported_reader(tmp_path_factory, mnist):
     path = tmp_path_factory.mktemp("onnx") / "reader.onnx"
-    parity = export_onnx(BUNDLED_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy())
+    parity = export_onnx(
+        BUNDLED_READER, path, check_images=mnist.test.images.numpy(), check_labels=mnist.test.labels.numpy()
+    )
     return path, parity
 
 
@@ -208,7 +228,9 @@ def test_the_number_reader_exports_with_a_free_width_and_reads_as_torch_does(exp
     pictures = [number_image(images, labels, length, "touching", rng)[0] for length in (1, 3, 7)]  # three widths
     recognizer = Recognizer.load()
     on_torch, on_onnx = runtime.load(BUNDLED_READER, NUMBERS), runtime.load(path, NUMBERS)
-    assert [read(on_onnx, recognizer, p).text for p in pictures] == [read(on_torch, recognizer, p).text for p in pictures]
+    assert [read(on_onnx, recognizer, p).text for p in pictures] == [
+        read(on_torch, recognizer, p).text for p in pictures
+    ]
 
 
 def test_the_bundled_reader_onnx_copy_is_the_bundled_reader(mnist):

@@ -14,8 +14,20 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # torchrun starts two 
 
 
 def torchrun_train(run_dir, *args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "digitrec", "train", "--quiet", "--out", str(run_dir), *map(str, args)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "digitrec",
+        "train",
+        "--quiet",
+        "--out",
+        str(run_dir),
+        *map(str, args),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -223,7 +223,9 @@ def write_pictures(folder: Path) -> None:
     (folder / "scans" / "more").mkdir(parents=True)
     for index in range(3, 6):
         as_scan(images[index]).save(folder / "scans" / ("more" if index == 5 else "") / f"digit-{index}.png")
-    (folder / "todo.txt").write_text("".join(f"{name}\n" for name in NUMBER_PICTURES))  # a list of paths, as docs/scale.md makes
+    (folder / "todo.txt").write_text(
+        "".join(f"{name}\n" for name in NUMBER_PICTURES)
+    )  # a list of paths, as docs/scale.md makes
 
 
 @pytest.fixture

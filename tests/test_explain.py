@@ -74,7 +74,11 @@ def test_bundled_onnx_activations_equal_torch_hooks_on_the_same_weights(bundled,
         hooked = models.inside_outputs(checkpoint.load(BUNDLED_MODEL).model, torch.from_numpy(images))
     assert list(exported) == ["logits", "activation:conv1", "activation:conv2", "activation:conv3", "filters:conv1"]
     assert list(hooked) == list(exported)
-    assert [exported[f"activation:conv{i}"].shape[1:] for i in (1, 2, 3)] == [(32, 14, 14), (64, 7, 7), (128, 3, 3)]  # pool first
+    assert [exported[f"activation:conv{i}"].shape[1:] for i in (1, 2, 3)] == [
+        (32, 14, 14),
+        (64, 7, 7),
+        (128, 3, 3),
+    ]  # pool first
     for name, value in hooked.items():
         assert np.abs(exported[name] - value.numpy()).max() <= 1e-4, name
 
@@ -101,7 +105,10 @@ def test_softmax_templates_are_its_weights(softmax_run, mnist, tmp_path):
 
 def test_tutorial_cnn_has_two_stages_and_its_filters(mnist):
     explanation = explain(Recognizer.load(BUNDLED_DIR / "cnn"), mnist.test.images[0, 0].numpy())
-    assert [(stage.name, stage.maps.shape) for stage in explanation.stages] == [("conv1", (32, 28, 28)), ("conv2", (64, 14, 14))]
+    assert [(stage.name, stage.maps.shape) for stage in explanation.stages] == [
+        ("conv1", (32, 28, 28)),
+        ("conv2", (64, 14, 14)),
+    ]
     assert explanation.filters.shape == (32, 5, 5) and explanation.templates is None
 
 

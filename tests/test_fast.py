@@ -13,19 +13,37 @@ from helpers import run
 def test_presets_resolve_to_the_documented_configs():
     quick = train.resolve_config("fast")
     assert quick.recipe == "quick"
-    assert (quick.width, quick.pool_first, quick.steps, quick.batch_size, quick.optimizer, quick.lr, quick.schedule) == (
-        16, True, 400, 128, "nesterov", 0.2, "warmup_cosine")
+    assert (
+        quick.width,
+        quick.pool_first,
+        quick.steps,
+        quick.batch_size,
+        quick.optimizer,
+        quick.lr,
+        quick.schedule,
+    ) == (16, True, 400, 128, "nesterov", 0.2, "warmup_cosine")
     assert not quick.uses_affine and quick.augment_stroke == 0
     full = train.resolve_config("fast", "full")
     assert (full.width, full.pool_first, full.steps, full.batch_size, full.lr, full.label_smoothing) == (
-        32, True, 16000, 128, 0.1, 0.1)
+        32,
+        True,
+        16000,
+        128,
+        0.1,
+        0.1,
+    )
     assert (full.augment_degrees, full.augment_shift, full.augment_scale, full.augment_stroke) == (10, 0.1, 0.1, 1.0)
 
 
 @pytest.mark.slow
 def test_quick_recipe_passes_98_8_percent_on_the_real_test_set_in_seconds(mnist):
-    result = train.train(train.resolve_config("fast", "quick"), mnist, torch.device("cpu"), show_progress=False,
-                         print_line=lambda _: None)
+    result = train.train(
+        train.resolve_config("fast", "quick"),
+        mnist,
+        torch.device("cpu"),
+        show_progress=False,
+        print_line=lambda _: None,
+    )
     # the recipe averages 99.1 % over five seeds (README); one seed in a busy test run must not fall far below
     assert result.metrics["test_accuracy"] >= 0.988
     assert result.metrics["steps"] == 400

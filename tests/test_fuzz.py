@@ -31,6 +31,9 @@ def test_damaged_images_give_a_digit_or_an_image_error(recognizer, valid_images,
 @fuzzing
 @given(**DAMAGE)
 def test_damaged_images_get_a_200_or_a_4xx_from_the_api(client, valid_images, index, mutations):
-    response = client.post("/api/predict", content=mutate(valid_images[index], mutations),
-                           headers={"Content-Type": "image/png"})
-    assert response.status_code == 200 or (400 <= response.status_code < 500 and isinstance(response.json()["detail"], str))
+    response = client.post(
+        "/api/predict", content=mutate(valid_images[index], mutations), headers={"Content-Type": "image/png"}
+    )
+    assert response.status_code == 200 or (
+        400 <= response.status_code < 500 and isinstance(response.json()["detail"], str)
+    )

@@ -13,12 +13,24 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "digitrec"
 OWNERS = {  # third-party package -> the modules that may import it at module level
-    "fastapi": "digitrec.web", "starlette": "digitrec.web", "uvicorn": "digitrec.web", "fastapi_offline": "digitrec.web",
-    "click": "digitrec.cli", "matplotlib": "digitrec.report",
-    "ray": "digitrec.scale", "pyarrow": "digitrec.scale",  # the scale extra's; scale imports them only when used
+    "fastapi": "digitrec.web",
+    "starlette": "digitrec.web",
+    "uvicorn": "digitrec.web",
+    "fastapi_offline": "digitrec.web",
+    "click": "digitrec.cli",
+    "matplotlib": "digitrec.report",
+    "ray": "digitrec.scale",
+    "pyarrow": "digitrec.scale",  # the scale extra's; scale imports them only when used
 }
-TORCH_FREE = ["digitrec.recognizer", "digitrec.reading", "digitrec.explain", "digitrec.runtime", "digitrec.rows",
-              "digitrec.scale", "digitrec.cli"]
+TORCH_FREE = [
+    "digitrec.recognizer",
+    "digitrec.reading",
+    "digitrec.explain",
+    "digitrec.runtime",
+    "digitrec.rows",
+    "digitrec.scale",
+    "digitrec.cli",
+]
 
 
 def module_name(path: Path) -> str:
@@ -34,8 +46,10 @@ def imported(node: ast.AST) -> list[str]:
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-        return [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
-                for alias in node.names]
+        return [
+            f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+            for alias in node.names
+        ]
     return []
 
 
@@ -108,6 +122,7 @@ def layers(edges: dict[str, set[str]]) -> dict[str, int]:
 
 def outside_web(edges: dict[str, set[str]]) -> dict[str, set[str]]:
     """The graph without the web package (its own circle is the web part's to break)."""
+
     def web(name: str) -> bool:
         return name == "digitrec.web" or name.startswith("digitrec.web.")
 
@@ -125,8 +140,11 @@ def test_the_web_package_has_no_import_circle():
 def test_the_task_registry_is_the_only_place_that_knows_every_task():
     """A third task is one new module under tasks/ and one line in the registry: nothing outside tasks/
     names a task's own module."""
-    users = {name for name, targets in graph().items() if not name.startswith("digitrec.tasks")
-             and targets & {"digitrec.tasks.digits", "digitrec.tasks.numbers"}}
+    users = {
+        name
+        for name, targets in graph().items()
+        if not name.startswith("digitrec.tasks") and targets & {"digitrec.tasks.digits", "digitrec.tasks.numbers"}
+    }
     assert users == set()
 
 

@@ -42,8 +42,13 @@ def test_the_number_reader_scores_every_column_of_a_strip_and_learns_from_one_st
     def loss() -> torch.Tensor:
         scores = reader(strips).log_softmax(1)
         assert scores.shape == (16, 11, strips.shape[3] // number_strings.COLUMN_STEP)
-        return F.ctc_loss(scores.permute(2, 0, 1), torch.from_numpy(made.digits + 1), torch.from_numpy(made.columns),
-                          torch.from_numpy(made.lengths), blank=number_strings.BLANK)
+        return F.ctc_loss(
+            scores.permute(2, 0, 1),
+            torch.from_numpy(made.digits + 1),
+            torch.from_numpy(made.columns),
+            torch.from_numpy(made.lengths),
+            blank=number_strings.BLANK,
+        )
 
     before = loss()
     before.backward()
@@ -100,9 +105,16 @@ class Toy(torch.nn.Module):
 @pytest.fixture
 def toy(monkeypatch):
     monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # registered for this test only
-    models.register("toy", models.ModelSpec(Toy, size=ToySize, recipes={
-        "default": dict(steps=60, batch_size=50, lr=0.1, log_every=20, eval_every=60),
-    }))
+    models.register(
+        "toy",
+        models.ModelSpec(
+            Toy,
+            size=ToySize,
+            recipes={
+                "default": dict(steps=60, batch_size=50, lr=0.1, log_every=20, eval_every=60),
+            },
+        ),
+    )
 
 
 def test_a_model_added_with_one_spec_trains_from_the_cli_and_loads_back(toy, tmp_path):
@@ -116,10 +128,13 @@ def test_a_model_added_with_one_spec_trains_from_the_cli_and_loads_back(toy, tmp
     loaded = checkpoint.load(out)
     assert loaded.model.layers[1].weight.shape == (8, 784)
     evaluated = json.loads(run("evaluate", out, "--json").output)
-    assert evaluated["model"] == "toy" and evaluated["test_accuracy"] == pytest.approx(loaded.metrics["test_accuracy"], abs=1e-6)
+    assert evaluated["model"] == "toy" and evaluated["test_accuracy"] == pytest.approx(
+        loaded.metrics["test_accuracy"], abs=1e-6
+    )
     assert evaluated["test_accuracy"] > 0.5  # 60 steps of a perceptron learn something
     assert run("train", "--model", "toy", "--width", 65, "--out", tmp_path / "big").output.strip() == (
-        "error: width must be in 1..64, not 65")
+        "error: width must be in 1..64, not 65"
+    )
 
 
 def test_size_parameters_are_refused_by_models_without_them():
@@ -135,7 +150,11 @@ def test_pool_first_pools_before_the_norm_and_weights_without_it_keep_their_layo
     images = torch.rand(3, 1, 28, 28)
     pooled = models.create("fast", width=4, pool_first=True).eval()
     maps = models.inside_outputs(pooled, images)
-    assert [tuple(maps[f"activation:conv{i}"].shape) for i in (1, 2, 3)] == [(3, 4, 14, 14), (3, 8, 7, 7), (3, 16, 3, 3)]
+    assert [tuple(maps[f"activation:conv{i}"].shape) for i in (1, 2, 3)] == [
+        (3, 4, 14, 14),
+        (3, 8, 7, 7),
+        (3, 16, 3, 3),
+    ]
     # the first block's output is the pooled convolution, normalised: its batch norm sees 14x14 maps
     convolution, pool, norm, _ = pooled.layers[0]
     expected = torch.relu(norm(pool(convolution(images))))

@@ -39,7 +39,10 @@ def test_a_strip_is_32_px_high_with_the_digits_20_px_tall_and_maps_back_to_ink_c
     ink[60:140, 500:540] = 1.0  # ...and a shorter one, 140 px to its right
     framed = number_strings.strip(ink, digit_height=100)
     rows = np.nonzero(framed.pixels.max(1) > 0.5)[0]
-    assert framed.pixels.shape[0] == number_strings.STRIP_HEIGHT and framed.pixels.shape[1] % number_strings.COLUMN_STEP == 0
+    assert (
+        framed.pixels.shape[0] == number_strings.STRIP_HEIGHT
+        and framed.pixels.shape[1] % number_strings.COLUMN_STEP == 0
+    )
     assert rows[-1] - rows[0] + 1 == number_strings.DIGIT_HEIGHT
     columns = np.nonzero(framed.pixels.max(0) > 0.5)[0]
     step = 100 / number_strings.DIGIT_HEIGHT  # ink px per strip px
@@ -98,7 +101,10 @@ def test_training_batches_are_the_same_for_the_same_seed_and_hold_their_strings(
     assert np.array_equal(first.pixels, again.pixels) and np.array_equal(first.digits, again.digits)
     assert first.pixels.shape[:3] == (16, 1, number_strings.STRIP_HEIGHT) and first.lengths.sum() == len(first.digits)
     assert (first.columns * number_strings.COLUMN_STEP <= first.pixels.shape[3]).all()
-    assert all(1 <= len(text) <= number_strings.MAX_TRAINING_LENGTH for text in number_strings.truths(first.digits, first.lengths))
+    assert all(
+        1 <= len(text) <= number_strings.MAX_TRAINING_LENGTH
+        for text in number_strings.truths(first.digits, first.lengths)
+    )
     assert (first.columns >= 2 * first.lengths).all()  # room for every digit and a blank between repeats
 
 
@@ -123,7 +129,9 @@ def test_uneven_writing_moves_the_baseline_and_heights_between_digits(validation
     ones = [images[i] for i in np.nonzero(labels == 1)[0][:8]]
     feet, heights = [], []
     for seed in range(3):
-        row = number_strings.compose(ones, "separate", np.random.default_rng(seed), number_strings.Hand(uneven=True, slant=10.0))
+        row = number_strings.compose(
+            ones, "separate", np.random.default_rng(seed), number_strings.Hand(uneven=True, slant=10.0)
+        )
         found, boxes = components(row >= number_strings.INK)
         boxes = boxes[np.argsort(boxes[:, 2])]
         feet += list(np.diff(boxes[:, 1]))

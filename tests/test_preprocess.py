@@ -34,8 +34,13 @@ common = settings(max_examples=40, deadline=None, suppress_health_check=[HealthC
 
 
 @common
-@given(index=st.integers(0, 299), pad_top=st.integers(0, 60), pad_left=st.integers(0, 60),
-       pad_bottom=st.integers(0, 60), pad_right=st.integers(0, 60))
+@given(
+    index=st.integers(0, 299),
+    pad_top=st.integers(0, 60),
+    pad_left=st.integers(0, 60),
+    pad_bottom=st.integers(0, 60),
+    pad_right=st.integers(0, 60),
+)
 def test_translation_and_padding_do_not_change_the_result(digits, index, pad_top, pad_left, pad_bottom, pad_right):
     shifted = np.pad(digits[index], ((pad_top, pad_bottom), (pad_left, pad_right)))
     assert mean_difference(prep(shifted), prep(digits[index])) < 0.01
@@ -51,8 +56,12 @@ def test_scaling_up_does_not_change_the_result_beyond_a_small_tolerance(digits, 
 
 
 @common
-@given(index=st.integers(0, 299), paper=st.integers(180, 255), ink=st.integers(0, 80),
-       colour=st.sampled_from([(1, 1, 1), (0.2, 0.3, 1.0), (1.0, 0.2, 0.1)]))
+@given(
+    index=st.integers(0, 299),
+    paper=st.integers(180, 255),
+    ink=st.integers(0, 80),
+    colour=st.sampled_from([(1, 1, 1), (0.2, 0.3, 1.0), (1.0, 0.2, 0.1)]),
+)
 def test_inversion_and_colours_do_not_change_the_result(digits, index, paper, ink, colour):
     level = digits[index].astype(np.float32) / 255
     grey = paper + (ink - paper) * level  # dark ink on light paper
@@ -99,17 +108,26 @@ def test_gif_first_frame_is_used(digits):
     assert mean_difference(prep(buffer.getvalue()), prep(digits[0])) < 0.03
 
 
-@pytest.mark.parametrize("image", [np.full((200, 200), 255, np.uint8), np.zeros((50, 80), np.uint8),
-                                   np.random.default_rng(0).normal(200, 3, (100, 100)).clip(0, 255).astype(np.uint8)])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((200, 200), 255, np.uint8),
+        np.zeros((50, 80), np.uint8),
+        np.random.default_rng(0).normal(200, 3, (100, 100)).clip(0, 255).astype(np.uint8),
+    ],
+)
 def test_blank_or_nearly_blank_images_are_no_digit(image):
     with pytest.raises(ImageError, match="no digit found"):
         prep(image)
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"", "empty file"),
-    (b"this is not an image at all", "not an image"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not an image"),
+    ],
+)
 def test_non_images_are_refused(payload, message):
     with pytest.raises(ImageError, match=message):
         prep(payload, "upload")
@@ -184,8 +202,17 @@ def test_a_mode_pillow_cannot_convert_is_an_image_error(digits):
         prep(lab, "upload")
 
 
-MALFORMED_DDS = (b"DDS " + (124).to_bytes(4, "little") + b"\x07\x10\x08\x00" + (28).to_bytes(4, "little") * 2
-                 + bytes(68) + (32).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"XXXX" + bytes(40))
+MALFORMED_DDS = (
+    b"DDS "
+    + (124).to_bytes(4, "little")
+    + b"\x07\x10\x08\x00"
+    + (28).to_bytes(4, "little") * 2
+    + bytes(68)
+    + (32).to_bytes(4, "little")
+    + (4).to_bytes(4, "little")
+    + b"XXXX"
+    + bytes(40)
+)
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nnewpath 4 4 moveto 24 24 lineto stroke showpage\n%%EOF\n"
 
 
@@ -196,9 +223,12 @@ def test_formats_outside_the_listed_six_are_refused_by_name(digits, fmt):
     elif fmt == "malformed DDS":  # Pillow raises NotImplementedError on it
         payload = MALFORMED_DDS
     else:
-        payload = encode(Image.fromarray(255 - digits[0]).convert("RGBA" if fmt in ("DDS", "ICNS") else "RGB")
-                         .resize((64, 64)), fmt)
-    with pytest.raises(ImageError, match=r"seven.png: not an image in a format digitrec reads \(PNG, JPEG, BMP, GIF, WebP, TIFF\)"):
+        payload = encode(
+            Image.fromarray(255 - digits[0]).convert("RGBA" if fmt in ("DDS", "ICNS") else "RGB").resize((64, 64)), fmt
+        )
+    with pytest.raises(
+        ImageError, match=r"seven.png: not an image in a format digitrec reads \(PNG, JPEG, BMP, GIF, WebP, TIFF\)"
+    ):
         prep(payload, "seven.png")
 
 
@@ -262,13 +292,15 @@ def test_to_png_round_trips_the_preprocessed_view(digits):
 def test_digits_on_ruled_and_squared_paper_are_read_right_through_predict(mnist, style):
     """Test digits written on a notebook's page and photographed (digitrec.person_style): the printed lines,
     the margin line, the shadow and the specks are paper, not ink (they once read 5-16 %)."""
-    from digitrec.recognizer import Recognizer
     from digitrec.person_style import render
+    from digitrec.recognizer import Recognizer
 
     digits = (mnist.test.images[:100, 0].numpy() * 255).round().astype(np.uint8)
     rng = np.random.default_rng(0)
     results = Recognizer.load().predict_many([(str(i), render(d, style, rng)) for i, d in enumerate(digits)], workers=1)
-    accuracy = np.mean([getattr(r, "digit", -1) == label for r, label in zip(results, mnist.test.labels[:100].tolist())])
+    accuracy = np.mean(
+        [getattr(r, "digit", -1) == label for r, label in zip(results, mnist.test.labels[:100].tolist())]
+    )
     assert accuracy >= 0.98, accuracy
 
 

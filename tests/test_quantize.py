@@ -47,7 +47,9 @@ def test_predict_many_reads_with_the_int8_copy_and_predict_with_the_float_model(
     batched = recognizer.predict_many([("seven", digit)])[0]
     one = recognizer.predict(digit)
     assert batched.digit == one.digit == 7 and np.array_equal(batched.preprocessed, one.preprocessed)
-    assert batched.probabilities == recognizer.predict_arrays([one.preprocessed], recognizer.batch_logits)[0].probabilities
+    assert (
+        batched.probabilities == recognizer.predict_arrays([one.preprocessed], recognizer.batch_logits)[0].probabilities
+    )
     assert batched.probabilities != one.probabilities  # close, not equal: the int8 copy rounds
 
 
@@ -57,8 +59,11 @@ def test_an_int8_copy_that_loses_accuracy_is_refused_and_nothing_is_written(mnis
     checks = {"test": (mnist.test.images.numpy(), mnist.test.labels.numpy(), TEST_POINTS)}
     with pytest.raises(ModelError) as refusal:
         quantize_int8(BUNDLED_ONNX, out, too_bright, checks)
-    assert re.fullmatch(r"the int8 copy loses \d+\.\d\d points of test accuracy \(\d+\.\d\d % against 99\.71 %\), "
-                        r"more than the 0\.05 allowed; nothing written", str(refusal.value))
+    assert re.fullmatch(
+        r"the int8 copy loses \d+\.\d\d points of test accuracy \(\d+\.\d\d % against 99\.71 %\), "
+        r"more than the 0\.05 allowed; nothing written",
+        str(refusal.value),
+    )
     assert not out.exists()
 
 
@@ -67,8 +72,11 @@ def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tm
     out = tmp_path / "int8.onnx"
     result = run("export", "--quantize", "int8", "--out", out)
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(rf"wrote {re.escape(str(out))}: int8, test accuracy 99\.(6[6-9]|7\d) % against the float model's "
-                        r"99\.71 % \(at most 0\.05 points lower allowed\)", result.output.splitlines()[-1])
+    assert re.fullmatch(
+        rf"wrote {re.escape(str(out))}: int8, test accuracy 99\.(6[6-9]|7\d) % against the float model's "
+        r"99\.71 % \(at most 0\.05 points lower allowed\)",
+        result.output.splitlines()[-1],
+    )
     recognizer = Recognizer.load(out)
     assert recognizer.info["name"] == "fast" and recognizer.info["runtime"] == "onnxruntime"
     images = mnist.test.images[:1000].numpy()

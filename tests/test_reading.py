@@ -162,7 +162,9 @@ def test_numbers_written_as_people_write_them_are_read_or_flagged(read_number, t
     readings = [read_number(image) for image, _ in made]
     right = [reading.text == truth for reading, (_, truth) in zip(readings, made)]
     assert sum(right) >= at_least, [(reading.text, truth) for reading, (_, truth) in zip(readings, made)]
-    missed = [(r.text, truth, r.confidence) for r, (_, truth), ok in zip(readings, made, right) if not ok and not r.unsure]
+    missed = [
+        (r.text, truth, r.confidence) for r, (_, truth), ok in zip(readings, made, right) if not ok and not r.unsure
+    ]
     assert len(missed) <= 1, missed  # wrong and sure of it: at most one in ten
 
 

@@ -35,7 +35,9 @@ def test_person_style_images_are_read_nearly_as_well_as_mnist(recognizer, digits
     renders = [(f"{i}", render(images[i], STYLES[n % len(STYLES)], rng)) for n, i in enumerate(chosen)]
     results = recognizer.predict_many(renders)
     on_renders = np.mean([r.digit == labels[i] for r, i in zip(results, chosen)])
-    on_originals = np.mean([p.digit == labels[i] for p, i in zip(recognizer.predict_arrays(images[chosen] / 255), chosen)])
+    on_originals = np.mean(
+        [p.digit == labels[i] for p, i in zip(recognizer.predict_arrays(images[chosen] / 255), chosen)]
+    )
     assert on_renders >= on_originals - 0.005, (on_renders, on_originals)
 
 
@@ -46,8 +48,12 @@ def test_every_accepted_input_type_gives_the_same_answer(recognizer, digits, tmp
     path = tmp_path / "seven.png"
     Image.fromarray(255 - digit).resize((140, 140)).save(path)
     source = {
-        "path": path, "bytes": path.read_bytes(), "pil": Image.open(path), "array-uint8": digit,
-        "array-float": digit / 255.0, "array-rgb": np.stack([digit] * 3, -1),
+        "path": path,
+        "bytes": path.read_bytes(),
+        "pil": Image.open(path),
+        "array-uint8": digit,
+        "array-float": digit / 255.0,
+        "array-rgb": np.stack([digit] * 3, -1),
     }[kind]
     result = recognizer.predict(source)
     assert isinstance(result, Prediction) and result.digit == labels[0] == 7
@@ -82,7 +88,9 @@ def folder(tmp_path, digits) -> Path:
     root = tmp_path / "scans"
     (root / "nested").mkdir(parents=True)
     for index in range(4):
-        Image.fromarray(255 - images[index]).resize((100, 100)).save(root / ("nested" if index % 2 else "") / f"d{index}.png")
+        Image.fromarray(255 - images[index]).resize((100, 100)).save(
+            root / ("nested" if index % 2 else "") / f"d{index}.png"
+        )
     return root
 
 
@@ -101,7 +109,8 @@ def test_predict_json_and_csv_carry_probabilities_and_errors(folder, digits, tmp
     assert result.exit_code == 1  # one image failed
     records = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     assert len(records) == 5 and {tuple(sorted(r)) for r in records} == {
-        ("confidence", "digit", "error", "path", "probabilities", "unsure")}
+        ("confidence", "digit", "error", "path", "probabilities", "unsure")
+    }
     broken = next(r for r in records if r["path"].endswith("broken.png"))
     assert broken["digit"] is None and "broken.png" in broken["error"]
     good = [r for r in records if r["error"] is None]
@@ -232,8 +241,12 @@ def test_folders_and_files_this_user_cannot_open_are_error_rows(digits, tmp_path
     # to it as to any user (and the checkout, owned by root, stays readable wherever CI cloned it)
     as_plain_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
     try:
-        result = subprocess.run([*as_plain_user, sys.executable, "-m", "digitrec", "predict", str(root),
-                                 str(locked / "two.png"), "--json"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*as_plain_user, sys.executable, "-m", "digitrec", "predict", str(root), str(locked / "two.png"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         locked.chmod(0o755)
     records = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}

@@ -18,14 +18,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_report_files_are_valid_and_their_numbers_match_the_predictions(softmax_run, mnist, tmp_path):
     logits = models.logits_in_batches(softmax_run.model, mnist.test.images)
-    html_path = report.write_report(tmp_path, {"model": "softmax"}, softmax_run.metrics, softmax_run.log,
-                                    logits, mnist.test.images, mnist.test.labels)
+    html_path = report.write_report(
+        tmp_path,
+        {"model": "softmax"},
+        softmax_run.metrics,
+        softmax_run.log,
+        logits,
+        mnist.test.images,
+        mnist.test.labels,
+    )
     page = html_path.read_text()
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     embedded = [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
-    assert "src=\"http" not in page  # self-contained
-    figures = {name: (tmp_path / name).read_bytes() for name in
-               ("curves.png", "confusion.png", "mistakes.png", "least-confident-correct.png")}
+    assert 'src="http' not in page  # self-contained
+    figures = {
+        name: (tmp_path / name).read_bytes()
+        for name in ("curves.png", "confusion.png", "mistakes.png", "least-confident-correct.png")
+    }
     assert sorted(embedded) == sorted(figures.values())  # the page shows exactly the figures written beside it
     sizes = {name: picture(png).size for name, png in figures.items()}
     assert sizes["curves.png"][0] > 2.2 * sizes["curves.png"][1]  # two panels side by side
@@ -93,7 +102,9 @@ def test_evaluate_report_writes_into_the_chosen_folder(softmax_run, tmp_path):
 
 def test_train_writes_curves_and_compare_tabulates_runs(tmp_path):
     for seed in (1, 2):
-        result = run("train", "--model", "softmax", "--steps", 200, "--seed", seed, "--out", tmp_path / f"s{seed}", "--quiet")
+        result = run(
+            "train", "--model", "softmax", "--steps", 200, "--seed", seed, "--out", tmp_path / f"s{seed}", "--quiet"
+        )
         assert result.exit_code == 0, result.output
         assert (tmp_path / f"s{seed}" / "curves.png").read_bytes().startswith(PNG_MAGIC)
     table = run("compare", tmp_path / "s1", tmp_path / "s2", "--markdown", tmp_path / "runs.md")
@@ -115,7 +126,8 @@ def test_tensorboard_flag_without_tensorboard_says_how_to_install(tmp_path, monk
     result = run("train", "--model", "softmax", "--steps", 100, "--out", tmp_path / "r", "--tensorboard", "--quiet")
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
-        "error: --tensorboard needs the tensorboard package: pip install tensorboard")
+        "error: --tensorboard needs the tensorboard package: pip install tensorboard"
+    )
     assert not (tmp_path / "r").exists()  # refused before the run made its folder
 
 
@@ -124,15 +136,16 @@ def test_compare_on_a_metrics_file_with_a_word_for_a_number_is_one_line(softmax_
     shutil.copytree(softmax_run.run_dir, run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "train_seconds": "slow"}))
-    assert_one_line_error(run("compare", run_dir), "metrics.json: train_seconds is \"slow\", not a number")
+    assert_one_line_error(run("compare", run_dir), 'metrics.json: train_seconds is "slow", not a number')
 
 
 def test_evaluate_report_of_a_run_whose_log_lacks_losses_draws_what_there_is(softmax_run, tmp_path):
     run_dir = tmp_path / "no-loss"
     shutil.copytree(softmax_run.run_dir, run_dir)
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    (run_dir / "log.jsonl").write_text("".join(json.dumps({k: v for k, v in record.items() if k != "loss"}) + "\n"
-                                               for record in records))
+    (run_dir / "log.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in record.items() if k != "loss"}) + "\n" for record in records)
+    )
     result = run("evaluate", run_dir, "--report")
     assert result.exit_code == 0, result.output
     assert (run_dir / "report.html").is_file() and (run_dir / "curves.png").is_file()

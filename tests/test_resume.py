@@ -22,8 +22,13 @@ SMALL_RUN = ["--steps", "200", "--width", "8", "--quiet"]
 
 
 def digitrec(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "digitrec", *map(str, args)], env=ONE_THREAD,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitrec", *map(str, args)],
+        env=ONE_THREAD,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
@@ -104,22 +109,26 @@ def test_ctrl_c_stops_after_the_current_step_saves_and_the_run_resumes(uninterru
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist, tmp_path, precision):
-    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, checkpoint_every=10,
-                                  precision=precision)
+    config = train.resolve_config(
+        "fast", "full", width=4, steps=30, log_every=10, eval_every=30, checkpoint_every=10, precision=precision
+    )
     quiet = {"print_line": lambda _: None, "show_progress": False}
     whole = train.train(config, mnist, torch.device("cpu"), **quiet)
 
     first = train.Training(config, mnist, torch.device("cpu"))
     first.advance(20)
     rundir.save_checkpoint(tmp_path, {**first.state_dict(), "log": [], "train_seconds": 0.0})
-    resumed = train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=rundir.load_checkpoint(tmp_path), **quiet)
+    resumed = train.train(
+        config, mnist, torch.device("cpu"), tmp_path, resume_from=rundir.load_checkpoint(tmp_path), **quiet
+    )
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
 def test_a_run_with_ema_resumes_to_the_uninterrupted_runs_exact_average_and_weights(mnist, tmp_path):
-    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, ema=0.9,
-                                  precision="fp32")
+    config = train.resolve_config(
+        "fast", "full", width=4, steps=30, log_every=10, eval_every=30, ema=0.9, precision="fp32"
+    )
     quiet = {"print_line": lambda _: None, "show_progress": False}
     whole = train.train(config, mnist, torch.device("cpu"), **quiet)
 
@@ -150,8 +159,11 @@ def test_resume_errors_are_one_line(tmp_path):
 def test_resume_from_a_foreign_torch_checkpoint_is_one_line(tmp_path):
     config = asdict(train.resolve_config("softmax"))
     rundir.save_checkpoint(tmp_path, {"step": 5, "config": config, "model": {"linear.weight": torch.zeros(10, 784)}})
-    assert_one_line_error(run("train", "--resume", tmp_path), "not a digitrec training checkpoint",
-                          "it has no world_size, optimizer, scheduler, random_states, log, train_seconds")
+    assert_one_line_error(
+        run("train", "--resume", tmp_path),
+        "not a digitrec training checkpoint",
+        "it has no world_size, optimizer, scheduler, random_states, log, train_seconds",
+    )
 
 
 def test_resume_on_a_finished_run_says_it_is_finished(softmax_run):

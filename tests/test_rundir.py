@@ -39,19 +39,34 @@ def fail_fsync_of(monkeypatch, *names: str, error: int = errno.ENOSPC) -> None:
 def test_checkpoint_deletion_never_touches_files_the_list_names_outside_its_own_pattern(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "sub").mkdir(parents=True)
-    bystanders = [tmp_path / "precious.txt", run_dir / "sub" / "checkpoint-0000001.pt", run_dir / "notes.pt",
-                  tmp_path / "checkpoint-0000002.pt"]
+    bystanders = [
+        tmp_path / "precious.txt",
+        run_dir / "sub" / "checkpoint-0000001.pt",
+        run_dir / "notes.pt",
+        tmp_path / "checkpoint-0000002.pt",
+    ]
     for path in bystanders:
         path.write_text("keep me")
-    hostile = ["../precious.txt", str(tmp_path / "precious.txt"), "sub/checkpoint-0000001.pt", "notes.pt",
-               "../checkpoint-0000002.pt", "checkpoint-0000003.pt/../../precious.txt"]
+    hostile = [
+        "../precious.txt",
+        str(tmp_path / "precious.txt"),
+        "sub/checkpoint-0000001.pt",
+        "notes.pt",
+        "../checkpoint-0000002.pt",
+        "checkpoint-0000003.pt/../../precious.txt",
+    ]
     rundir.write_entries(run_dir, [{"file": name, "step": i, "sha256": "0"} for i, name in enumerate(hostile)])
     for step in (10, 20, 30):  # rotation drops the oldest entries
         rundir.save_checkpoint(run_dir, fake_state(step))
     assert checkpoint_steps(run_dir) == [20, 30]
     assert all(path.read_text() == "keep me" for path in bystanders)
     assert sorted(path.name for path in run_dir.iterdir()) == [
-        "checkpoint-0000020.pt", "checkpoint-0000030.pt", rundir.CHECKPOINTS_FILE, "notes.pt", "sub"]
+        "checkpoint-0000020.pt",
+        "checkpoint-0000030.pt",
+        rundir.CHECKPOINTS_FILE,
+        "notes.pt",
+        "sub",
+    ]
 
 
 def test_a_list_naming_files_elsewhere_is_no_checkpoint_to_resume_from(tmp_path):
@@ -64,7 +79,10 @@ def test_a_list_naming_files_elsewhere_is_no_checkpoint_to_resume_from(tmp_path)
 def test_damaged_newest_checkpoint_falls_back_keeps_the_intact_one_and_drops_the_damaged_one(tmp_path):
     for step in (10, 20, 30):
         rundir.save_checkpoint(tmp_path, fake_state(step))
-    assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt", "checkpoint-0000030.pt"]
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == [
+        "checkpoint-0000020.pt",
+        "checkpoint-0000030.pt",
+    ]
     newest = tmp_path / "checkpoint-0000030.pt"
     damaged = bytearray(newest.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
@@ -92,13 +110,21 @@ def test_resuming_a_finished_run_says_it_is_finished(softmax_run):
 def test_describe_and_list_runs_give_each_runs_model_progress_accuracy_and_status(softmax_run, tmp_path):
     finished = rundir.describe(softmax_run.run_dir)
     assert finished["status"] == rundir.FINISHED
-    assert (finished["model"], finished["recipe"], finished["steps"], finished["total_steps"]) == ("softmax", "default", 1000, 1000)
+    assert (finished["model"], finished["recipe"], finished["steps"], finished["total_steps"]) == (
+        "softmax",
+        "default",
+        1000,
+        1000,
+    )
     assert finished["test_accuracy"] == softmax_run.metrics["test_accuracy"]
     assert finished["validation_accuracy"] == softmax_run.metrics["validation_accuracy"]
 
     stopped = tmp_path / "stopped"
-    with rundir.open_log(stopped, {"model": "fast", "recipe": "quick", "steps": 400},
-                         [{"step": 50, "loss": 0.5, "validation_accuracy": 0.97}]):
+    with rundir.open_log(
+        stopped,
+        {"model": "fast", "recipe": "quick", "steps": 400},
+        [{"step": 50, "loss": 0.5, "validation_accuracy": 0.97}],
+    ):
         pass
     rundir.save_checkpoint(stopped, fake_state(60))
     (tmp_path / "empty").mkdir()
@@ -108,8 +134,11 @@ def test_describe_and_list_runs_give_each_runs_model_progress_accuracy_and_statu
     shutil.copytree(softmax_run.run_dir, tmp_path / "finished")
 
     runs = rundir.list_runs(tmp_path)
-    assert [(run["name"], run["status"]) for run in runs] == [("finished", "finished"), ("linked", "damaged"),
-                                                              ("stopped", "resumable")]
+    assert [(run["name"], run["status"]) for run in runs] == [
+        ("finished", "finished"),
+        ("linked", "damaged"),
+        ("stopped", "resumable"),
+    ]
     assert runs[1]["problem"] == f"{tmp_path / 'linked'}: a link to a folder (runs are read only inside {tmp_path})"
     assert runs[1]["model"] is None and runs[0]["test_accuracy"] == softmax_run.metrics["test_accuracy"]
     assert (runs[2]["model"], runs[2]["steps"], runs[2]["total_steps"]) == ("fast", 60, 400)
@@ -159,8 +188,10 @@ def test_every_run_records_how_it_was_made(softmax_run, mnist):
     assert recorded["torch"] == metadata.version("torch") and recorded["digitrec"] == digitrec.__version__
     assert recorded["device"] == "cpu" and recorded["precision"] == "fp32" and recorded["processes"] == 1
     assert recorded["cuda_graph"] is False  # the CPU never captures a training step
-    assert recorded == {**provenance.provenance(), **{key: recorded[key] for key in ("device", "torch_threads",
-                                                                                  "precision", "processes", "cuda_graph")}}
+    assert recorded == {
+        **provenance.provenance(),
+        **{key: recorded[key] for key in ("device", "torch_threads", "precision", "processes", "cuda_graph")},
+    }
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -225,7 +256,12 @@ def test_out_onto_a_finished_run_is_refused_and_overwrite_replaces_it(softmax_ru
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 200
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no run.new, no temporary folder
     assert sorted(path.name for path in run_dir.iterdir()) == [
-        "config.json", "curves.png", "log.jsonl", "metrics.json", "weights.safetensors"]
+        "config.json",
+        "curves.png",
+        "log.jsonl",
+        "metrics.json",
+        "weights.safetensors",
+    ]
 
 
 def test_out_onto_a_stopped_run_or_other_files_is_refused(tmp_path):
@@ -234,8 +270,9 @@ def test_out_onto_a_stopped_run_or_other_files_is_refused(tmp_path):
         pass
     rundir.save_checkpoint(stopped, fake_state(40))
     before = folder_bytes(stopped)
-    assert_one_line_error(run("train", *SOFTMAX_100, "--out", stopped), "is a stopped run",
-                          f"--resume {stopped}", "--overwrite")
+    assert_one_line_error(
+        run("train", *SOFTMAX_100, "--out", stopped), "is a stopped run", f"--resume {stopped}", "--overwrite"
+    )
     assert folder_bytes(stopped) == before
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
@@ -247,8 +284,12 @@ def test_a_failed_final_save_keeps_the_trained_state_and_says_how_to_recover_it(
     run_dir = tmp_path / "run"
     fail_fsync_of(monkeypatch, "weights.safetensors")
     result = run("train", *SOFTMAX_100, "--out", run_dir)
-    assert_ends_in_one_error(result, "cannot save the finished run (No space left on device)",
-                          "its checkpoint of step 100 is kept", f"digitrec train --resume {run_dir}")
+    assert_ends_in_one_error(
+        result,
+        "cannot save the finished run (No space left on device)",
+        "its checkpoint of step 100 is kept",
+        f"digitrec train --resume {run_dir}",
+    )
     assert rundir.status(run_dir) == rundir.RESUMABLE and not (run_dir / "weights.safetensors").exists()
     trained = rundir.load_checkpoint(run_dir)["model"]
 
@@ -274,18 +315,24 @@ def test_overwrite_whose_save_fails_leaves_the_previous_run_whole(softmax_run, t
 
 def test_out_in_a_read_only_folder_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
     read_only(monkeypatch, tmp_path / "locked")
-    assert_ends_in_one_error(run("train", *SOFTMAX_100, "--out", tmp_path / "locked" / "run"),
-                          "cannot create the run folder (Read-only file system)")
+    assert_ends_in_one_error(
+        run("train", *SOFTMAX_100, "--out", tmp_path / "locked" / "run"),
+        "cannot create the run folder (Read-only file system)",
+    )
     assert not (tmp_path / "locked").exists()
 
 
 def test_report_and_export_into_a_read_only_folder_are_one_line(softmax_run, tmp_path, monkeypatch):
     (tmp_path / "locked").mkdir()
     read_only(monkeypatch, tmp_path / "locked")
-    assert_one_line_error(run("evaluate", softmax_run.run_dir, "--report", "--out", tmp_path / "locked"),
-                          "cannot write (Read-only file system)")
-    assert_one_line_error(run("export", softmax_run.run_dir, "--out", tmp_path / "locked" / "model.onnx"),
-                          "model.onnx: cannot write (Read-only file system)")
+    assert_one_line_error(
+        run("evaluate", softmax_run.run_dir, "--report", "--out", tmp_path / "locked"),
+        "cannot write (Read-only file system)",
+    )
+    assert_one_line_error(
+        run("export", softmax_run.run_dir, "--out", tmp_path / "locked" / "model.onnx"),
+        "model.onnx: cannot write (Read-only file system)",
+    )
     assert list((tmp_path / "locked").iterdir()) == []
 
 

@@ -49,12 +49,21 @@ def images(mnist, tmp_path_factory) -> dict:
     listed.write_text(f"# made by the test\n{folder / 'digits' / 'part1' / '001.png'}\n{folder / 'missing.png'}\n")
     rng = np.random.default_rng(0)
     for index in range(8):
-        row = number_strings.compose([mnist.test.images[i, 0].numpy() for i in rng.integers(0, 1000, 4)], "separate", rng)
+        row = number_strings.compose(
+            [mnist.test.images[i, 0].numpy() for i in rng.integers(0, 1000, 4)], "separate", rng
+        )
         path = folder / "numbers" / f"{index}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((255 - row * 255).round().astype(np.uint8)).resize((row.shape[1] * 2, row.shape[0] * 2)).save(path)
-    return {"folder": folder, "digits": folder / "digits", "glob": str(folder / "digits" / "part0" / "*.png"),
-            "list": listed, "numbers": folder / "numbers"}
+        Image.fromarray((255 - row * 255).round().astype(np.uint8)).resize((row.shape[1] * 2, row.shape[0] * 2)).save(
+            path
+        )
+    return {
+        "folder": folder,
+        "digits": folder / "digits",
+        "glob": str(folder / "digits" / "part0" / "*.png"),
+        "list": listed,
+        "numbers": folder / "numbers",
+    }
 
 
 def rows_by_path(out: Path) -> dict[str, dict]:
@@ -91,7 +100,9 @@ def test_ray_rows_are_the_local_engines_with_error_rows(ray_session, images, tmp
     assert_same_rows(written, printed, "predict")
     errors = {Path(path).name: row["error"] for path, row in written.items() if row["error"]}
     assert errors.keys() == {"broken.png", "missing.png"}
-    assert "not an image" in errors["broken.png"] and all(row["digit"] is None for row in written.values() if row["error"])
+    assert "not an image" in errors["broken.png"] and all(
+        row["digit"] is None for row in written.values() if row["error"]
+    )
 
 
 def test_ray_reads_numbers_as_the_local_engine_does(ray_session, images, tmp_path):
@@ -114,10 +125,28 @@ def test_a_killed_ray_job_resumes_to_exactly_one_row_per_file(ray_session, image
     import ray
 
     # the job joins the module's Ray (--address) rather than start its own: the same code path, and seconds sooner
-    command = [sys.executable, "-m", "digitrec", "predict", str(listed), "--engine", "ray", "--batch-size", "1",
-               "--address", ray.get_runtime_context().gcs_address, "--out", str(out)]
-    job = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=SRC), start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "digitrec",
+        "predict",
+        str(listed),
+        "--engine",
+        "ray",
+        "--batch-size",
+        "1",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+        "--out",
+        str(out),
+    ]
+    job = subprocess.Popen(
+        command,
+        env=dict(os.environ, PYTHONPATH=SRC),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 20):
         time.sleep(0.05)
@@ -178,19 +207,30 @@ def test_progress_shows_files_rate_errors_and_time_left_on_a_terminal_only():
 
 
 def test_without_ray_the_ray_engine_says_how_to_install_it_in_one_line(images):
-    script = ("import sys\nsys.modules['ray'] = None\nfrom digitrec.cli import main\n"
-              f"main(['predict', {str(images['digits'])!r}, '--engine', 'ray', '--out', 'unused.jsonl'])\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=images["folder"],
-                            env=dict(os.environ, PYTHONPATH=SRC), timeout=120)
+    script = (
+        "import sys\nsys.modules['ray'] = None\nfrom digitrec.cli import main\n"
+        f"main(['predict', {str(images['digits'])!r}, '--engine', 'ray', '--out', 'unused.jsonl'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=images["folder"],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: this needs ray, which is not installed: pip install 'digitrec[scale]'"]
+        "error: this needs ray, which is not installed: pip install 'digitrec[scale]'"
+    ]
 
 
 def test_a_cluster_that_does_not_answer_is_one_clear_error_at_once(images, tmp_path):
     start = time.monotonic()
-    result = run("predict", images["digits"], "--engine", "ray", "--address", "127.0.0.1:9", "--out",
-                 tmp_path / "rows.jsonl")
+    result = run(
+        "predict", images["digits"], "--engine", "ray", "--address", "127.0.0.1:9", "--out", tmp_path / "rows.jsonl"
+    )
     assert result.exit_code == 1 and time.monotonic() - start < 30
     assert result.stderr.startswith("error: 127.0.0.1:9: no Ray cluster answers there")
     assert not (tmp_path / "rows.jsonl").exists()

@@ -31,8 +31,12 @@ class Server:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.process = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(self.port)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "digitrec", "serve", "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:
@@ -92,7 +96,7 @@ def push(connection: socket.socket, data: bytes | memoryview) -> memoryview:
     """Send what the socket takes now; the rest is returned."""
     data = memoryview(data)
     try:
-        return data[connection.send(data):]
+        return data[connection.send(data) :]
     except BlockingIOError:
         return data
     except (BrokenPipeError, ConnectionResetError):
@@ -105,9 +109,16 @@ def test_slow_stalled_and_idle_connections_are_closed_on_time_while_the_server_a
     unfinished_head = server.connect()
     push(unfinished_head, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n")
     short_body = server.connect()
-    push(short_body, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\0" * 10)
+    push(
+        short_body,
+        b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+        + b"\0" * 10,
+    )
     endless = server.connect()
-    push(endless, b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n")
+    push(
+        endless,
+        b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
     silent = server.connect()
     kept_alive = server.connect()
     push(kept_alive, b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -115,9 +126,13 @@ def test_slow_stalled_and_idle_connections_are_closed_on_time_while_the_server_a
     for connection in slowloris:
         push(connection, b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n")
     upload_size = MAX_BODY_BYTES - 100_000  # allowed, and never finished: one byte short
-    uploads = {server.connect(): (b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
-                                  b"Content-Length: %d\r\n\r\n" % upload_size + b"\x89" * (upload_size - 1))
-               for _ in range(60)}
+    uploads = {
+        server.connect(): (
+            b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+            b"Content-Length: %d\r\n\r\n" % upload_size + b"\x89" * (upload_size - 1)
+        )
+        for _ in range(60)
+    }
     stalled = [unfinished_head, short_body, endless, silent, *slowloris, *uploads]
     closed_at: dict[socket.socket, float] = {}
     replies: dict[socket.socket, bytes] = {}
@@ -142,7 +157,9 @@ def test_slow_stalled_and_idle_connections_are_closed_on_time_while_the_server_a
         time.sleep(0.3)
     assert set(closed_at) == set(stalled), f"{len(stalled) - len(closed_at)} of {len(stalled)} still open"
     assert all(READ_TIMEOUT_SECONDS - 1 < seconds < READ_TIMEOUT_SECONDS + 2 for seconds in closed_at.values())
-    assert replies[unfinished_head].startswith(b"HTTP/1.1 408 ") and b"did not arrive within" in replies[unfinished_head]
+    assert (
+        replies[unfinished_head].startswith(b"HTTP/1.1 408 ") and b"did not arrive within" in replies[unfinished_head]
+    )
     assert KEEP_ALIVE_SECONDS - 1 < kept_alive_closed < KEEP_ALIVE_SECONDS + 2
     assert max(health_seconds) < 1, max(health_seconds)
     assert peak - server.baseline < ATTACK_RSS_LIMIT, (peak - server.baseline) / MB
@@ -198,7 +215,11 @@ def test_an_endless_url_or_header_block_is_refused_with_431(server):
     assert len(many_headers) < MAX_HEAD_BYTES
     reply = refused_head(server, many_headers)
     assert reply.startswith(b"HTTP/1.1 431 ") and f"over {MAX_HEADERS} header fields".encode() in reply
-    allowed = b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + b"X-a: b\r\n" * (MAX_HEADERS - 3) + b"\r\n"
+    allowed = (
+        b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        + b"X-a: b\r\n" * (MAX_HEADERS - 3)
+        + b"\r\n"
+    )
     assert refused_head(server, allowed).startswith(b"HTTP/1.1 200 ")
     assert server.rss() - before < 20 * MB
 

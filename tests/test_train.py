@@ -25,22 +25,25 @@ def test_unknown_recipe_and_bad_values_are_config_errors():
         train.resolve_config("softmax", steps=0)
 
 
-@pytest.mark.parametrize("setting, value, message", [
-    ("lr", float("nan"), "lr must be a finite number, not nan"),
-    ("lr", float("inf"), "lr must be a finite number, not inf"),
-    ("lr", 1e300, r"lr must be in \(0, 10\], not 1e\+300"),
-    ("lr", 0.0, r"lr must be in \(0, 10\], not 0.0"),
-    ("weight_decay", -0.1, r"weight_decay must be in \[0, 1\]"),
-    ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
-    ("batch_size", 60000, r"batch_size must be in 1\.\.55,000, not 60000"),
-    ("seed", 2**70, r"seed must be in 0\.\.9,223,372,036,854,775,807"),
-    ("seed", -1, r"seed must be in 0\.\."),
-    ("steps", 10**8, r"steps must be in 1\.\.10,000,000"),
-    ("width", 100000, r"width must be in 1\.\.256, not 100000"),
-    ("width", 0, r"width must be in 1\.\.256, not 0"),
-    ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
-    ("augment_scale", 1.0, r"augment_scale must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("lr", float("nan"), "lr must be a finite number, not nan"),
+        ("lr", float("inf"), "lr must be a finite number, not inf"),
+        ("lr", 1e300, r"lr must be in \(0, 10\], not 1e\+300"),
+        ("lr", 0.0, r"lr must be in \(0, 10\], not 0.0"),
+        ("weight_decay", -0.1, r"weight_decay must be in \[0, 1\]"),
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+        ("batch_size", 60000, r"batch_size must be in 1\.\.55,000, not 60000"),
+        ("seed", 2**70, r"seed must be in 0\.\.9,223,372,036,854,775,807"),
+        ("seed", -1, r"seed must be in 0\.\."),
+        ("steps", 10**8, r"steps must be in 1\.\.10,000,000"),
+        ("width", 100000, r"width must be in 1\.\.256, not 100000"),
+        ("width", 0, r"width must be in 1\.\.256, not 0"),
+        ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'"),
+        ("augment_scale", 1.0, r"augment_scale must be in \[0, 1\)"),
+    ],
+)
 def test_out_of_range_settings_are_refused_with_their_bounds(setting, value, message):
     with pytest.raises(ConfigError, match=message):
         train.resolve_config("fast", **{setting: value})
@@ -76,7 +79,10 @@ def test_weights_written_by_a_run_load_and_reproduce_its_accuracy(softmax_run, m
 
 def test_same_seed_gives_identical_weights_on_cpu(mnist):
     config = train.resolve_config("fast", steps=20, log_every=10, eval_every=20)
-    runs = [train.train(config, mnist, torch.device("cpu"), show_progress=False, print_line=lambda _: None) for _ in range(2)]
+    runs = [
+        train.train(config, mnist, torch.device("cpu"), show_progress=False, print_line=lambda _: None)
+        for _ in range(2)
+    ]
     for (name, first), second in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
         assert torch.equal(first, second), name
 
@@ -148,7 +154,9 @@ def test_a_graphed_step_sees_the_batches_and_augmentation_of_an_eager_one(mnist)
     assert draws.shape == (len(images), 5) and draws.min() >= -1 and draws.max() < 1
     generator = torch.Generator().manual_seed(7)
     stroked = data.random_stroke(images, generator, config.augment_stroke)
-    expected = data.random_affine(stroked, generator, config.augment_degrees, config.augment_shift, config.augment_scale)
+    expected = data.random_affine(
+        stroked, generator, config.augment_degrees, config.augment_shift, config.augment_scale
+    )
     assert torch.equal(DIGITS.augment(images, draws, config), expected)
     plain = replace(config, augment_stroke=0.0, augment_degrees=0.0, augment_shift=0.0, augment_scale=0.0)
     assert DIGITS.augmentation_draws(generator, 4, plain) is None and DIGITS.augment(images, None, plain) is images
@@ -181,13 +189,29 @@ def test_bf16_training_runs_and_records_its_precision(tmp_path):
     from helpers import run
 
     out = tmp_path / "run"
-    result = run("train", "--model", "fast", "--width", 4, "--steps", 30, "--log-every", 10, "--precision", "bf16",
-                 "--out", out, "--quiet")
+    result = run(
+        "train",
+        "--model",
+        "fast",
+        "--width",
+        4,
+        "--steps",
+        30,
+        "--log-every",
+        10,
+        "--precision",
+        "bf16",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "on cpu, precision bf16" in result.output
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["provenance"]["precision"] == "bf16" and metrics["test_accuracy"] > 0.5  # 30 steps: far above chance (fp32: 76 %, bf16: 79 % here)
+    assert (
+        metrics["provenance"]["precision"] == "bf16" and metrics["test_accuracy"] > 0.5
+    )  # 30 steps: far above chance (fp32: 76 %, bf16: 79 % here)
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step(mnist):
@@ -195,7 +219,9 @@ def test_a_non_finite_loss_stops_training_naming_the_step(mnist):
     training.advance(5)
     with torch.no_grad():
         training.model.layers[-1].bias.fill_(float("inf"))  # what an overflowing step leaves behind
-    with pytest.raises(TrainingDiverged, match=r"training diverged: the loss was nan at step 6 \(lr 0.2\); try a lower --lr"):
+    with pytest.raises(
+        TrainingDiverged, match=r"training diverged: the loss was nan at step 6 \(lr 0.2\); try a lower --lr"
+    ):
         training.advance(10)
 
 
@@ -219,8 +245,22 @@ def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path
     from helpers import run
 
     out = tmp_path / "reader"
-    result = run("train", "--model", "reader", "--width", 4, "--steps", 6, "--batch-size", 8, "--log-every", 3,
-                 "--out", out, "--quiet")
+    result = run(
+        "train",
+        "--model",
+        "reader",
+        "--width",
+        4,
+        "--steps",
+        6,
+        "--batch-size",
+        8,
+        "--log-every",
+        3,
+        "--out",
+        out,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "training reader (default) for 6 steps of 8" in result.output
     assert "whole strings read right of 1,000 made from test digits" in result.output
@@ -231,7 +271,9 @@ def test_the_number_reader_trains_on_strings_and_records_their_accuracy(tmp_path
 
 
 def test_digit_augmentations_are_refused_for_the_number_reader():
-    with pytest.raises(ConfigError, match="reads whole numbers: --augment-degrees, --label-smoothing apply to digit models only"):
+    with pytest.raises(
+        ConfigError, match="reads whole numbers: --augment-degrees, --label-smoothing apply to digit models only"
+    ):
         train.resolve_config("reader", augment_degrees=5, label_smoothing=0.1)
 
 

@@ -69,16 +69,25 @@ def inked_pixels(page) -> int:
     }""")
 
 
-def test_a_run_started_from_the_page_draws_live_curves_finishes_and_becomes_the_pads_model(page, training_server, tmp_path):
+def test_a_run_started_from_the_page_draws_live_curves_finishes_and_becomes_the_pads_model(
+    page, training_server, tmp_path
+):
     start(page, "softmax", 3000)
     page.wait_for_function("() => Number(document.getElementById('train-chart').dataset.points) >= 2", timeout=60_000)
     seen, drawn = points(page), inked_pixels(page)
     # while it still runs, the curve gains points and ink
-    page.wait_for_function(f"() => Number(document.getElementById('train-chart').dataset.points) > {seen}", timeout=60_000)
+    page.wait_for_function(
+        f"() => Number(document.getElementById('train-chart').dataset.points) > {seen}", timeout=60_000
+    )
     # and says how fast it goes and how long it has left, while running
-    page.wait_for_function(r"""() => /^Training softmax \(default\): step [\d,]+ of 3,000 · \d+ steps\/s · about \d+ s left$/
-                               .test(document.getElementById('train-status').textContent)""", timeout=30_000)
-    page.wait_for_function("() => document.getElementById('train-status').dataset.status === 'finished'", timeout=180_000)
+    page.wait_for_function(
+        r"""() => /^Training softmax \(default\): step [\d,]+ of 3,000 · \d+ steps\/s · about \d+ s left$/
+                               .test(document.getElementById('train-status').textContent)""",
+        timeout=30_000,
+    )
+    page.wait_for_function(
+        "() => document.getElementById('train-status').dataset.status === 'finished'", timeout=180_000
+    )
     assert points(page) == 60 and int(page.locator("#train-chart").get_attribute("data-validation-points")) == 10
     assert inked_pixels(page) > drawn
     page.wait_for_selector("#train-result:not([hidden])", timeout=60_000)
@@ -93,7 +102,9 @@ def test_a_run_started_from_the_page_draws_live_curves_finishes_and_becomes_the_
     before = page.locator("#model-info").text_content()
     name = page.locator("#runs button[data-use]").first.get_attribute("data-use")
     page.locator("#runs button[data-use]").first.click()
-    page.wait_for_function(f"() => document.getElementById('model-info').textContent.includes('Model: softmax, {accuracy}')")
+    page.wait_for_function(
+        f"() => document.getElementById('model-info').textContent.includes('Model: softmax, {accuracy}')"
+    )
     assert before != page.locator("#model-info").text_content()
     page.evaluate("""() => { window.predictions = [];
         document.addEventListener('digitrec:prediction', async (event) => {
@@ -102,11 +113,15 @@ def test_a_run_started_from_the_page_draws_live_curves_finishes_and_becomes_the_
         }); }""")
     page.locator("#pad").scroll_into_view_if_needed()  # the panel's screenshot scrolled the page
     draw(page, SEVEN)
-    page.wait_for_function("() => window.predictions.length > 0 && document.getElementById('digit').textContent !== '–'")
+    page.wait_for_function(
+        "() => window.predictions.length > 0 && document.getElementById('digit').textContent !== '–'"
+    )
     page.wait_for_timeout(500)  # the pad predicts once more after the last stroke
     answered = page.evaluate("window.predictions[window.predictions.length - 1]")
     expected = Recognizer.load(training_server.runs_dir / name).predict(bytes(answered["image"]))
-    assert answered["result"]["digit"] == expected.digit and page.locator("#digit").text_content() == str(expected.digit)
+    assert answered["result"]["digit"] == expected.digit and page.locator("#digit").text_content() == str(
+        expected.digit
+    )
     assert answered["result"]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     page.click("#clear")
     page.click("[data-bundled=default]")
@@ -124,11 +139,13 @@ def test_a_run_is_stopped_resumed_and_reattached_after_a_reload(page):
 
     page.click("#train-resume")
     page.wait_for_function("() => document.getElementById('train-status').dataset.status === 'running'", timeout=30_000)
-    page.wait_for_function(f"() => Number(document.getElementById('train-chart').dataset.points) > {stopped_at + 2}",
-                           timeout=60_000)
+    page.wait_for_function(
+        f"() => Number(document.getElementById('train-chart').dataset.points) > {stopped_at + 2}", timeout=60_000
+    )
     page.reload()  # a reopened page re-attaches to the live run: the log so far, then new points
-    page.wait_for_function(f"() => Number(document.getElementById('train-chart').dataset.points) > {stopped_at + 2}",
-                           timeout=30_000)
+    page.wait_for_function(
+        f"() => Number(document.getElementById('train-chart').dataset.points) > {stopped_at + 2}", timeout=30_000
+    )
     assert status(page) == "running" and page.locator("#train-stop").is_enabled()
     page.click("#train-stop")
     page.wait_for_function("() => document.getElementById('train-status').dataset.status === 'stopped'", timeout=60_000)

@@ -105,8 +105,16 @@ def progress_events(client, name: str, seconds: float) -> list[dict]:
 def test_the_training_api_is_documented_with_its_bodies(client):
     documented = client.get("/openapi.json").json()
     paths = documented["paths"]
-    for path in ("/api/training", "/api/runs", "/api/runs/{name}", "/api/runs/{name}/stop", "/api/runs/{name}/resume",
-                 "/api/runs/{name}/events", "/api/runs/{name}/report", "/api/model"):
+    for path in (
+        "/api/training",
+        "/api/runs",
+        "/api/runs/{name}",
+        "/api/runs/{name}/stop",
+        "/api/runs/{name}/resume",
+        "/api/runs/{name}/events",
+        "/api/runs/{name}/report",
+        "/api/model",
+    ):
         assert path in paths, path
     reference = paths["/api/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     start_body = documented["components"]["schemas"][reference.rsplit("/", 1)[1]]
@@ -114,25 +122,28 @@ def test_the_training_api_is_documented_with_its_bodies(client):
     assert "put" in paths["/api/model"] and "get" in paths["/api/model"]
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"model": "resnet"}, "unknown model 'resnet' (choose from softmax, cnn, fast, reader)"),
-    ({"model": "reader"}, "model 'reader' reads whole numbers: train it with digitrec train --model reader"),
-    ({}, "model: Field required"),
-    ({"model": "softmax", "steps": 0}, "steps: Input should be greater than or equal to 1"),
-    ({"model": "softmax", "steps": -5}, "steps: Input should be greater than or equal to 1"),
-    ({"model": "softmax", "steps": 10**9}, "steps: Input should be less than or equal to 200000"),
-    ({"model": "softmax", "steps": "many"}, "steps: Input should be a valid integer"),
-    ({"model": "softmax", "steps": 2.5}, "steps: Input should be a valid integer"),
-    ({"model": "softmax", "batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
-    ({"model": "softmax", "batch_size": 10**6}, "batch_size: Input should be less than or equal to 8192"),
-    ({"model": "softmax", "lr": 0}, "lr: Input should be greater than 0"),
-    ({"model": "softmax", "lr": "fast"}, "lr: Input should be a valid number"),
-    ({"model": "softmax", "seed": -1}, "seed: Input should be greater than or equal to 0"),
-    ({"model": "softmax", "recipe": "full"}, "model 'softmax' has no recipe 'full' (choose from default)"),
-    ({"model": "softmax", "recipe": ""}, "recipe: String should have at least 1 character"),
-    ({"model": "softmax", "epochs": 3}, "epochs: Extra inputs are not permitted"),
-    ([1, 2], "body: Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"model": "resnet"}, "unknown model 'resnet' (choose from softmax, cnn, fast, reader)"),
+        ({"model": "reader"}, "model 'reader' reads whole numbers: train it with digitrec train --model reader"),
+        ({}, "model: Field required"),
+        ({"model": "softmax", "steps": 0}, "steps: Input should be greater than or equal to 1"),
+        ({"model": "softmax", "steps": -5}, "steps: Input should be greater than or equal to 1"),
+        ({"model": "softmax", "steps": 10**9}, "steps: Input should be less than or equal to 200000"),
+        ({"model": "softmax", "steps": "many"}, "steps: Input should be a valid integer"),
+        ({"model": "softmax", "steps": 2.5}, "steps: Input should be a valid integer"),
+        ({"model": "softmax", "batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
+        ({"model": "softmax", "batch_size": 10**6}, "batch_size: Input should be less than or equal to 8192"),
+        ({"model": "softmax", "lr": 0}, "lr: Input should be greater than 0"),
+        ({"model": "softmax", "lr": "fast"}, "lr: Input should be a valid number"),
+        ({"model": "softmax", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"model": "softmax", "recipe": "full"}, "model 'softmax' has no recipe 'full' (choose from default)"),
+        ({"model": "softmax", "recipe": ""}, "recipe: String should have at least 1 character"),
+        ({"model": "softmax", "epochs": 3}, "epochs: Extra inputs are not permitted"),
+        ([1, 2], "body: Input should be a valid dictionary"),
+    ],
+)
 def test_bad_start_parameters_are_422_with_a_clear_detail_and_start_nothing(client, server, body, fragment):
     response = client.post("/api/runs", json=body)
     assert response.status_code == 422
@@ -143,20 +154,26 @@ def test_bad_start_parameters_are_422_with_a_clear_detail_and_start_nothing(clie
 
 def test_a_body_that_is_not_json_is_422(client):
     response = client.post("/api/runs", content=b"{model: softmax", headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and response.json()["detail"] == "the body is not valid JSON (or is nested too deep)"
+    assert (
+        response.status_code == 422
+        and response.json()["detail"] == "the body is not valid JSON (or is nested too deep)"
+    )
 
 
-@pytest.mark.parametrize("method, path, status, fragment", [
-    ("GET", "/api/runs/nope", 404, "no run named 'nope'"),
-    ("GET", "/api/runs/nope/events", 404, "no run named 'nope'"),
-    ("GET", "/api/runs/nope/report", 404, "no run named 'nope'"),
-    ("POST", "/api/runs/nope/stop", 404, "no run named 'nope'"),
-    ("POST", "/api/runs/nope/resume", 404, "no run named 'nope'"),
-    ("GET", "/api/runs/%2E%2E", 422, "'..' is not a run name"),
-    ("POST", "/api/runs/%2E%2E/resume", 422, "'..' is not a run name"),
-    ("GET", "/api/runs/.config", 422, "'.config' is not a run name"),
-    ("GET", "/api/runs/a%20b", 422, "'a b' is not a run name"),
-])
+@pytest.mark.parametrize(
+    "method, path, status, fragment",
+    [
+        ("GET", "/api/runs/nope", 404, "no run named 'nope'"),
+        ("GET", "/api/runs/nope/events", 404, "no run named 'nope'"),
+        ("GET", "/api/runs/nope/report", 404, "no run named 'nope'"),
+        ("POST", "/api/runs/nope/stop", 404, "no run named 'nope'"),
+        ("POST", "/api/runs/nope/resume", 404, "no run named 'nope'"),
+        ("GET", "/api/runs/%2E%2E", 422, "'..' is not a run name"),
+        ("POST", "/api/runs/%2E%2E/resume", 422, "'..' is not a run name"),
+        ("GET", "/api/runs/.config", 422, "'.config' is not a run name"),
+        ("GET", "/api/runs/a%20b", 422, "'a b' is not a run name"),
+    ],
+)
 def test_unknown_and_unsafe_run_names_are_refused(client, method, path, status, fragment):
     response = client.request(method, path)
     assert response.status_code == status and fragment in response.json()["detail"]
@@ -176,10 +193,15 @@ def test_one_training_at_a_time_a_second_start_is_409_and_stop_checkpoints(clien
 
     second = client.post("/api/runs", json={"model": "softmax", "steps": 100})
     assert second.status_code == 409
-    assert second.json()["detail"] == f"run {name} is training; one training at a time: stop it or wait for it to finish"
+    assert (
+        second.json()["detail"] == f"run {name} is training; one training at a time: stop it or wait for it to finish"
+    )
     assert client.post(f"/api/runs/{name}/resume").status_code == 409
     choice = client.put("/api/model", json={"run": name})
-    assert choice.status_code == 409 and choice.json()["detail"] == f"run {name} is running: only a finished run can be used"
+    assert (
+        choice.status_code == 409
+        and choice.json()["detail"] == f"run {name} is running: only a finished run can be used"
+    )
     assert client.get(f"/api/runs/{name}/report").status_code == 409
 
     stopping = client.post(f"/api/runs/{name}/stop")
@@ -187,7 +209,10 @@ def test_one_training_at_a_time_a_second_start_is_409_and_stop_checkpoints(clien
     stopped = wait_for_status(client, name, "stopped", "failed")
     assert stopped["status"] == "stopped" and stopped["resumable"] and 50 <= stopped["step"] < LONG_STEPS
     assert (server.runs_dir / name / f"checkpoint-{stopped['step']:07d}.pt").is_file()
-    assert f"stopped at step {stopped['step']} of {LONG_STEPS}" in (server.runs_dir / name / "train-output.txt").read_text()
+    assert (
+        f"stopped at step {stopped['step']} of {LONG_STEPS}"
+        in (server.runs_dir / name / "train-output.txt").read_text()
+    )
     again = client.post(f"/api/runs/{name}/stop")
     assert again.status_code == 409 and again.json()["detail"] == f"run {name} is not training"
 
@@ -215,7 +240,12 @@ def finished(client):
 def test_a_finished_run_is_listed_with_its_accuracies(finished, server):
     metrics = json.loads((server.runs_dir / finished["name"] / "metrics.json").read_text())
     assert finished["status"] == "finished" and not finished["resumable"]
-    assert (finished["model"], finished["recipe"], finished["steps"], finished["step"]) == ("softmax", "default", 200, 200)
+    assert (finished["model"], finished["recipe"], finished["steps"], finished["step"]) == (
+        "softmax",
+        "default",
+        200,
+        200,
+    )
     assert finished["test_accuracy"] == metrics["test_accuracy"] > 0.85
     assert finished["validation_accuracy"] == metrics["validation_accuracy"]
 
@@ -242,7 +272,9 @@ def test_a_finished_runs_summary_matches_its_metrics_and_its_report_is_served(cl
     assert sum(confusion[digit][digit] for digit in range(10)) == 10_000 - summary["errors"]
     assert len(summary["mistakes"]) == 12
     confidences = [mistake["confidence"] for mistake in summary["mistakes"]]
-    assert confidences == sorted(confidences, reverse=True) and all(m["label"] != m["predicted"] for m in summary["mistakes"])
+    assert confidences == sorted(confidences, reverse=True) and all(
+        m["label"] != m["predicted"] for m in summary["mistakes"]
+    )
     image = Image.open(io.BytesIO(base64.b64decode(summary["mistakes"][0]["image"].split(",", 1)[1])))
     assert image.size == (28, 28)
     report = client.get(detail["report"])
@@ -270,14 +302,17 @@ def test_a_finished_run_becomes_the_model_that_predict_uses(client, server, fini
     assert back.status_code == 200 and client.get("/api/model").json() == before
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({}, 422, 'give exactly one of {"run": NAME} or {"bundled": "default" | "cnn"}'),
-    ({"run": "x", "bundled": "cnn"}, 422, "give exactly one of"),
-    ({"bundled": "huge"}, 422, "bundled: Input should be 'default' or 'cnn'"),
-    ({"run": "nope"}, 404, "no run named 'nope'"),
-    ({"run": "../../etc"}, 422, "is not a run name"),
-    ({"run": 3}, 422, "run: Input should be a valid string"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({}, 422, 'give exactly one of {"run": NAME} or {"bundled": "default" | "cnn"}'),
+        ({"run": "x", "bundled": "cnn"}, 422, "give exactly one of"),
+        ({"bundled": "huge"}, 422, "bundled: Input should be 'default' or 'cnn'"),
+        ({"run": "nope"}, 404, "no run named 'nope'"),
+        ({"run": "../../etc"}, 422, "is not a run name"),
+        ({"run": 3}, 422, "run: Input should be a valid string"),
+    ],
+)
 def test_bad_model_choices_are_refused_and_the_model_is_unchanged(client, body, status, fragment):
     before = client.get("/api/model").json()
     response = client.put("/api/model", json=body)
@@ -285,12 +320,21 @@ def test_bad_model_choices_are_refused_and_the_model_is_unchanged(client, body, 
     assert client.get("/api/model").json() == before
 
 
-@pytest.mark.parametrize("settings, reason", [
-    ({"host": "0.0.0.0"}, "Training is off on a server others can reach (start it with --allow-training to offer it)."),
-    ({"host": "127.0.0.1", "workers": 2}, "Training from the page needs a single server process (digitrec serve --workers 1)."),
-    ({"host": "0.0.0.0", "allow_training": True}, None),
-    ({"host": "::1"}, None),
-])
+@pytest.mark.parametrize(
+    "settings, reason",
+    [
+        (
+            {"host": "0.0.0.0"},
+            "Training is off on a server others can reach (start it with --allow-training to offer it).",
+        ),
+        (
+            {"host": "127.0.0.1", "workers": 2},
+            "Training from the page needs a single server process (digitrec serve --workers 1).",
+        ),
+        ({"host": "0.0.0.0", "allow_training": True}, None),
+        ({"host": "::1"}, None),
+    ],
+)
 def test_training_is_offered_on_loopback_or_when_allowed(tmp_path, settings, reason):
     live = LiveServer(create_app(Recognizer.load(), runs_dir=tmp_path, **settings))
     try:
@@ -319,8 +363,12 @@ def test_without_torch_the_panel_is_disabled_with_the_install_command(server, fi
         "                  client.post('/api/runs', json={'model': 'softmax'}).json(),\n"
         "                  client.get('/api/runs/' + NAME).status_code, client.get('/').status_code]))\n"
     )
-    output = subprocess.run([sys.executable, "-c", f"import json\nNAME = {finished['name']!r}\n" + script],
-                            capture_output=True, text=True, timeout=120)
+    output = subprocess.run(
+        [sys.executable, "-c", f"import json\nNAME = {finished['name']!r}\n" + script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert output.returncode == 0, output.stderr
     training, listed, refused, detail_status, page_status = json.loads(output.stdout)
     reason = "Training needs torch, which this install lacks: pip install 'digitrec[train]'"
@@ -331,8 +379,13 @@ def test_without_torch_the_panel_is_disabled_with_the_install_command(server, fi
 def serve(runs_dir: Path) -> tuple[subprocess.Popen, httpx.Client]:
     """`digitrec serve --runs RUNS_DIR` on a free loopback port, once it answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--runs", str(runs_dir)],
-                               env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--runs", str(runs_dir)],
+        env={**os.environ, **ONE_THREAD},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     session = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
 
     def answers():
@@ -409,8 +462,9 @@ def test_a_failed_resume_says_why_and_stays_resumable(client, server, softmax_ru
     for name in ("config.json", "log.jsonl"):
         (run_dir / name).write_bytes((softmax_run.run_dir / name).read_bytes())
     (run_dir / "checkpoint-0000050.pt").write_bytes(b"not a checkpoint")
-    (run_dir / "checkpoints.json").write_text(json.dumps({"checkpoints": [
-        {"file": "checkpoint-0000050.pt", "step": 50, "sha256": "0" * 64}]}))
+    (run_dir / "checkpoints.json").write_text(
+        json.dumps({"checkpoints": [{"file": "checkpoint-0000050.pt", "step": 50, "sha256": "0" * 64}]})
+    )
     assert run_info(client, "damaged-checkpoint")["status"] == "stopped"
     assert client.post("/api/runs/damaged-checkpoint/resume").status_code == 202
     wait_for(lambda: client.get("/api/training").json()["active"] is None)

@@ -58,8 +58,14 @@ def test_model_endpoint_describes_the_bundled_model_with_its_recorded_figures(cl
     from digitrec.files import BUNDLED_MODEL
 
     info = client.get("/api/model").json()
-    assert info == {"name": "fast", "recipe": "full", "parameters": 104_938, "test_accuracy": 0.9971,
-                    "runtime": "onnxruntime", "unsure_below": confidence.load(BUNDLED_MODEL).unsure_below}
+    assert info == {
+        "name": "fast",
+        "recipe": "full",
+        "parameters": 104_938,
+        "test_accuracy": 0.9971,
+        "runtime": "onnxruntime",
+        "unsure_below": confidence.load(BUNDLED_MODEL).unsure_below,
+    }
 
 
 def test_openapi_docs_are_served(client):
@@ -74,17 +80,20 @@ def test_page_and_static_files_are_served(client):
     assert client.get("/static/app.js").status_code == 200
 
 
-@pytest.mark.parametrize("headers, content, status, fragment", [
-    ({"Content-Type": "image/png"}, b"", 422, "empty"),
-    ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\ngarbage", 422, "upload: not an image"),
-    ({"Content-Type": "text/plain"}, b"seven", 415, "unsupported media type"),
-    ({}, b"seven", 415, "unsupported media type"),
-    ({"Content-Type": "application/json"}, b"{not json", 422, "not valid JSON"),
-    ({"Content-Type": "application/json"}, b"[1, 2]", 422, "JSON object"),
-    ({"Content-Type": "application/json"}, b'{"image": "data:image/png;base64,@@@"}', 422, "base64"),
-    ({"Content-Type": "application/json"}, b'{"picture": 1}', 422, "expected"),
-    ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nbroken", 422, "form"),
-])
+@pytest.mark.parametrize(
+    "headers, content, status, fragment",
+    [
+        ({"Content-Type": "image/png"}, b"", 422, "empty"),
+        ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\ngarbage", 422, "upload: not an image"),
+        ({"Content-Type": "text/plain"}, b"seven", 415, "unsupported media type"),
+        ({}, b"seven", 415, "unsupported media type"),
+        ({"Content-Type": "application/json"}, b"{not json", 422, "not valid JSON"),
+        ({"Content-Type": "application/json"}, b"[1, 2]", 422, "JSON object"),
+        ({"Content-Type": "application/json"}, b'{"image": "data:image/png;base64,@@@"}', 422, "base64"),
+        ({"Content-Type": "application/json"}, b'{"picture": 1}', 422, "expected"),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nbroken", 422, "form"),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_message_and_the_server_stays_healthy(client, headers, content, status, fragment):
     response = client.post("/api/predict", content=content, headers=headers)
     assert response.status_code == status
@@ -93,7 +102,9 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_stays_healthy(clie
 
 
 def test_truncated_png_is_422(client, seven_png):
-    response = client.post("/api/predict", content=seven_png[: len(seven_png) // 2], headers={"Content-Type": "image/png"})
+    response = client.post(
+        "/api/predict", content=seven_png[: len(seven_png) // 2], headers={"Content-Type": "image/png"}
+    )
     assert response.status_code == 422 and "truncated" in response.json()["detail"]
 
 
@@ -134,8 +145,12 @@ def test_serve_command_starts_a_server_on_loopback(workers, seven_png):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--workers", str(workers)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--workers", str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -169,15 +184,18 @@ def test_serve_with_missing_model_is_one_line(tmp_path):
     assert result.exit_code == 1 and result.output.startswith("error: ") and "no such weights file" in result.output
 
 
-@pytest.mark.parametrize("body", [
-    b'{"image": ' * 1100 + b"1" + b"}" * 1100,  # nested 1,100 deep: 2.2 kB that once overflowed the parser
-    b"[" * 100_000,
-    b'{"image": "data:image/png;base64,' + b"A" * 1000 + b'"',  # cut short
-    b"\xff\xfe{}",  # not UTF-8
-    b'{"image": ' + b"9" * 5000 + b"}",  # an integer too long to convert
-    b'{"image": {"nested": ["a", 1]}}',
-    b"null",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"image": ' * 1100 + b"1" + b"}" * 1100,  # nested 1,100 deep: 2.2 kB that once overflowed the parser
+        b"[" * 100_000,
+        b'{"image": "data:image/png;base64,' + b"A" * 1000 + b'"',  # cut short
+        b"\xff\xfe{}",  # not UTF-8
+        b'{"image": ' + b"9" * 5000 + b"}",  # an integer too long to convert
+        b'{"image": {"nested": ["a", 1]}}',
+        b"null",
+    ],
+)
 def test_malformed_or_hostile_json_is_422(client, body):
     response = client.post("/api/predict", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and isinstance(response.json()["detail"], str)
@@ -187,7 +205,10 @@ def test_malformed_or_hostile_json_is_422(client, body):
 def test_a_repeated_image_field_is_422_saying_so(client, seven_png):
     files = [("image", ("a.png", seven_png, "image/png")), ("image", ("b.png", seven_png, "image/png"))]
     response = client.post("/api/predict", files=files)
-    assert response.status_code == 422 and response.json()["detail"] == "the form has 2 image fields: send one, named 'image'"
+    assert (
+        response.status_code == 422
+        and response.json()["detail"] == "the form has 2 image fields: send one, named 'image'"
+    )
 
 
 @pytest.mark.parametrize("path", ["/api/health", "/api/model", "/", "/openapi.json", "/docs"])
@@ -199,16 +220,22 @@ def test_head_on_get_routes_gives_the_headers_of_get(client, path):
     assert int(head.headers["content-length"]) == len(got.content)
 
 
-@pytest.mark.parametrize("request_args, status", [
-    (("POST", "/api/predict?preprocessed=maybe"), 422),
-    (("GET", "/api/nowhere"), 404),
-    (("DELETE", "/api/health"), 405),
-])
+@pytest.mark.parametrize(
+    "request_args, status",
+    [
+        (("POST", "/api/predict?preprocessed=maybe"), 422),
+        (("GET", "/api/nowhere"), 404),
+        (("DELETE", "/api/health"), 405),
+    ],
+)
 def test_every_error_detail_is_one_string(client, seven_png, request_args, status):
     response = client.request(*request_args, content=seven_png, headers={"Content-Type": "image/png"})
     assert response.status_code == status and isinstance(response.json()["detail"], str)
     if status == 422:
-        assert response.json()["detail"] == "query preprocessed: Input should be a valid boolean, unable to interpret input"
+        assert (
+            response.json()["detail"]
+            == "query preprocessed: Input should be a valid boolean, unable to interpret input"
+        )
 
 
 def test_the_api_docs_and_the_favicon_come_from_this_server(client):

@@ -64,7 +64,12 @@ def test_a_correction_is_stored_listed_and_removed(client, seven):
     stored = client.post("/api/corrections", json={"image": seven, "label": 1})
     assert stored.status_code == 201, stored.text
     [correction] = stored.json()
-    assert (correction["label"], correction["answer"], correction["source"], correction["model"]) == (1, 7, "page", "fast")
+    assert (correction["label"], correction["answer"], correction["source"], correction["model"]) == (
+        1,
+        7,
+        "page",
+        "fast",
+    )
     assert correction["input"].startswith("data:image/png;base64,") and correction["box"] is None
     listed = client.get("/api/corrections").json()
     assert listed["count"] == 1 and listed["limit"] == 10_000 and listed["corrections"] == [correction]
@@ -74,26 +79,31 @@ def test_a_correction_is_stored_listed_and_removed(client, seven):
     assert client.get("/api/corrections").json()["count"] == 0
 
 
-@pytest.mark.parametrize("body, problem", [
-    ({"label": 10}, "label: Input should be less than or equal to 9"),
-    ({"label": -1}, "label: Input should be greater than or equal to 0"),
-    ({"label": "7"}, "label: Input should be a valid integer"),
-    ({"label": True}, "label: Input should be a valid integer"),
-    ({"label": 7, "text": "7"}, 'give exactly one of "label"'),
-    ({}, 'give exactly one of "label"'),
-    ({"label": 7, "extra": 1}, "extra: Extra inputs are not permitted"),
-    ({"text": "20a6"}, "text: String should match pattern"),
-    ({"text": "1234567890123"}, "text: String should have at most 12 characters"),
-    ({"label": 7, "image": "data:image/png;base64,@@@"}, "the image is not valid base64"),
-    ({"label": 7, "image": data_url(Image.new("L", (280, 280), 255))}, "no digit found"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ({"label": 10}, "label: Input should be less than or equal to 9"),
+        ({"label": -1}, "label: Input should be greater than or equal to 0"),
+        ({"label": "7"}, "label: Input should be a valid integer"),
+        ({"label": True}, "label: Input should be a valid integer"),
+        ({"label": 7, "text": "7"}, 'give exactly one of "label"'),
+        ({}, 'give exactly one of "label"'),
+        ({"label": 7, "extra": 1}, "extra: Extra inputs are not permitted"),
+        ({"text": "20a6"}, "text: String should match pattern"),
+        ({"text": "1234567890123"}, "text: String should have at most 12 characters"),
+        ({"label": 7, "image": "data:image/png;base64,@@@"}, "the image is not valid base64"),
+        ({"label": 7, "image": data_url(Image.new("L", (280, 280), 255))}, "no digit found"),
+    ],
+)
 def test_bad_corrections_are_a_422_and_store_nothing(client, seven, body, problem):
     response = client.post("/api/corrections", json={"image": seven, **body})
     assert response.status_code == 422 and problem in response.json()["detail"], response.text
     assert client.get("/api/corrections").json()["count"] == 0
 
 
-@pytest.mark.parametrize("path", ["/api/corrections/0", "/api/corrections/abc", "/api/corrections/99999999999999999999"])
+@pytest.mark.parametrize(
+    "path", ["/api/corrections/0", "/api/corrections/abc", "/api/corrections/99999999999999999999"]
+)
 def test_bad_ids_are_a_422(client, path):
     assert client.delete(path).status_code == 422
 
@@ -104,7 +114,9 @@ def test_a_number_is_stored_digit_by_digit_with_boxes_only_when_the_counts_match
     number = data_url(person_number([mnist.test.images[i, 0].numpy() for i in chosen]))
     wrong_count = client.post("/api/corrections", json={"image": number, "text": "206"})
     assert wrong_count.status_code == 422
-    assert "4 digit(s) were read (2026) but '206' has 3: each digit is kept with its box" in wrong_count.json()["detail"]
+    assert (
+        "4 digit(s) were read (2026) but '206' has 3: each digit is kept with its box" in wrong_count.json()["detail"]
+    )
     assert client.get("/api/corrections").json()["count"] == 0
     stored = client.post("/api/corrections", json={"image": number, "text": "2028"})
     assert stored.status_code == 201, stored.text
@@ -129,7 +141,10 @@ def test_two_browsers_adding_at_once_lose_nothing(client, seven, server):
 
 def test_the_10001st_correction_is_a_409_and_the_rest_are_kept(client, seven, monkeypatch):
     monkeypatch.setattr(corrections, "MAX_CORRECTIONS", 2)  # the same check as at 10,000, without 10,000 requests
-    assert [client.post("/api/corrections", json={"image": seven, "label": 7}).status_code for _ in range(2)] == [201, 201]
+    assert [client.post("/api/corrections", json={"image": seven, "label": 7}).status_code for _ in range(2)] == [
+        201,
+        201,
+    ]
     full = client.post("/api/corrections", json={"image": seven, "label": 7})
     assert full.status_code == 409 and "at most 2 are kept; remove some first" in full.json()["detail"]
     assert client.get("/api/corrections").json()["count"] == 2
@@ -143,7 +158,10 @@ def test_an_unusable_database_is_a_503_that_says_why(tmp_path, seven):
         live = LiveServer(create_app(Recognizer.load(), corrections_db=path))
         try:
             with httpx.Client(base_url=live.url, timeout=60) as session:
-                for response in (session.get("/api/corrections"), session.post("/api/corrections", json={"image": seven, "label": 1})):
+                for response in (
+                    session.get("/api/corrections"),
+                    session.post("/api/corrections", json={"image": seven, "label": 1}),
+                ):
                     assert response.status_code == 503 and why in response.json()["detail"]
         finally:
             live.stop()
@@ -154,8 +172,9 @@ def test_learning_is_refused_without_corrections_and_off_loopback(client, tmp_pa
     nothing = client.post("/api/corrections/learn")
     assert nothing.status_code == 409 and "no corrections to learn from yet" in nothing.json()["detail"]
     assert client.post("/api/corrections/learn", json={"steps": 0}).status_code == 422
-    exposed = LiveServer(create_app(Recognizer.load(), runs_dir=tmp_path / "runs", host="0.0.0.0",
-                                    corrections_db=tmp_path / "c.sqlite3"))
+    exposed = LiveServer(
+        create_app(Recognizer.load(), runs_dir=tmp_path / "runs", host="0.0.0.0", corrections_db=tmp_path / "c.sqlite3")
+    )
     try:
         refused = httpx.post(f"{exposed.url}/api/corrections/learn", timeout=60)
         assert refused.status_code == 403 and "Training is off on a server others can reach" in refused.json()["detail"]
@@ -182,8 +201,9 @@ def test_learning_runs_as_a_train_panel_run_whose_personal_model_can_be_used(cli
     assert run["status"] == "finished" and (run["model"], run["recipe"]) == ("fast", "personal"), run
     assert client.put("/api/model", json={"run": name}).status_code == 200
     try:
-        answer = client.post("/api/predict", content=base64.b64decode(drawing.split(",")[1]),
-                             headers={"Content-Type": "image/png"}).json()
+        answer = client.post(
+            "/api/predict", content=base64.b64decode(drawing.split(",")[1]), headers={"Content-Type": "image/png"}
+        ).json()
         assert answer["digit"] == 1
     finally:
         client.put("/api/model", json={"bundled": "default"})

@@ -23,7 +23,10 @@ def test_a_drawn_seven_is_explained_with_maps_filters_and_saliency_on_its_ink(cl
     assert body["digit"] == 7 and body["target"] == 7 and len(body["probabilities"]) == 10
     assert body["caption"] == "red: ink that pushed the answer towards 7; blue: ink that pushed it away"
     assert [(stage["name"], stage["shape"]) for stage in body["stages"]] == [
-        ("conv1", [32, 14, 14]), ("conv2", [64, 7, 7]), ("conv3", [128, 3, 3])]  # each block pools first
+        ("conv1", [32, 14, 14]),
+        ("conv2", [64, 7, 7]),
+        ("conv3", [128, 3, 3]),
+    ]  # each block pools first
     assert picture(body["stages"][0]["image"]).shape == (4 * 15 - 1, 8 * 15 - 1, 3)  # 8 x 4 maps, 1 px apart
     assert body["filters"]["shape"] == [32, 5, 5] and body["templates"] is None
     seen = picture(body["input"])[..., 0]
@@ -45,10 +48,13 @@ def test_target_picks_the_class_captioned_and_is_checked(client, seven_png):
     assert upload.status_code == 200 and upload.json()["digit"] == 7
 
 
-@pytest.mark.parametrize("headers, content, status, fragment", [
-    ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\ngarbage", 422, "upload: not an image"),
-    ({"Content-Type": "text/plain"}, b"seven", 415, "unsupported media type"),
-])
+@pytest.mark.parametrize(
+    "headers, content, status, fragment",
+    [
+        ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\ngarbage", 422, "upload: not an image"),
+        ({"Content-Type": "text/plain"}, b"seven", 415, "unsupported media type"),
+    ],
+)
 def test_bad_images_get_the_predict_errors(client, headers, content, status, fragment):
     response = client.post("/api/explain", content=content, headers=headers)
     assert response.status_code == status and fragment in response.json()["detail"]
@@ -60,4 +66,6 @@ def test_explain_is_documented(client):
     route = schema["paths"]["/api/explain"]["post"]
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ExplanationOut")
     assert "image/png" in route["requestBody"]["content"] and "422" in route["responses"]
-    assert {"stages", "filters", "saliency", "templates"} <= set(schema["components"]["schemas"]["ExplanationOut"]["properties"])
+    assert {"stages", "filters", "saliency", "templates"} <= set(
+        schema["components"]["schemas"]["ExplanationOut"]["properties"]
+    )

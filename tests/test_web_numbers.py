@@ -45,8 +45,9 @@ def test_the_body_forms_of_predict_work_for_read(client, year_png):
 def test_a_bad_image_is_422_and_another_media_type_415(client):
     corrupt = client.post("/api/read", content=b"\x89PNG\r\n\x1a\n not really", headers={"Content-Type": "image/png"})
     assert corrupt.status_code == 422 and "upload" in corrupt.json()["detail"]
-    blank = client.post("/api/read", content=encode(Image.new("L", (840, 280), 255), "PNG"),
-                        headers={"Content-Type": "image/png"})
+    blank = client.post(
+        "/api/read", content=encode(Image.new("L", (840, 280), 255), "PNG"), headers={"Content-Type": "image/png"}
+    )
     assert blank.status_code == 422 and "no digit" in blank.json()["detail"]
     text = client.post("/api/read", content=b"2026", headers={"Content-Type": "text/plain"})
     assert text.status_code == 415 and "unsupported media type" in text.json()["detail"]

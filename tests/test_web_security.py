@@ -71,15 +71,36 @@ def listed(client, name: str) -> dict:
 # ---- other pages: CSRF and DNS rebinding
 
 
-@pytest.mark.parametrize("headers, body, status, fragment", [
-    ({"Content-Type": "text/plain"}, b'{"model": "softmax", "steps": 60}', 415, "unsupported media type text/plain"),
-    ({"Content-Type": "application/x-www-form-urlencoded"}, b"model=softmax", 415, "unsupported media type"),
-    ({"Content-Type": "application/json", "Origin": "http://localhost:8199"}, b'{"model": "softmax", "steps": 60}',
-     403, "a request from the page 'http://localhost:8199' is refused"),
-    ({"Content-Type": "text/plain", "Origin": "null"}, b'{"model": "softmax", "steps": 60}', 403, "'null' is refused"),
-    ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, b'{"model": "softmax", "steps": 60}',
-     403, "another site's page"),
-])
+@pytest.mark.parametrize(
+    "headers, body, status, fragment",
+    [
+        (
+            {"Content-Type": "text/plain"},
+            b'{"model": "softmax", "steps": 60}',
+            415,
+            "unsupported media type text/plain",
+        ),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"model=softmax", 415, "unsupported media type"),
+        (
+            {"Content-Type": "application/json", "Origin": "http://localhost:8199"},
+            b'{"model": "softmax", "steps": 60}',
+            403,
+            "a request from the page 'http://localhost:8199' is refused",
+        ),
+        (
+            {"Content-Type": "text/plain", "Origin": "null"},
+            b'{"model": "softmax", "steps": 60}',
+            403,
+            "'null' is refused",
+        ),
+        (
+            {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+            b'{"model": "softmax", "steps": 60}',
+            403,
+            "another site's page",
+        ),
+    ],
+)
 def test_another_page_cannot_start_training(client, runs_dir, headers, body, status, fragment):
     response = client.post("/api/runs", content=body, headers=headers)
     assert response.status_code == status and fragment in response.json()["detail"]
@@ -87,34 +108,52 @@ def test_another_page_cannot_start_training(client, runs_dir, headers, body, sta
     assert not [path for path in runs_dir.iterdir() if path.name.startswith("softmax-")]
 
 
-@pytest.mark.parametrize("method, path", [("PUT", "/api/model"), ("POST", "/api/runs/x/stop"),
-                                          ("POST", "/api/runs/x/resume"), ("POST", "/api/predict")])
+@pytest.mark.parametrize(
+    "method, path",
+    [("PUT", "/api/model"), ("POST", "/api/runs/x/stop"), ("POST", "/api/runs/x/resume"), ("POST", "/api/predict")],
+)
 def test_every_state_changing_route_refuses_a_foreign_origin(client, method, path):
-    response = client.request(method, path, content=b'{"bundled": "cnn"}',
-                              headers={"Content-Type": "application/json", "Origin": "http://evil.example"})
+    response = client.request(
+        method,
+        path,
+        content=b'{"bundled": "cnn"}',
+        headers={"Content-Type": "application/json", "Origin": "http://evil.example"},
+    )
     assert response.status_code == 403 and "only this server's own page" in response.json()["detail"]
 
 
 def test_the_servers_own_page_may_change_the_model(client, server):
     before = client.get("/api/model").json()
-    response = client.put("/api/model", json={"bundled": "cnn"}, headers={"Origin": server.url,
-                                                                          "Sec-Fetch-Site": "same-origin"})
+    response = client.put(
+        "/api/model", json={"bundled": "cnn"}, headers={"Origin": server.url, "Sec-Fetch-Site": "same-origin"}
+    )
     assert response.status_code == 200 and response.json()["selected"] == {"bundled": "cnn"}
     assert client.put("/api/model", json={"bundled": "default"}).status_code == 200  # no Origin: not a browser
     assert client.get("/api/model").json() == before
 
 
-@pytest.mark.parametrize("host, status", [
-    ("attacker.example", 403), ("attacker.example:8000", 403), ("localhost.attacker.example", 403),
-    ("localhost", 200), ("LOCALHOST:1234", 200), ("127.0.0.1:9", 200), ("[::1]:8000", 200), ("192.168.1.20", 200),
-])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("attacker.example", 403),
+        ("attacker.example:8000", 403),
+        ("localhost.attacker.example", 403),
+        ("localhost", 200),
+        ("LOCALHOST:1234", 200),
+        ("127.0.0.1:9", 200),
+        ("[::1]:8000", 200),
+        ("192.168.1.20", 200),
+    ],
+)
 def test_only_ip_addresses_and_localhost_are_answered_as_the_host(client, host, status):
     for method, path in (("GET", "/api/health"), ("PUT", "/api/model")):
         body = {"bundled": "default"} if method == "PUT" else None
         response = client.request(method, path, json=body, headers={"Host": host})
         assert response.status_code == status, (method, path, response.text)
     if status == 403:
-        assert "does not answer to the name" in response.json()["detail"] and "--allowed-host" in response.json()["detail"]
+        assert (
+            "does not answer to the name" in response.json()["detail"] and "--allowed-host" in response.json()["detail"]
+        )
 
 
 def test_allowed_hosts_and_the_bound_name_are_answered(tmp_path):
@@ -131,8 +170,22 @@ def test_allowed_hosts_and_the_bound_name_are_answered(tmp_path):
 @pytest.mark.slow
 def test_serve_takes_allowed_host_flags(tmp_path):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "digitrec", "serve", "--port", str(port), "--runs", str(tmp_path),
-                               "--allowed-host", "mybox.local"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "digitrec",
+            "serve",
+            "--port",
+            str(port),
+            "--runs",
+            str(tmp_path),
+            "--allowed-host",
+            "mybox.local",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -166,9 +219,19 @@ def test_the_page_is_sent_with_its_policy(client):
     assert response.headers["content-security-policy"] == PAGE_POLICY
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/api/runs"), ("PUT", "/api/model"), ("POST", "/api/predict"),
-                                          ("POST", "/api/read"), ("POST", "/api/explain")])
-def test_json_nested_too_deep_is_422_on_every_json_route_also_where_training_is_off(client, closed_server, method, path):
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/api/runs"),
+        ("PUT", "/api/model"),
+        ("POST", "/api/predict"),
+        ("POST", "/api/read"),
+        ("POST", "/api/explain"),
+    ],
+)
+def test_json_nested_too_deep_is_422_on_every_json_route_also_where_training_is_off(
+    client, closed_server, method, path
+):
     with httpx.Client(base_url=closed_server.url, timeout=30) as closed:
         for session in (client, closed):
             response = session.request(method, path, content=NESTED, headers={"Content-Type": "application/json"})
@@ -244,8 +307,13 @@ def test_a_linked_weights_file_makes_the_run_damaged(client, runs_dir, softmax_r
     assert run["status"] == "damaged" and "weights.safetensors: a link" in run["detail"]
 
 
-@pytest.mark.parametrize("entry", [{"file": "checkpoint-0000050.pt", "sha256": "0"},
-                                   {"file": "checkpoint-0000050.pt", "step": "fifty", "sha256": "0"}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"file": "checkpoint-0000050.pt", "sha256": "0"},
+        {"file": "checkpoint-0000050.pt", "step": "fifty", "sha256": "0"},
+    ],
+)
 def test_checkpoint_lists_without_a_whole_step_do_not_break_the_list_or_resume(client, runs_dir, softmax_run, entry):
     run_dir = copy_run(softmax_run, runs_dir, "odd-checkpoints")
     (run_dir / "metrics.json").unlink()
@@ -262,8 +330,12 @@ def test_a_fifo_in_a_run_neither_blocks_the_server_nor_the_list(client, runs_dir
     (run_dir / name).unlink(missing_ok=True)
     os.mkfifo(run_dir / name)
     started = time.monotonic()
-    for path in ("/api/runs", f"/api/runs/{run_dir.name}", f"/api/runs/{run_dir.name}/events",
-                 f"/api/runs/{run_dir.name}/report"):
+    for path in (
+        "/api/runs",
+        f"/api/runs/{run_dir.name}",
+        f"/api/runs/{run_dir.name}/events",
+        f"/api/runs/{run_dir.name}/report",
+    ):
         response = client.get(path, timeout=20)
         assert response.status_code in (200, 409), (path, response.text)
     assert time.monotonic() - started < 15
@@ -304,14 +376,19 @@ def test_a_huge_log_is_read_off_the_event_loop(client, runs_dir, softmax_run):
 
 def test_nan_in_a_log_reaches_the_event_stream_as_valid_json(client, runs_dir, softmax_run):
     run_dir = copy_run(softmax_run, runs_dir, "nan-log")
-    (run_dir / "log.jsonl").write_text('{"step": 50, "loss": NaN, "train_accuracy": 0.5, "seconds": 1.0}\n'
-                                       '{"step": 100, "loss": Infinity, "train_accuracy": 0.6, "seconds": 2.0}\n')
+    (run_dir / "log.jsonl").write_text(
+        '{"step": 50, "loss": NaN, "train_accuracy": 0.5, "seconds": 1.0}\n'
+        '{"step": 100, "loss": Infinity, "train_accuracy": 0.6, "seconds": 2.0}\n'
+    )
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
 
-    datas = [json.loads(line[6:], parse_constant=refuse)
-             for line in client.get("/api/runs/nan-log/events").text.splitlines() if line.startswith("data: ")]
+    datas = [
+        json.loads(line[6:], parse_constant=refuse)
+        for line in client.get("/api/runs/nan-log/events").text.splitlines()
+        if line.startswith("data: ")
+    ]
     assert [data["loss"] for data in datas[:2]] == [None, None] and datas[-1]["status"] == "finished"
 
 
@@ -339,8 +416,9 @@ def test_unreadable_weights_and_a_bad_report_give_a_reason_not_a_500(client, run
     assert chosen.status_code == 422 and "not a readable safetensors file" in chosen.json()["detail"]
 
     run_dir = copy_run(softmax_run, runs_dir, "bad-report")
-    (run_dir / "report.json").write_text(json.dumps({"test_accuracy": 0.9, "errors": 1, "images": 2,
-                                                     "confusion_matrix": [[1]], "mistakes": []}))
+    (run_dir / "report.json").write_text(
+        json.dumps({"test_accuracy": 0.9, "errors": 1, "images": 2, "confusion_matrix": [[1]], "mistakes": []})
+    )
     detail = client.get("/api/runs/bad-report")
     assert detail.status_code == 200 and "confusion_matrix is not 10 rows of 10 counts" in detail.json()["summary_note"]
 
@@ -349,8 +427,9 @@ def test_unreadable_weights_and_a_bad_report_give_a_reason_not_a_500(client, run
 def test_a_finished_runs_detail_is_made_once_in_a_child_and_its_report_is_sandboxed(client, runs_dir, softmax_run):
     run_dir = copy_run(softmax_run, runs_dir, "reported")
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    (run_dir / "log.jsonl").write_text("".join(json.dumps({key: value for key, value in record.items() if key != "loss"})
-                                               + "\n" for record in records))  # a log without losses
+    (run_dir / "log.jsonl").write_text(
+        "".join(json.dumps({key: value for key, value in record.items() if key != "loss"}) + "\n" for record in records)
+    )  # a log without losses
     detail = client.get("/api/runs/reported").json()
     assert detail["summary"]["test_accuracy"] == pytest.approx(softmax_run.metrics["test_accuracy"], abs=1e-6)
     assert len(detail["summary"]["mistakes"]) == 12 and (run_dir / "report.json").is_file()

@@ -98,8 +98,10 @@ def lighting(images: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     angle = between(unit[:, 0], (0, 2 * torch.pi))
     faint_end, gamma = between(unit[:, 1], FAINT_END), between(unit[:, 2], GAMMA)
     position = torch.linspace(-0.5, 0.5, FIELD, device=images.device)
-    along = (torch.cos(angle)[:, None, None] * position[None, :, None]
-             + torch.sin(angle)[:, None, None] * position[None, None, :])  # (B, 28, 28), -0.7..0.7
+    along = (
+        torch.cos(angle)[:, None, None] * position[None, :, None]
+        + torch.sin(angle)[:, None, None] * position[None, None, :]
+    )  # (B, 28, 28), -0.7..0.7
     light = 1 - (1 - faint_end)[:, None, None] * (along - along.amin((1, 2), keepdim=True)) / 1.5
     return peak_to_one(images.clamp(min=0) ** gamma[:, None, None, None] * light[:, None])
 

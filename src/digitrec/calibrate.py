@@ -32,8 +32,9 @@ class Readings:
     failed: int  # renderings in which no digit was found
 
 
-def readings(recognizer: Recognizer, split: data.Split, count: int = COUNT, styles=(PLAIN, *STYLES),
-             seed: int = SEED) -> dict[str, Readings]:
+def readings(
+    recognizer: Recognizer, split: data.Split, count: int = COUNT, styles=(PLAIN, *STYLES), seed: int = SEED
+) -> dict[str, Readings]:
     """Per style, the first `count` digits of `split` rendered in it (each style from its own generator
     seeded `seed`, as bench/person_style.py renders them) and read through `predict_many`."""
     digits = (split.images[:count, 0].numpy() * 255).round().astype(np.uint8)
@@ -51,20 +52,25 @@ def readings(recognizer: Recognizer, split: data.Split, count: int = COUNT, styl
 
 def pooled(found: dict[str, Readings]) -> tuple[np.ndarray, np.ndarray]:
     """All styles' logits and labels together."""
-    return (np.concatenate([one.logits for one in found.values()]),
-            np.concatenate([one.labels for one in found.values()]))
+    return (
+        np.concatenate([one.logits for one in found.values()]),
+        np.concatenate([one.labels for one in found.values()]),
+    )
 
 
-def calibrate(model_path: str | Path | None = None, count: int = COUNT, data_dir: str | Path | None = None,
-              write: bool = True) -> tuple[Calibration, Path]:
+def calibrate(
+    model_path: str | Path | None = None, count: int = COUNT, data_dir: str | Path | None = None, write: bool = True
+) -> tuple[Calibration, Path]:
     """Fit the calibration of the digit model at `model_path` (None: the bundled default) on `count`
     validation digits in every style, and write it beside the model (unless not `write`)."""
     recognizer = Recognizer.load(model_path)
     mnist = data.load(data_dir)
     found = readings(recognizer, mnist.validation, count)
     logits, labels = pooled(found)
-    record = {"fitted_on": f"the first {count:,} validation digits in each of {len(found)} styles: "
-                           + ", ".join(found), "failed": sum(one.failed for one in found.values())}
+    record = {
+        "fitted_on": f"the first {count:,} validation digits in each of {len(found)} styles: " + ", ".join(found),
+        "failed": sum(one.failed for one in found.values()),
+    }
     fitted = confidence.fit(logits, labels, record)
     model_path = BUNDLED_MODEL if model_path is None else model_path
     path = confidence.save(fitted, model_path) if write else confidence.calibration_path(model_path)

@@ -70,11 +70,17 @@ def load(path: str | Path | None = None, task: Task | None = None) -> Loaded:
     if task is not None:
         task.refuse_other(tasks.of(config["model"]), config["model"], path)
     check_fits(model, state, config["model"], path)
-    non_finite = sorted(name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all())
+    non_finite = sorted(
+        name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()
+    )
     if non_finite:
-        raise ModelError(f"{path}: the weights hold NaN or infinite values ({', '.join(non_finite[:3])}"
-                         f"{', ...' if len(non_finite) > 3 else ''}): the training that wrote them diverged")
-    model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()})
+        raise ModelError(
+            f"{path}: the weights hold NaN or infinite values ({', '.join(non_finite[:3])}"
+            f"{', ...' if len(non_finite) > 3 else ''}): the training that wrote them diverged"
+        )
+    model.load_state_dict(
+        {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+    )
     return Loaded(model.eval(), config, metrics, path)
 
 

@@ -22,18 +22,31 @@ from digitrec.files import write_atomic
 from digitrec.inputs import expand_inputs, preview_name
 
 DATA_DIR_OPTION = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Directory holding the four MNIST files (default: $DIGITREC_DATA, the bundled copy, the cache).",
 )
 JSON_LINES_OPTION = click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
-CSV_OPTION = click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                          help="Also write the results to this CSV file.")
+CSV_OPTION = click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the results to this CSV file.",
+)
 MODEL_OPTION = click.option(
-    "--model", "model_path", type=click.Path(path_type=Path), default=None,
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Run directory, .safetensors or .onnx file (default: the bundled model).",
 )
 READER_OPTION = click.option(
-    "--reader", "reader_path", type=click.Path(path_type=Path), default=None,
+    "--reader",
+    "reader_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="The number reader: a run of `digitrec train --model reader`, its .safetensors or .onnx (default: the bundled one).",
 )
 
@@ -41,20 +54,40 @@ READER_OPTION = click.option(
 def job_options(command):
     """`predict` and `read`'s flags for many files: where batches run, the output a rerun resumes (docs/scale.md)."""
     options = [
-        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,  # scale.ENGINES
-                     help="Where batches run: this process, or Ray (this machine's cores, or --address's cluster; "
-                          "needs pip install 'digitrec[scale]')."),
-        click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Write the rows (those of --json) to this .jsonl file or .parquet folder instead of printing "
-                          "them; the same command again resumes it, writing only the files not yet there."),
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,  # scale.ENGINES
+            help="Where batches run: this process, or Ray (this machine's cores, or --address's cluster; "
+            "needs pip install 'digitrec[scale]').",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Write the rows (those of --json) to this .jsonl file or .parquet folder instead of printing "
+            "them; the same command again resumes it, writing only the files not yet there.",
+        ),
         click.option("--overwrite", is_flag=True, help="Start --out over instead of resuming it."),
-        click.option("--address", default=None,
-                     help="--engine ray: join the Ray cluster there (auto, HOST:PORT, ray://HOST:PORT) "
-                          "[default: start Ray on this machine]."),
-        click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
-                     help="--engine ray: files per batch sent to a worker [default: 256 for predict, 32 for read]."),
-        click.option("--actors", type=click.IntRange(1, 100_000), default=None,
-                     help="--engine ray: workers, each holding one copy of the model on one CPU [default and most: one per CPU of the cluster]."),
+        click.option(
+            "--address",
+            default=None,
+            help="--engine ray: join the Ray cluster there (auto, HOST:PORT, ray://HOST:PORT) "
+            "[default: start Ray on this machine].",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 100_000),
+            default=None,
+            help="--engine ray: files per batch sent to a worker [default: 256 for predict, 32 for read].",
+        ),
+        click.option(
+            "--actors",
+            type=click.IntRange(1, 100_000),
+            default=None,
+            help="--engine ray: workers, each holding one copy of the model on one CPU [default and most: one per CPU of the cluster].",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -62,8 +95,13 @@ def job_options(command):
 
 
 OPTIONAL_PACKAGES = {  # package -> the install extra that brings it
-    "torch": "train", "safetensors": "train", "matplotlib": "train", "onnx": "onnx", "onnxruntime": "onnx",
-    "ray": "scale", "pyarrow": "scale",
+    "torch": "train",
+    "safetensors": "train",
+    "matplotlib": "train",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "ray": "scale",
+    "pyarrow": "scale",
 }
 
 
@@ -78,8 +116,11 @@ class Commands(click.Group):
             extra = OPTIONAL_PACKAGES.get((error.name or "").split(".")[0])
             if extra is None:
                 raise
-            click.echo(f"error: this needs {error.name}, which is not installed: pip install 'digitrec[{extra}]'"
-                       + (" (predict and serve run an .onnx model without it)" if extra == "train" else ""), err=True)
+            click.echo(
+                f"error: this needs {error.name}, which is not installed: pip install 'digitrec[{extra}]'"
+                + (" (predict and serve run an .onnx model without it)" if extra == "train" else ""),
+                err=True,
+            )
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -139,7 +180,8 @@ def describe_models(models) -> str:
 
 def describe_recipes(models) -> str:
     recipes = "; ".join(
-        f"{name}: " + ", ".join([spec.default_recipe, *(recipe for recipe in spec.recipes if recipe != spec.default_recipe)])
+        f"{name}: "
+        + ", ".join([spec.default_recipe, *(recipe for recipe in spec.recipes if recipe != spec.default_recipe)])
         for name, spec in models.REGISTRY.items()
     )
     return f"Named recipe of the model: the values of every setting not given as a flag ({recipes}; the first is the default)."
@@ -158,8 +200,11 @@ def config_options(command):
             describe = describe_models if spec.name == "model" else describe_recipes
             option = click.option(flag, cls=RegistryOption, describe=describe, default=None)
         elif is_switch(spec):
-            option = click.option(f"{flag}/--no-{flag[2:]}", default=None,
-                                  help=f"{meta['help']} [default: the recipe's, else {'on' if spec.default else 'off'}]")
+            option = click.option(
+                f"{flag}/--no-{flag[2:]}",
+                default=None,
+                help=f"{meta['help']} [default: the recipe's, else {'on' if spec.default else 'off'}]",
+            )
         else:
             if meta["choices"] is not None:
                 kind = click.Choice(meta["choices"])
@@ -167,26 +212,41 @@ def config_options(command):
                 kind = float if spec.type is float else int
             bounds = f" Range {describe_range(spec)}." if meta["low"] is not None else ""
             fallback = f", else {spec.default}" if spec.default is not None else ""
-            option = click.option(flag, type=kind, default=None,
-                                  help=f"{meta['help']}{bounds} [default: the recipe's{fallback}]")
+            option = click.option(
+                flag, type=kind, default=None, help=f"{meta['help']}{bounds} [default: the recipe's{fallback}]"
+            )
         command = option(command)
     return command
 
 
 @main.command("train")
 @config_options
-@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Continue the stopped or killed run in this directory from its newest checkpoint.")
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue the stopped or killed run in this directory from its newest checkpoint.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default: runs/MODEL-RECIPE-TIMESTAMP); refused if it holds a run or other files.")
-@click.option("--overwrite", is_flag=True,
-              help="Let --out replace the run (or other files) there, once the new run is saved; it trains in OUT.new.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: runs/MODEL-RECIPE-TIMESTAMP); refused if it holds a run or other files.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Let --out replace the run (or other files) there, once the new run is saved; it trains in OUT.new.",
+)
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (RUN_DIR/tensorboard); needs tensorboard.")
-@click.option("--dry-run", is_flag=True,
-              help="Check the settings: a few steps on a slice of the data, every step logged; writes nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the settings: a few steps on a slice of the data, every step logged; writes nothing.",
+)
 def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, dry_run, **settings):
     """Train a model, print the tutorial's log and the final test accuracy, and save the run.
 
@@ -211,9 +271,17 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
         run_dir = resume
     else:
         if dry_run and (out or overwrite or tensorboard):
-            raise click.UsageError("--dry-run writes nothing; drop " + ", ".join(
-                flag for flag, given in (("--out", out), ("--overwrite", overwrite), ("--tensorboard", tensorboard)) if given))
-        config = train.resolve_config(settings.pop("model", models.DEFAULT_MODEL), settings.pop("recipe", None), **settings)
+            raise click.UsageError(
+                "--dry-run writes nothing; drop "
+                + ", ".join(
+                    flag
+                    for flag, given in (("--out", out), ("--overwrite", overwrite), ("--tensorboard", tensorboard))
+                    if given
+                )
+            )
+        config = train.resolve_config(
+            settings.pop("model", models.DEFAULT_MODEL), settings.pop("recipe", None), **settings
+        )
         run_dir = None if dry_run else out or train.default_run_dir(config)
         if leader and run_dir is not None:
             rundir.check_new_run_dir(run_dir, overwrite)
@@ -223,17 +291,31 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
         config, mnist = train.dry_run(config, mnist)
     precision = train.choose_precision(config.precision, target)
     graphed = train.uses_cuda_graph(config, target, train.World.from_env().size)
-    echo(f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}, "
-         f"precision {precision}" + (", CUDA graph" if graphed else "") + (" (dry run)" if dry_run else ""))
-    result = train.train(config, mnist, target, run_dir, print_line=click.echo, show_progress=not quiet,
-                         tensorboard=tensorboard, resume_from=state, overwrite=overwrite, draw_curves=report.curves_png)
+    echo(
+        f"training {config.model} ({config.recipe}) for {config.steps} steps of {config.batch_size} on {target}, "
+        f"precision {precision}" + (", CUDA graph" if graphed else "") + (" (dry run)" if dry_run else "")
+    )
+    result = train.train(
+        config,
+        mnist,
+        target,
+        run_dir,
+        print_line=click.echo,
+        show_progress=not quiet,
+        tensorboard=tensorboard,
+        resume_from=state,
+        overwrite=overwrite,
+        draw_curves=report.curves_png,
+    )
     if not leader:
         return
     metrics = result.metrics
     measured = tasks.of(config.model).measured_on(len(mnist.test))
     if dry_run:
-        echo(f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% "
-             f"({measured}); nothing written")
+        echo(
+            f"dry run done: {metrics['steps']} steps, test accuracy {100 * metrics['test_accuracy']:.2f}% "
+            f"({measured}); nothing written"
+        )
         return
     echo(
         f"test accuracy {100 * metrics['test_accuracy']:.2f}% ({measured}; "
@@ -245,8 +327,13 @@ def train_command(resume, device, out, overwrite, data_dir, quiet, tensorboard, 
 @main.command("calibrate")
 @MODEL_OPTION
 @DATA_DIR_OPTION
-@click.option("--count", type=click.IntRange(100, 5000), default=2000, show_default=True,
-              help="Validation digits per person style (nine styles) to fit on.")
+@click.option(
+    "--count",
+    type=click.IntRange(100, 5000),
+    default=2000,
+    show_default=True,
+    help="Validation digits per person style (nine styles) to fit on.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as one JSON object.")
 def calibrate_command(model_path, data_dir, count, as_json):
     """Fit a digit model's confidence on validation digits in every person style, and write it beside the
@@ -255,24 +342,38 @@ def calibrate_command(model_path, data_dir, count, as_json):
 
     fitted, path = calibrate(model_path, count, data_dir)
     if as_json:
-        click.echo(json.dumps({"path": str(path), "temperature": fitted.temperature, "unsure_below": fitted.unsure_below,
-                               **fitted.record}))
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "temperature": fitted.temperature,
+                    "unsure_below": fitted.unsure_below,
+                    **fitted.record,
+                }
+            )
+        )
         return
     measured = fitted.record["validation"]
     click.echo(f"{path}: temperature {fitted.temperature:g}, unsure below {fitted.unsure_below:.6f}")
-    click.echo(f"on {measured['readings']:,} validation readings: accuracy {100 * measured['accuracy']:.2f}%, "
-               f"calibration error {100 * measured['ece_uncalibrated']:.2f}% -> {100 * measured['ece']:.2f}%, "
-               f"unsure flags {100 * measured['wrong_flagged']:.1f}% of wrong readings and "
-               f"{100 * measured['right_flagged']:.1f}% of right ones")
+    click.echo(
+        f"on {measured['readings']:,} validation readings: accuracy {100 * measured['accuracy']:.2f}%, "
+        f"calibration error {100 * measured['ece_uncalibrated']:.2f}% -> {100 * measured['ece']:.2f}%, "
+        f"unsure flags {100 * measured['wrong_flagged']:.1f}% of wrong readings and "
+        f"{100 * measured['right_flagged']:.1f}% of right ones"
+    )
 
 
 @main.command("evaluate")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @DATA_DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--report", "with_report", is_flag=True,
-              help="Also write figures and report.html: into --out, else the run directory evaluated, else "
-                   "(the bundled models, several PATHS) ./report-NAME in the working directory.")
+@click.option(
+    "--report",
+    "with_report",
+    is_flag=True,
+    help="Also write figures and report.html: into --out, else the run directory evaluated, else "
+    "(the bundled models, several PATHS) ./report-NAME in the working directory.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where --report writes.")
 def evaluate_command(paths, data_dir, as_json, with_report, out):
     """Test accuracy, per-class accuracy and confusion matrix of a run (default: the bundled model).
@@ -284,18 +385,23 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
 
     for path in paths:
         if path.suffix.lower() == ".onnx":
-            raise ModelError(f"{path}: evaluate reads a run directory or its .safetensors weights, not an ONNX export "
-                             "(an export is checked against its weights on the test set when it is made); evaluate "
-                             "the run it was exported from, or read images with: digitrec predict --model "
-                             f"{path} IMAGE...")
+            raise ModelError(
+                f"{path}: evaluate reads a run directory or its .safetensors weights, not an ONNX export "
+                "(an export is checked against its weights on the test set when it is made); evaluate "
+                "the run it was exported from, or read images with: digitrec predict --model "
+                f"{path} IMAGE..."
+            )
     loaded = [checkpoint.load(path, DIGITS) for path in paths or [None]]
     mnist = data.load(data_dir)
     if len(loaded) == 1:
         logits = evaluate.model_logits(loaded[0].model, mnist.test)
     else:
         logits = evaluate.ensemble_logits([run.model for run in loaded], mnist.test)
-    results = {"weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
-               "model": "+".join(run.config["model"] for run in loaded), **evaluate.test_results(logits, mnist.test.labels)}
+    results = {
+        "weights": [str(run.weights_path) for run in loaded] if len(loaded) > 1 else str(loaded[0].weights_path),
+        "model": "+".join(run.config["model"] for run in loaded),
+        **evaluate.test_results(logits, mnist.test.labels),
+    }
     if with_report:
         from digitrec import report
 
@@ -307,19 +413,24 @@ def evaluate_command(paths, data_dir, as_json, with_report, out):
                 out = run_dir
             else:
                 out = Path("report-" + "+".join(run.weights_path.parent.name for run in loaded))
-        html_path = report.write_report(out, loaded[0].config, loaded[0].metrics, log, logits,
-                                        mnist.test.images, mnist.test.labels)
+        html_path = report.write_report(
+            out, loaded[0].config, loaded[0].metrics, log, logits, mnist.test.images, mnist.test.labels
+        )
         click.echo(f"report written to {html_path}", err=as_json)
     if as_json:
         click.echo(json.dumps(results))
         return
     click.echo(f"{results['model']} from {results['weights']}")
-    click.echo(f"test accuracy {100 * results['test_accuracy']:.2f}% ({results['errors']} errors in {results['images']} images)")
+    click.echo(
+        f"test accuracy {100 * results['test_accuracy']:.2f}% ({results['errors']} errors in {results['images']} images)"
+    )
     click.echo("\nconfusion matrix (rows: true digit, columns: predicted)")
     recall = results["per_class"]["recall"]  # a digit's accuracy is its recall
-    echo_table(["true", *map(str, range(10)), "accuracy"],
-               [[digit, *row, f"{100 * recall[digit]:.2f}%"] for digit, row in enumerate(results["confusion_matrix"])],
-               "r" * 12)
+    echo_table(
+        ["true", *map(str, range(10)), "accuracy"],
+        [[digit, *row, f"{100 * recall[digit]:.2f}%"] for digit, row in enumerate(results["confusion_matrix"])],
+        "r" * 12,
+    )
 
 
 COMPARE_COLUMNS = ("run", "model", "recipe", "steps", "train s", "validation", "test")
@@ -327,8 +438,12 @@ COMPARE_COLUMNS = ("run", "model", "recipe", "steps", "train s", "validation", "
 
 @main.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the table as Markdown to this file.")
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the table as Markdown to this file.",
+)
 def compare_command(runs, markdown):
     """A table of runs: model, recipe, steps, training seconds, validation and test accuracy."""
     from digitrec.rundir import read_record
@@ -336,11 +451,21 @@ def compare_command(runs, markdown):
     rows = []
     for run_dir in runs:
         config, metrics = read_record(run_dir)
-        number = {name: float("nan") if metrics.get(name) is None else metrics[name]  # read_record checked the types
-                  for name in ("train_seconds", "validation_accuracy", "test_accuracy")}
-        rows.append([str(run_dir), config.get("model", "?"), config.get("recipe", "?"), metrics.get("steps", "?"),
-                     f"{number['train_seconds']:.1f}", f"{100 * number['validation_accuracy']:.2f}%",
-                     f"{100 * number['test_accuracy']:.2f}%"])
+        number = {
+            name: float("nan") if metrics.get(name) is None else metrics[name]  # read_record checked the types
+            for name in ("train_seconds", "validation_accuracy", "test_accuracy")
+        }
+        rows.append(
+            [
+                str(run_dir),
+                config.get("model", "?"),
+                config.get("recipe", "?"),
+                metrics.get("steps", "?"),
+                f"{number['train_seconds']:.1f}",
+                f"{100 * number['validation_accuracy']:.2f}%",
+                f"{100 * number['test_accuracy']:.2f}%",
+            ]
+        )
     echo_table(list(COMPARE_COLUMNS), rows, "lllrrrr")
     if markdown is not None:
         lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
@@ -389,8 +514,12 @@ def exit_if_any_failed(rows: list[dict]) -> None:
 @MODEL_OPTION
 @JSON_LINES_OPTION
 @CSV_OPTION
-@click.option("--show-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save the 28x28 image the model saw for each input into this folder.")
+@click.option(
+    "--show-preprocessed",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save the 28x28 image the model saw for each input into this folder.",
+)
 @click.option("--top", type=click.IntRange(1, 10), default=1, show_default=True, help="Show the K likeliest digits.")
 @job_options
 def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top, **job):
@@ -427,9 +556,21 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
             lines.append([row["path"], row["digit"], f"{100 * row['confidence']:.1f}%{flag}", others])
         echo_table(["image", "digit", "confidence", "others" if top > 1 else ""], lines, "lrrl")
     if csv_path is not None:
-        write_csv(csv_path, ["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"],
-                  [[row["path"], row["digit"], row["confidence"], row["unsure"], *(row["probabilities"] or [""] * 10),
-                    row["error"] or ""] for row in rows])
+        write_csv(
+            csv_path,
+            ["path", "digit", "confidence", "unsure", *(f"p{d}" for d in range(10)), "error"],
+            [
+                [
+                    row["path"],
+                    row["digit"],
+                    row["confidence"],
+                    row["unsure"],
+                    *(row["probabilities"] or [""] * 10),
+                    row["error"] or "",
+                ]
+                for row in rows
+            ],
+        )
     exit_if_any_failed(rows)
 
 
@@ -439,8 +580,12 @@ def predict_command(paths, model_path, as_json, csv_path, show_preprocessed, top
 @READER_OPTION
 @JSON_LINES_OPTION
 @CSV_OPTION
-@click.option("--show-segments", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Save each input with each digit's box and reading drawn on it into this folder.")
+@click.option(
+    "--show-segments",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Save each input with each digit's box and reading drawn on it into this folder.",
+)
 @job_options
 def read_command(paths, model_path, reader_path, as_json, csv_path, show_segments, **job):
     """Read the whole number written in each image, e.g. 2026 (files, folders searched recursively, 'globs',
@@ -469,8 +614,9 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
             try:
                 show_segments.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise OutputError(f"{show_segments}: cannot create the folder for --show-segments "
-                                  f"({error.strerror})", error.strerror) from None
+                raise OutputError(
+                    f"{show_segments}: cannot create the folder for --show-segments ({error.strerror})", error.strerror
+                ) from None
             write_atomic(show_segments / preview_name(name, previews), draw_segments(source, result))
     if as_json:
         for row in rows:
@@ -482,16 +628,29 @@ def read_command(paths, model_path, reader_path, as_json, csv_path, show_segment
             if row["error"]:
                 lines.append([row["path"], "", "", f"error: {row['error']}"])
                 continue
-            digits = " ".join(f"{d['digit']}:{100 * d['confidence']:.0f}%{'?' if d['unsure'] else ''}" for d in row["digits"])
+            digits = " ".join(
+                f"{d['digit']}:{100 * d['confidence']:.0f}%{'?' if d['unsure'] else ''}" for d in row["digits"]
+            )
             flag = " unsure" if row["unsure"] else ""
             lines.append([row["path"], row["text"], f"{100 * row['confidence']:.1f}%", digits + flag])
         echo_table(["image", "number", "confidence", "digits"], lines, "llrl")
     if csv_path is not None:
-        write_csv(csv_path, ["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"], [
-            [row["path"], row["text"] or "", row["confidence"] or "", row["unsure"] if row["digits"] else "",
-             " ".join(f"{d['confidence']:.4f}" for d in row["digits"] or []),
-             " ".join("{},{},{},{}".format(*d["box"]) for d in row["digits"] or []), row["error"] or ""]
-            for row in rows])
+        write_csv(
+            csv_path,
+            ["path", "text", "confidence", "unsure", "digit_confidences", "boxes", "error"],
+            [
+                [
+                    row["path"],
+                    row["text"] or "",
+                    row["confidence"] or "",
+                    row["unsure"] if row["digits"] else "",
+                    " ".join(f"{d['confidence']:.4f}" for d in row["digits"] or []),
+                    " ".join("{},{},{},{}".format(*d["box"]) for d in row["digits"] or []),
+                    row["error"] or "",
+                ]
+                for row in rows
+            ],
+        )
     exit_if_any_failed(rows)
 
 
@@ -500,29 +659,57 @@ def job_wanted(job: dict, as_json: bool, **extras) -> bool:
     only the printed run has, and the Ray flags without the Ray engine."""
     ray_only = [name for name in ("address", "batch_size", "actors") if job[name] is not None]
     if job["engine"] != "ray" and ray_only:
-        raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in ray_only) + ": only with --engine ray")
+        raise click.UsageError(
+            ", ".join(f"--{name.replace('_', '-')}" for name in ray_only) + ": only with --engine ray"
+        )
     if job["overwrite"] and job["out"] is None:
         raise click.UsageError("--overwrite applies to --out")
     if job["out"] is None and job["engine"] == "local":
         return False
     given = [name for name, value in extras.items() if value]
     if given:
-        raise click.UsageError(", ".join(f"--{name.replace('_', '-')}" for name in given)
-                               + ": only for rows printed here; with --out or --engine ray, leave them out")
+        raise click.UsageError(
+            ", ".join(f"--{name.replace('_', '-')}" for name in given)
+            + ": only for rows printed here; with --out or --engine ray, leave them out"
+        )
     if job["out"] is not None and as_json:
         raise click.UsageError("--json prints the rows; --out writes them: give one")
     return True
 
 
-def run_job(task, inputs, recognizer, model_path, reader_path, *, engine, out, overwrite, address, batch_size, actors,
-            reader=None):
+def run_job(
+    task,
+    inputs,
+    recognizer,
+    model_path,
+    reader_path,
+    *,
+    engine,
+    out,
+    overwrite,
+    address,
+    batch_size,
+    actors,
+    reader=None,
+):
     """Rows into --out (JSON lines on stdout without it), progress and a summary on stderr; exit 1 when
     any row of the output is an error, as for printed rows."""
     from digitrec import scale
 
-    summary = scale.run_job(task, inputs, recognizer, reader=reader, out=out, engine=engine, model_path=model_path,
-                            reader_path=reader_path, overwrite=overwrite, batch_size=batch_size, actors=actors,
-                            address=address)
+    summary = scale.run_job(
+        task,
+        inputs,
+        recognizer,
+        reader=reader,
+        out=out,
+        engine=engine,
+        model_path=model_path,
+        reader_path=reader_path,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        actors=actors,
+        address=address,
+    )
     click.echo(scale.describe(summary, out), err=True)
     if summary.total_errors:
         click.echo(f"{summary.total_errors} of {summary.written + summary.skipped} images failed", err=True)
@@ -550,16 +737,32 @@ def echo_summary(progress) -> None:
     from digitrec import scale
 
     if progress.live:
-        click.echo(scale.describe(scale.Summary(written=progress.done, errors=progress.errors, skipped=0,
-                                                total_errors=progress.errors, seconds=progress.seconds(), nodes={}),
-                                  None), err=True)
+        click.echo(
+            scale.describe(
+                scale.Summary(
+                    written=progress.done,
+                    errors=progress.errors,
+                    skipped=0,
+                    total_errors=progress.errors,
+                    seconds=progress.seconds(),
+                    nodes={},
+                ),
+                None,
+            ),
+            err=True,
+        )
 
 
 @main.command("explain")
 @click.argument("paths", nargs=-1, required=True)
 @MODEL_OPTION
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Folder for the pictures, one NAME.explain.png per image.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for the pictures, one NAME.explain.png per image.",
+)
 def explain_command(paths, model_path, out):
     """Show what the model computed for each image: the 28x28 input, the saliency of its answer (red: ink
     for it, blue: against), the ten probabilities, each convolution stage's feature maps and the first
@@ -596,13 +799,24 @@ def explain_command(paths, model_path, out):
 
 @main.command("export")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--format", type=click.Choice(["onnx"]), default="onnx", show_default=True, expose_value=False,
-              help="The export format (ONNX is the only one).")
+@click.option(
+    "--format",
+    type=click.Choice(["onnx"]),
+    default="onnx",
+    show_default=True,
+    expose_value=False,
+    help="The export format (ONNX is the only one).",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The file to write.")
-@click.option("--quantize", type=click.Choice(["int8"]),
-              help="Write an int8 copy (logits only; about twice as fast in batches), its ranges calibrated on training "
-                   "digits; refused if it loses more than 0.05 points of test accuracy.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (never one of the source run's own files).")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    help="Write an int8 copy (logits only; about twice as fast in batches), its ranges calibrated on training "
+    "digits; refused if it loses more than 0.05 points of test accuracy.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing --out file (never one of the source run's own files)."
+)
 @DATA_DIR_OPTION
 def export_command(path, out, quantize, overwrite, data_dir):
     """Export a model (default: the bundled one) to ONNX, checked against onnxruntime on the test set (a number
@@ -617,12 +831,16 @@ def export_command(path, out, quantize, overwrite, data_dir):
         same = f"the same reading of {parity['same_readings']}/{parity['strings']} strings of test digits"
     else:
         same = f"the same digit on {parity['same_digits']}/{parity['images']} test images"
-    click.echo(f"{'checked' if quantize else f'wrote {out}'}: onnxruntime gives {same}, largest logit difference "
-               f"{parity['max_logit_difference']:.2e} (limit {deploy.PARITY_TOLERANCE:g})")
+    click.echo(
+        f"{'checked' if quantize else f'wrote {out}'}: onnxruntime gives {same}, largest logit difference "
+        f"{parity['max_logit_difference']:.2e} (limit {deploy.PARITY_TOLERANCE:g})"
+    )
     if exported.quantized:
         test = exported.quantized
-        click.echo(f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
-                   f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)")
+        click.echo(
+            f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
+            f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)"
+        )
 
 
 @main.command("serve")
@@ -630,18 +848,42 @@ def export_command(path, out, quantize, overwrite, data_dir):
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @MODEL_OPTION
 @READER_OPTION
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Server processes, each with its own copy of the model (one per core serves most; training needs 1).")
-@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Folder of the runs the page lists and trains.")
-@click.option("--allow-training", is_flag=True,
-              help="Offer training from the page on a non-loopback --host too (anyone who reaches it can use the CPU).")
-@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
-              help="A name the server answers to besides IP addresses and localhost (the Host header), e.g. "
-                   "mybox.local; repeat for more. Other names are refused, so a web page on a rebound DNS name "
-                   "cannot reach the server.")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), default=None,
-              help="The corrections database the page stores to (default: $DIGITREC_DB, else the user's data folder).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes, each with its own copy of the model (one per core serves most; training needs 1).",
+)
+@click.option(
+    "--runs",
+    "runs_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Folder of the runs the page lists and trains.",
+)
+@click.option(
+    "--allow-training",
+    is_flag=True,
+    help="Offer training from the page on a non-loopback --host too (anyone who reaches it can use the CPU).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A name the server answers to besides IP addresses and localhost (the Host header), e.g. "
+    "mybox.local; repeat for more. Other names are refused, so a web page on a rebound DNS name "
+    "cannot reach the server.",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The corrections database the page stores to (default: $DIGITREC_DB, else the user's data folder).",
+)
 def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_training, allowed_hosts, db_path):
     """Serve the drawing page at / and the JSON API at /api (documented at /docs)."""
     import uvicorn
@@ -652,20 +894,36 @@ def serve_command(host, port, model_path, reader_path, workers, runs_dir, allow_
     os.environ[MODEL_VARIABLE] = str(model_path or "")
     os.environ[READER_VARIABLE] = str(reader_path or "")
     os.environ[TRAINING_VARIABLE] = json.dumps(
-        {"runs_dir": str(runs_dir), "host": host, "allow_training": allow_training, "workers": workers,
-         "allowed_hosts": list(allowed_hosts),
-         "corrections_db": str(db_path) if db_path else None})
+        {
+            "runs_dir": str(runs_dir),
+            "host": host,
+            "allow_training": allow_training,
+            "workers": workers,
+            "allowed_hosts": list(allowed_hosts),
+            "corrections_db": str(db_path) if db_path else None,
+        }
+    )
     app = serving_app()  # loads the model here first, so a bad one is one clear error, not one per worker
     click.echo(f"digitrec: open http://{host}:{port}/ (API docs at /docs)")
     # several workers are started by uvicorn from an import string, each building its own app
-    uvicorn.run(app if workers == 1 else "digitrec.web:serving_app", factory=workers > 1, workers=workers,
-                host=host, port=port, log_level="warning", **uvicorn_settings())
+    uvicorn.run(
+        app if workers == 1 else "digitrec.web:serving_app",
+        factory=workers > 1,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        **uvicorn_settings(),
+    )
 
 
 # ---- teach: corrections and the personal model (corrections.py, teach.py, personal.py)
 
 DB_OPTION = click.option(
-    "--db", "db_path", type=click.Path(path_type=Path), default=None,
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="The corrections database (default: $DIGITREC_DB, else corrections.sqlite3 in the user's data folder).",
 )
 
@@ -677,8 +935,12 @@ def teach_group():
 
 @teach_group.command("add")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--label", type=click.IntRange(0, 9), default=None,
-              help="The right digit of every image given (without it: folders whose subfolders 0..9 hold images).")
+@click.option(
+    "--label",
+    type=click.IntRange(0, 9),
+    default=None,
+    help="The right digit of every image given (without it: folders whose subfolders 0..9 hold images).",
+)
 @MODEL_OPTION
 @DB_OPTION
 def teach_add(paths, label, model_path, db_path):
@@ -694,7 +956,9 @@ def teach_add(paths, label, model_path, db_path):
         for given in paths:
             folders = [Path(given, str(digit)) for digit in range(10)]
             if given == "-" or not Path(given).is_dir() or not any(folder.is_dir() for folder in folders):
-                raise click.UsageError(f"{given}: give --label D for images, or a folder whose subfolders 0..9 hold images")
+                raise click.UsageError(
+                    f"{given}: give --label D for images, or a folder whose subfolders 0..9 hold images"
+                )
             for digit, folder in enumerate(folders):
                 if folder.is_dir():
                     labelled += [(name, found, digit) for name, found in expand_inputs((str(folder),))]
@@ -760,15 +1024,28 @@ def teach_export(directory, db_path):
 
 
 @teach_group.command("learn")
-@click.option("--from", "start_from", type=click.Path(path_type=Path), default=None,
-              help="The model to start from: a run directory or .safetensors (default: the bundled default).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory of the personal model (default: `personal` beside the database); a finished run "
-                   "there is replaced once the new one is saved.")
+@click.option(
+    "--from",
+    "start_from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The model to start from: a run directory or .safetensors (default: the bundled default).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory of the personal model (default: `personal` beside the database); a finished run "
+    "there is replaced once the new one is saved.",
+)
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None, help="Override the personal recipe's steps.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Seed for the batches and variations.")
-@click.option("--holdout/--no-holdout", default=True, show_default=True,
-              help="Measure on a held-out share of the corrections first (a second, shorter-lived run).")
+@click.option(
+    "--holdout/--no-holdout",
+    default=True,
+    show_default=True,
+    help="Measure on a held-out share of the corrections first (a second, shorter-lived run).",
+)
 @DB_OPTION
 @DATA_DIR_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar (log rows still print).")
@@ -783,21 +1060,38 @@ def teach_learn(start_from, out, steps, seed, holdout, db_path, data_dir, quiet)
     from digitrec import personal, report
     from digitrec.corrections import Store
 
-    learned = personal.learn(Store(db_path), start_from, out, data_dir, print_line=click.echo,
-                             show_progress=not quiet, draw_curves=report.curves_png, holdout=holdout,
-                             steps=steps, seed=seed)
-    click.echo(f"learned {learned.corrections} correction(s) in {learned.train_seconds:.1f} s of training; "
-               f"saved to {learned.run_dir}")
+    learned = personal.learn(
+        Store(db_path),
+        start_from,
+        out,
+        data_dir,
+        print_line=click.echo,
+        show_progress=not quiet,
+        draw_curves=report.curves_png,
+        holdout=holdout,
+        steps=steps,
+        seed=seed,
+    )
+    click.echo(
+        f"learned {learned.corrections} correction(s) in {learned.train_seconds:.1f} s of training; "
+        f"saved to {learned.run_dir}"
+    )
     if learned.held_out:
-        click.echo(f"held-out corrections ({learned.held_out}: {personal.HOLDOUT_SHARE:.0%} of each digit's, drawn at "
-                   f"random, learned without them): {100 * learned.held_out_before:.2f}% before, "
-                   f"{100 * learned.held_out_after:.2f}% after")
+        click.echo(
+            f"held-out corrections ({learned.held_out}: {personal.HOLDOUT_SHARE:.0%} of each digit's, drawn at "
+            f"random, learned without them): {100 * learned.held_out_before:.2f}% before, "
+            f"{100 * learned.held_out_after:.2f}% after"
+        )
     elif not holdout:
         click.echo("held-out corrections: not measured (--no-holdout)")
     else:
-        click.echo(f"held-out corrections: none (too few to hold any out: a digit needs {math.ceil(1 / personal.HOLDOUT_SHARE)})")
-    click.echo(f"MNIST test set (10,000 images): {100 * learned.test_before:.2f}% before, "
-               f"{100 * learned.test_after:.2f}% after")
+        click.echo(
+            f"held-out corrections: none (too few to hold any out: a digit needs {math.ceil(1 / personal.HOLDOUT_SHARE)})"
+        )
+    click.echo(
+        f"MNIST test set (10,000 images): {100 * learned.test_before:.2f}% before, "
+        f"{100 * learned.test_after:.2f}% after"
+    )
     click.echo(f"use it: digitrec predict --model {learned.run_dir} IMAGE, or digitrec serve --model {learned.run_dir}")
 
 

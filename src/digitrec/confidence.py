@@ -65,8 +65,12 @@ class Calibration:
         return bool(flagged) if flagged.ndim == 0 else flagged
 
     def as_json(self) -> str:
-        content = {"version": VERSION, "temperature": self.temperature, "unsure_below": self.unsure_below,
-                   "record": self.record}
+        content = {
+            "version": VERSION,
+            "temperature": self.temperature,
+            "unsure_below": self.unsure_below,
+            "record": self.record,
+        }
         return json.dumps(content, indent=2) + "\n"
 
 
@@ -91,8 +95,11 @@ def load(model_path: str | Path) -> Calibration:
         reason = f"unreadable ({getattr(error, 'strerror', None) or error})"
     except (ValueError, TypeError) as error:
         reason = f"damaged ({error})"
-    warnings.warn(f"{path}: calibration {reason}; using uncalibrated confidences (unsure below "
-                  f"{UNCALIBRATED_UNSURE_BELOW})", CalibrationWarning, stacklevel=2)
+    warnings.warn(
+        f"{path}: calibration {reason}; using uncalibrated confidences (unsure below {UNCALIBRATED_UNSURE_BELOW})",
+        CalibrationWarning,
+        stacklevel=2,
+    )
     return UNCALIBRATED
 
 
@@ -146,8 +153,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return round(math.exp((low + high) / 2), 5)
 
 
-def choose_unsure_below(confidences: np.ndarray, correct: np.ndarray,
-                        flag_right_at_most: float = FLAG_RIGHT_CHOSEN) -> float:
+def choose_unsure_below(
+    confidences: np.ndarray, correct: np.ndarray, flag_right_at_most: float = FLAG_RIGHT_CHOSEN
+) -> float:
     """The highest threshold that flags at most `flag_right_at_most` of the right readings (confidence
     strictly below it is unsure): catching as many wrong ones as that allows."""
     right = np.sort(np.asarray(confidences)[np.asarray(correct, bool)])
@@ -161,15 +169,20 @@ def flag_rates(confidences: np.ndarray, correct: np.ndarray, unsure_below: float
     """What a threshold does: the share of wrong readings it flags and of right ones."""
     confidences, correct = np.asarray(confidences), np.asarray(correct, bool)
     flagged = confidences < unsure_below
-    return {"wrong_flagged": float(flagged[~correct].mean()) if (~correct).any() else 1.0,
-            "right_flagged": float(flagged[correct].mean()) if correct.any() else 0.0,
-            "readings": len(correct), "wrong": int((~correct).sum())}
+    return {
+        "wrong_flagged": float(flagged[~correct].mean()) if (~correct).any() else 1.0,
+        "right_flagged": float(flagged[correct].mean()) if correct.any() else 0.0,
+        "readings": len(correct),
+        "wrong": int((~correct).sum()),
+    }
 
 
 def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """Sum over equal-width confidence bins of (share of readings in it) x |accuracy - mean confidence|."""
-    return float(sum(row["count"] * abs(row["accuracy"] - row["confidence"])
-                     for row in reliability(confidences, correct, bins)) / max(len(confidences), 1))
+    return float(
+        sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in reliability(confidences, correct, bins))
+        / max(len(confidences), 1)
+    )
 
 
 def reliability(confidences: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
@@ -180,8 +193,15 @@ def reliability(confidences: np.ndarray, correct: np.ndarray, bins: int = ECE_BI
     for b in range(bins):
         inside = index == b
         if inside.any():
-            rows.append({"low": b / bins, "high": (b + 1) / bins, "count": int(inside.sum()),
-                         "confidence": float(confidences[inside].mean()), "accuracy": float(correct[inside].mean())})
+            rows.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "count": int(inside.sum()),
+                    "confidence": float(confidences[inside].mean()),
+                    "accuracy": float(correct[inside].mean()),
+                }
+            )
     return rows
 
 
@@ -193,8 +213,13 @@ def coverage_table(confidences: np.ndarray, correct: np.ndarray, coverages=COVER
     rows = []
     for coverage in coverages:
         kept = order[: max(1, round(coverage * len(order)))]
-        rows.append({"coverage": coverage, "error": float(1 - correct[kept].mean()),
-                     "confidence_at_least": float(confidences[kept].min())})
+        rows.append(
+            {
+                "coverage": coverage,
+                "error": float(1 - correct[kept].mean()),
+                "confidence_at_least": float(confidences[kept].min()),
+            }
+        )
     return rows
 
 

@@ -20,60 +20,109 @@ RENAMED_SCHEDULES = {"onecycle": "warmup_cosine"}  # older run folders record th
 
 def setting(default, help: str, low=None, high=None, low_open=False, high_open=False, choices=None):
     """A TrainConfig field with its help text and bounds (inclusive unless `*_open`)."""
-    return field(default=default, metadata={
-        "help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open, "choices": choices,
-    })
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "low": low,
+            "high": high,
+            "low_open": low_open,
+            "high_open": high_open,
+            "choices": choices,
+        },
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = setting("softmax", "Architecture (a registered model name).")
     recipe: str = setting("default", "Named recipe of the model: its preset values for every other setting.")
-    width: int | None = setting(None, "Channels of the first layer, for models with a width (fast: 1..256, reader: 1..128); none: the recipe's.")
-    pool_first: bool | None = setting(None, "Models with it (fast): max-pool each conv block's output before its batch "
-                                             "norm and ReLU, which then do a quarter of the work (bench/floor.py).")
+    width: int | None = setting(
+        None, "Channels of the first layer, for models with a width (fast: 1..256, reader: 1..128); none: the recipe's."
+    )
+    pool_first: bool | None = setting(
+        None,
+        "Models with it (fast): max-pool each conv block's output before its batch "
+        "norm and ReLU, which then do a quarter of the work (bench/floor.py).",
+    )
     steps: int = setting(1000, "Optimisation steps.", low=1, high=MAX_STEPS)
-    batch_size: int = setting(100, "Images per step (under torchrun: in all processes together).", low=1, high=TRAIN_IMAGES)
-    optimizer: str = setting("sgd", "sgd, nesterov (SGD with momentum 0.9) or adam.", choices=("sgd", "nesterov", "adam"))
-    lr: float = setting(0.5, "Learning rate (the peak under warmup_cosine), per step of one batch.",
-                        low=0, high=10, low_open=True)
-    schedule: str = setting("constant", "constant, or warmup_cosine: linear warm-up, then cosine decay to zero.",
-                            choices=("constant", "warmup_cosine"))
+    batch_size: int = setting(
+        100, "Images per step (under torchrun: in all processes together).", low=1, high=TRAIN_IMAGES
+    )
+    optimizer: str = setting(
+        "sgd", "sgd, nesterov (SGD with momentum 0.9) or adam.", choices=("sgd", "nesterov", "adam")
+    )
+    lr: float = setting(
+        0.5, "Learning rate (the peak under warmup_cosine), per step of one batch.", low=0, high=10, low_open=True
+    )
+    schedule: str = setting(
+        "constant",
+        "constant, or warmup_cosine: linear warm-up, then cosine decay to zero.",
+        choices=("constant", "warmup_cosine"),
+    )
     warmup_fraction: float = setting(0.0, "Share of the steps spent warming up (warmup_cosine only).", low=0, high=1)
     weight_decay: float = setting(0.0, "L2 penalty per step, as torch's optimisers apply it.", low=0, high=1)
-    label_smoothing: float = setting(0.0, "Share of each target spread evenly over the ten digits.", low=0, high=1, high_open=True)
+    label_smoothing: float = setting(
+        0.0, "Share of each target spread evenly over the ten digits.", low=0, high=1, high_open=True
+    )
     augment_degrees: float = setting(0.0, "Random rotation up to ± this many degrees; 0: none.", low=0, high=180)
     augment_shift: float = setting(0.0, "Random shift up to ± this fraction of the image size; 0: none.", low=0, high=1)
     augment_scale: float = setting(0.0, "Random scale within 1 ± this; 0: none.", low=0, high=1, high_open=True)
-    augment_stroke: float = setting(0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.",
-                                    low=0, high=1)
+    augment_stroke: float = setting(
+        0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.", low=0, high=1
+    )
     # person-style variation (augment.py): each the share of a batch's images given it; pen width is augment_stroke
-    augment_low_resolution: float = setting(0.0, "Share of images written small: the digit box 8-16 px, enlarged back to 20.",
-                                            low=0, high=1)
+    augment_low_resolution: float = setting(
+        0.0, "Share of images written small: the digit box 8-16 px, enlarged back to 20.", low=0, high=1
+    )
     augment_blur: float = setting(0.0, "Share of images blurred (Gaussian, sigma 0.3-1.2 px).", low=0, high=1)
-    augment_lighting: float = setting(0.0, "Share of images lit unevenly (ink fading across the digit, a gamma).",
-                                      low=0, high=1)
-    augment_paper: float = setting(0.0, "Share of images with paper left in them (noise beside the strokes, a line's dim band).",
-                                   low=0, high=1)
-    strings: str = setting("plain", "Number reader: what its training strings are made of (number_strings.MIXTURES): plain (neat "
-                           "MNIST strings), or people (also hard overlaps, uneven heights and baselines, slant, photos).",
-                           choices=("plain", "people"))
-    string_workers: int = setting(0, "Number reader: processes making training strings ahead of the steps (for a GPU); "
-                                     "0: made between steps. The strings are the same either way.", low=0, high=64)
+    augment_lighting: float = setting(
+        0.0, "Share of images lit unevenly (ink fading across the digit, a gamma).", low=0, high=1
+    )
+    augment_paper: float = setting(
+        0.0, "Share of images with paper left in them (noise beside the strokes, a line's dim band).", low=0, high=1
+    )
+    strings: str = setting(
+        "plain",
+        "Number reader: what its training strings are made of (number_strings.MIXTURES): plain (neat "
+        "MNIST strings), or people (also hard overlaps, uneven heights and baselines, slant, photos).",
+        choices=("plain", "people"),
+    )
+    string_workers: int = setting(
+        0,
+        "Number reader: processes making training strings ahead of the steps (for a GPU); "
+        "0: made between steps. The strings are the same either way.",
+        low=0,
+        high=64,
+    )
     channels_last: bool = setting(False, "NHWC activations: faster convolutions on CPUs (measured in bench/).")
-    precision: str = setting("auto", "fp32, bf16 (autocast), or auto: fp32 on CUDA (faster there, measured on an H200), "
-                                     "bf16 on CPUs with AMX or AVX-512 BF16, else fp32.", choices=("auto", "fp32", "bf16"))
-    ema: float = setting(0.0, "Decay per step of an exponential moving average of the weights, which is what is evaluated "
-                              "and saved (0.999: about the last 1,000 steps; step t uses at most (1 + t) / (10 + t)); "
-                              "0: none.", low=0, high=1, high_open=True)
-    cuda_graph: str = setting("auto", "CUDA only: capture a digit model's training step as a CUDA graph and replay it "
-                                      "(auto: with one process; on: refuse where it cannot; off); ignored on the CPU.",
-                              choices=("auto", "on", "off"))
+    precision: str = setting(
+        "auto",
+        "fp32, bf16 (autocast), or auto: fp32 on CUDA (faster there, measured on an H200), "
+        "bf16 on CPUs with AMX or AVX-512 BF16, else fp32.",
+        choices=("auto", "fp32", "bf16"),
+    )
+    ema: float = setting(
+        0.0,
+        "Decay per step of an exponential moving average of the weights, which is what is evaluated "
+        "and saved (0.999: about the last 1,000 steps; step t uses at most (1 + t) / (10 + t)); "
+        "0: none.",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    cuda_graph: str = setting(
+        "auto",
+        "CUDA only: capture a digit model's training step as a CUDA graph and replay it "
+        "(auto: with one process; on: refuse where it cannot; off); ignored on the CPU.",
+        choices=("auto", "on", "off"),
+    )
     seed: int = setting(0, "Seed for weights, batches and augmentation.", low=0, high=MAX_SEED)
     log_every: int = setting(100, "Steps between log rows (training-batch loss and accuracy).", low=1, high=MAX_STEPS)
     eval_every: int = setting(1000, "Steps between validation evaluations (on log rows).", low=1, high=MAX_STEPS)
-    checkpoint_every: int = setting(0, "Steps between resumable checkpoints in the run directory; 0: only when stopped.",
-                                    low=0, high=MAX_STEPS)
+    checkpoint_every: int = setting(
+        0, "Steps between resumable checkpoints in the run directory; 0: only when stopped.", low=0, high=MAX_STEPS
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -84,8 +133,10 @@ class TrainConfig:
 
     @property
     def uses_person_style(self) -> bool:
-        return any(share > 0 for share in (self.augment_low_resolution, self.augment_blur, self.augment_lighting,
-                                           self.augment_paper))
+        return any(
+            share > 0
+            for share in (self.augment_low_resolution, self.augment_blur, self.augment_lighting, self.augment_paper)
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

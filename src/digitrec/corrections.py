@@ -74,8 +74,15 @@ class Correction:
 
     def summary(self) -> dict:
         """Everything but the pictures, as JSON types."""
-        return {"id": self.id, "label": self.label, "answer": self.answer, "model": self.model, "source": self.source,
-                "created": self.created, "box": list(self.box) if self.box else None}
+        return {
+            "id": self.id,
+            "label": self.label,
+            "answer": self.answer,
+            "model": self.model,
+            "source": self.source,
+            "created": self.created,
+            "box": list(self.box) if self.box else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -167,13 +174,17 @@ class Store:
     def explain(self, error: sqlite3.Error) -> str:
         text = str(error)
         if "locked" in text or "busy" in text:
-            return (f"{self.path}: the corrections database is locked by another program (waited "
-                    f"{self.busy_seconds:g} s); try again when it is done")
+            return (
+                f"{self.path}: the corrections database is locked by another program (waited "
+                f"{self.busy_seconds:g} s); try again when it is done"
+            )
         if "readonly" in text or "read-only" in text:
             return f"{self.path}: the corrections database is read-only; make it writable or give another --db"
         if "not a database" in text or "malformed" in text or "corrupt" in text:
-            return (f"{self.path}: the corrections database is damaged ({text}); it was left as it is: move it "
-                    f"aside (or repair it with sqlite3's .recover) and give another --db")
+            return (
+                f"{self.path}: the corrections database is damaged ({text}); it was left as it is: move it "
+                f"aside (or repair it with sqlite3's .recover) and give another --db"
+            )
         if "unable to open" in text:
             return f"{self.path}: cannot open the corrections database ({text}); check the folder's permissions"
         return f"{self.path}: the corrections database failed: {text}"
@@ -190,11 +201,15 @@ class Store:
                 connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif application != APPLICATION_ID:
-                raise StoreError(f"{self.path}: not a digitrec corrections database (another program's SQLite file); "
-                                 f"give another --db")
+                raise StoreError(
+                    f"{self.path}: not a digitrec corrections database (another program's SQLite file); "
+                    f"give another --db"
+                )
             elif version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: written by a newer digitrec (schema {version}; this one reads up to "
-                                 f"{SCHEMA_VERSION}); upgrade digitrec or give another --db")
+                raise StoreError(
+                    f"{self.path}: written by a newer digitrec (schema {version}; this one reads up to "
+                    f"{SCHEMA_VERSION}); upgrade digitrec or give another --db"
+                )
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -228,8 +243,11 @@ class Store:
         with self.connect(write=False) as connection:
             rows = connection.execute("SELECT input, label, id FROM corrections ORDER BY id").fetchall()
         inputs = np.frombuffer(b"".join(row[0] for row in rows), np.uint8).reshape(-1, FIELD_SIDE, FIELD_SIDE)
-        return (inputs.astype(np.float32) / 255, np.array([row[1] for row in rows], np.int64),
-                np.array([row[2] for row in rows], np.int64))
+        return (
+            inputs.astype(np.float32) / 255,
+            np.array([row[1] for row in rows], np.int64),
+            np.array([row[2] for row in rows], np.int64),
+        )
 
     # ---- writing
 
@@ -242,17 +260,28 @@ class Store:
         with self.connect(write=True) as connection:
             held = connection.execute("SELECT count(*) FROM corrections").fetchone()[0]
             if held + len(rows) > MAX_CORRECTIONS:
-                raise StoreFull(f"{self.path}: the corrections database holds {held:,} corrections, and at most "
-                                f"{MAX_CORRECTIONS:,} are kept; remove some first (digitrec teach remove ID...)")
-            return [connection.execute(
-                "INSERT INTO corrections (label, answer, model, source, created, image, input, box) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid for row in rows]
+                raise StoreFull(
+                    f"{self.path}: the corrections database holds {held:,} corrections, and at most "
+                    f"{MAX_CORRECTIONS:,} are kept; remove some first (digitrec teach remove ID...)"
+                )
+            return [
+                connection.execute(
+                    "INSERT INTO corrections (label, answer, model, source, created, image, input, box) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                ).lastrowid
+                for row in rows
+            ]
 
     def remove(self, ids: Sequence[int]) -> None:
         """Remove the corrections `ids`, all or none: an id the database does not hold removes nothing."""
         with self.connect(write=True) as connection:
-            found = {row[0] for row in connection.execute(
-                f"SELECT id FROM corrections WHERE id IN ({','.join('?' * len(ids))})", list(ids))}
+            found = {
+                row[0]
+                for row in connection.execute(
+                    f"SELECT id FROM corrections WHERE id IN ({','.join('?' * len(ids))})", list(ids)
+                )
+            }
             missing = [str(i) for i in ids if i not in found]
             if missing:
                 raise NoSuchCorrection(f"no correction with id {', '.join(missing)} in {self.path}; nothing removed")
@@ -268,18 +297,34 @@ def row_of(correction: NewCorrection) -> tuple:
     answer = None if correction.answer is None else check_label(correction.answer)
     box = ",".join(str(int(v)) for v in correction.box) if correction.box is not None else None
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    return (check_label(correction.label), answer, correction.model, correction.source, created,
-            stored_png(correction.image), input_bytes(correction.input), box)
+    return (
+        check_label(correction.label),
+        answer,
+        correction.model,
+        correction.source,
+        created,
+        stored_png(correction.image),
+        input_bytes(correction.input),
+        box,
+    )
 
 
 def from_row(row: tuple) -> Correction:
     identifier, label, answer, model, source, created, image, pixels, box = row
     inputs = np.frombuffer(pixels, np.uint8).reshape(FIELD_SIDE, FIELD_SIDE).astype(np.float32) / 255
-    return Correction(identifier, label, answer, model, source, created, bytes(image), inputs,
-                      tuple(int(v) for v in box.split(",")) if box else None)
+    return Correction(
+        identifier,
+        label,
+        answer,
+        model,
+        source,
+        created,
+        bytes(image),
+        inputs,
+        tuple(int(v) for v in box.split(",")) if box else None,
+    )
 
 
 def input_png(correction: Correction) -> bytes:
     """The 28x28 input the model saw, as PNG (the page's thumbnails)."""
     return to_png(correction.input)
-

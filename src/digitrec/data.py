@@ -97,7 +97,7 @@ def verified_array(path: Path) -> np.ndarray:
         message = str(error)
         if not message.startswith(f"{path.name}:"):
             raise
-        raise DataError(f"{path}{message[len(path.name):]}") from None
+        raise DataError(f"{path}{message[len(path.name) :]}") from None
 
 
 def verified_array_from_bytes(raw: bytes, name: str) -> np.ndarray:
@@ -192,8 +192,9 @@ def batch_indices(
         skip = 0
 
 
-def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, start: int = 0, mixture: str = "plain",
-                   workers: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+def string_batches(
+    split: Split, batch_size: int, seed: int, rank: int = 0, start: int = 0, mixture: str = "plain", workers: int = 0
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Endless batches of random number strings made from `split`'s digits (number_strings.random_batch, as
     number_strings.MIXTURES[`mixture`] says), for the number reader: (strips (B, 1, 32, W), each strip's output
     columns (B,), their digits as classes 1-10 one string after another, each string's length (B,)).
@@ -201,15 +202,29 @@ def string_batches(split: Split, batch_size: int, seed: int, rank: int = 0, star
     (`start`) sees the same strings, and every rank under torchrun its own; `workers` processes make them
     ahead of time (the same batches: making strings, not the model, bounds a reader's step on a GPU)."""
     device = split.images.device
-    source = (split.images[:, 0].cpu().numpy(), split.labels.cpu().numpy(), batch_size, seed, rank, number_strings.MIXTURES[mixture])
+    source = (
+        split.images[:, 0].cpu().numpy(),
+        split.labels.cpu().numpy(),
+        batch_size,
+        seed,
+        rank,
+        number_strings.MIXTURES[mixture],
+    )
     key = id(source)
     string_sources[key] = source
     try:
-        made = ahead(make_string_batch, key, start, workers) if workers else (
-            make_string_batch(key, step) for step in itertools.count(start))
+        made = (
+            ahead(make_string_batch, key, start, workers)
+            if workers
+            else (make_string_batch(key, step) for step in itertools.count(start))
+        )
         for batch in made:
-            yield (torch.from_numpy(batch.pixels).to(device), torch.from_numpy(batch.columns),
-                   torch.from_numpy(batch.digits + 1).to(device), torch.from_numpy(batch.lengths))  # class 0 is the blank
+            yield (
+                torch.from_numpy(batch.pixels).to(device),
+                torch.from_numpy(batch.columns),
+                torch.from_numpy(batch.digits + 1).to(device),
+                torch.from_numpy(batch.lengths),
+            )  # class 0 is the blank
     finally:
         del string_sources[key]
 
@@ -220,7 +235,9 @@ string_sources: dict[int, tuple] = {}
 
 def make_string_batch(key: int, step: int) -> number_strings.Batch:
     images, labels, batch_size, seed, rank, mixture = string_sources[key]
-    return number_strings.random_batch(images, labels, batch_size, np.random.default_rng([seed, step, rank]), mixture=mixture)
+    return number_strings.random_batch(
+        images, labels, batch_size, np.random.default_rng([seed, step, rank]), mixture=mixture
+    )
 
 
 def ahead(make, key: int, start: int, workers: int, depth: int = 4) -> Iterator:
@@ -264,7 +281,9 @@ def augmentation_columns(stroke: float, degrees: float, shift: float, scale: flo
     return int(stroke > 0) + 4 * int(degrees > 0 or shift > 0 or scale > 0)
 
 
-def augment(images: torch.Tensor, draws: torch.Tensor, stroke: float, degrees: float, shift: float, scale: float) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, draws: torch.Tensor, stroke: float, degrees: float, shift: float, scale: float
+) -> torch.Tensor:
     """`images` with their strokes varied (`stroke_varied`), then rotated, scaled and shifted (`affine`), each image
     by its row of `draws` (`uniform_draws` with `augmentation_columns` columns, on the images' device). The
     random numbers come in as a tensor so that the same arithmetic runs eagerly or inside a CUDA graph."""
@@ -293,7 +312,8 @@ def affine(images: torch.Tensor, draws: torch.Tensor, degrees: float, shift: flo
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # affine_grid maps output coordinates in [-1, 1] to input coordinates: a shift of 2 * shift is shift * size
     theta = torch.stack(
-        [torch.stack([cos, -sin, 2 * (draws[:, 2] * shift)], 1), torch.stack([sin, cos, 2 * (draws[:, 3] * shift)], 1)], 1
+        [torch.stack([cos, -sin, 2 * (draws[:, 2] * shift)], 1), torch.stack([sin, cos, 2 * (draws[:, 3] * shift)], 1)],
+        1,
     )  # (B, 2, 3)
     grid = torch.nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

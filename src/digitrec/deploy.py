@@ -36,19 +36,26 @@ def check_export_out(source: str | Path | None, out: Path, overwrite: bool = Fal
     own = {rundir.OUTPUT_FILE, rundir.REPORT_JSON_FILE, rundir.REPORT_HTML_FILE, *rundir.RUN_FILES}
     protected = [source] if source.is_file() else []
     if run_dir.is_dir():
-        protected += [path for path in run_dir.iterdir() if path.name in own or rundir.CHECKPOINT_NAME.fullmatch(path.name)]
+        protected += [
+            path for path in run_dir.iterdir() if path.name in own or rundir.CHECKPOINT_NAME.fullmatch(path.name)
+        ]
     target = os.path.realpath(out)
     if any(os.path.realpath(path) == target for path in protected):
-        raise OutputError(f"{out}: a file of the run being exported ({run_dir}); the export never replaces it: "
-                          "choose another --out")
+        raise OutputError(
+            f"{out}: a file of the run being exported ({run_dir}); the export never replaces it: choose another --out"
+        )
     if os.path.lexists(out) and not overwrite:
         raise OutputError(f"{out} exists; add --overwrite to replace it, or choose another --out")
     if os.path.isdir(out):
         raise OutputError(f"{out}: a folder; --out names the file to write")
 
 
-def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray | None = None,
-                check_labels: np.ndarray | None = None) -> dict:
+def export_onnx(
+    weights: str | Path | None,
+    out: Path,
+    check_images: np.ndarray | None = None,
+    check_labels: np.ndarray | None = None,
+) -> dict:
     """Export the model at `weights` to `out` (dynamic batch size, and width for the number reader); with
     `check_images` (and, for the reader, `check_labels`: it is checked on strings made of them), compare
     torch's and onnxruntime's answers and refuse the export unless they agree."""
@@ -78,8 +85,15 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter works offline; the newer one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(TaskOutputs(loaded.model, task), (example,), buffer, input_names=[task.input_name],
-                          output_names=names, dynamic_axes=task.dynamic_axes(names), dynamo=False)
+        torch.onnx.export(
+            TaskOutputs(loaded.model, task),
+            (example,),
+            buffer,
+            input_names=[task.input_name],
+            output_names=names,
+            dynamic_axes=task.dynamic_axes(names),
+            dynamo=False,
+        )
     model_proto = onnx.load_from_string(buffer.getvalue())
     for output, name in zip(model_proto.graph.output, names):
         if output.name != name:  # a weight output folded into a bare initializer keeps the initializer's name
@@ -91,8 +105,9 @@ def export_onnx(weights: str | Path | None, out: Path, check_images: np.ndarray 
     exported = model_proto.SerializeToString()
     parity = {}
     if check_images is not None:
-        parity = task.export_parity(loaded.model, runtime.from_source(exported, "export", task).forward,
-                                    check_images, check_labels)
+        parity = task.export_parity(
+            loaded.model, runtime.from_source(exported, "export", task).forward, check_images, check_labels
+        )
     write_atomic(out, exported)
     return parity
 

@@ -64,8 +64,11 @@ def explain_array(recognizer: Recognizer, pixels: np.ndarray) -> Explanation:
     """Explain one preprocessed (28, 28) array in 0..1."""
     pixels = np.asarray(pixels, dtype=np.float32)
     outputs = recognizer.outputs(pixels[None, None])  # (28, 28) -> (1, 1, 28, 28)
-    stages = [Stage(name.removeprefix("activation:"), maps[0]) for name, maps in outputs.items()
-              if name.startswith("activation:")]
+    stages = [
+        Stage(name.removeprefix("activation:"), maps[0])
+        for name, maps in outputs.items()
+        if name.startswith("activation:")
+    ]
     filters = outputs.get("filters:conv1")
     return Explanation(
         prediction=recognizer.predict_arrays(pixels[None])[0],
@@ -96,6 +99,7 @@ def saliency_caption(digit: int) -> str:
 
 
 # Pictures: float arrays in 0..1, (H, W) grey or (H, W, 3) RGB, for PNG encoding.
+
 
 def tile(tiles: np.ndarray, columns: int, gap: float) -> np.ndarray:
     """(N, h, w[, 3]) tiles -> one grid image with a 1-pixel `gap`-coloured border between them."""

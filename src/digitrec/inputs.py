@@ -36,7 +36,9 @@ def expand_inputs(paths: Iterable[str], stdin: BinaryIO | None = None) -> list[t
             limit = preprocess.MAX_FILE_BYTES  # looked up now: a test lowers it
             content = (stdin or sys.stdin.buffer).read(limit + 1)
             too_big = len(content) > limit
-            inputs.append(("-", ImageError(f"-: refused: larger than {limit // preprocess.MB} MB") if too_big else content))
+            inputs.append(
+                ("-", ImageError(f"-: refused: larger than {limit // preprocess.MB} MB") if too_big else content)
+            )
             continue
         try:
             is_folder = Path(given).is_dir()
@@ -91,7 +93,11 @@ def images_in(folder: Path) -> list[tuple[str, Path | ImageError]]:
 def preview_name(name: str, taken: set[str]) -> str:
     """A flat file name for the preprocessed view of input `name` ("-" is stdin), unlike any in `taken`
     (compared ignoring case, as some file systems do); it is added to `taken`."""
-    stem = "stdin" if name == "-" else "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
+    stem = (
+        "stdin"
+        if name == "-"
+        else "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/.")) or "image"
+    )
     candidate, number = f"{stem}.png", 1
     while candidate.lower() in taken:
         number += 1

@@ -24,11 +24,19 @@ def read(metadata: dict[str, str], where: object) -> tuple[dict, dict]:
     except (KeyError, ValueError, TypeError):
         raise ModelError(f"{where}: no digitrec model config in the file's metadata") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), str) or not isinstance(metrics, dict):
-        raise ModelError(f"{where}: the file's metadata is not a digitrec model config (a JSON object naming its model)")
+        raise ModelError(
+            f"{where}: the file's metadata is not a digitrec model config (a JSON object naming its model)"
+        )
     return config, metrics
 
 
 def model_info(config: dict, metrics: dict, parameters: int | None, weights: object, runtime: str) -> dict:
     """What `Recognizer.info` holds: the model's name, recipe and size, its recorded metrics, where it came from."""
-    return {"name": config["model"], "recipe": config.get("recipe"), "parameters": parameters, "metrics": metrics,
-            "weights": str(weights), "runtime": runtime}
+    return {
+        "name": config["model"],
+        "recipe": config.get("recipe"),
+        "parameters": parameters,
+        "metrics": metrics,
+        "weights": str(weights),
+        "runtime": runtime,
+    }

@@ -35,9 +35,21 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {}
 PERSONAL_RECIPE = "personal"  # starts from a trained model's weights, so `digitrec teach learn` runs it, not `train`
 PERSONAL = dict(
-    steps=300, batch_size=64, optimizer="nesterov", lr=0.03, schedule="warmup_cosine", warmup_fraction=0.1,
-    weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1, augment_scale=0.1,
-    augment_stroke=1.0, channels_last=True, log_every=25, eval_every=100,
+    steps=300,
+    batch_size=64,
+    optimizer="nesterov",
+    lr=0.03,
+    schedule="warmup_cosine",
+    warmup_fraction=0.1,
+    weight_decay=5e-4,
+    label_smoothing=0.1,
+    augment_degrees=10,
+    augment_shift=0.1,
+    augment_scale=0.1,
+    augment_stroke=1.0,
+    channels_last=True,
+    log_every=25,
+    eval_every=100,
     cuda_graph="off",  # its batches mix the corrections in (personal.py): not the graph's batches of training indices
 )
 DEFAULT_MODEL = "fast"  # what `digitrec train` trains without --model
@@ -112,9 +124,15 @@ class TutorialCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-register("cnn", ModelSpec(TutorialCNN, recipes={
-    "default": dict(steps=20000, batch_size=50, optimizer="adam", lr=1e-4, channels_last=True, eval_every=2000),
-}))
+register(
+    "cnn",
+    ModelSpec(
+        TutorialCNN,
+        recipes={
+            "default": dict(steps=20000, batch_size=50, optimizer="adam", lr=1e-4, channels_last=True, eval_every=2000),
+        },
+    ),
+)
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -171,24 +189,58 @@ def pooled_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Se
 
 
 FULL_RECIPE = dict(
-    width=32, pool_first=True, steps=16000, batch_size=128, optimizer="nesterov", lr=0.1, schedule="warmup_cosine",
-    warmup_fraction=0.1, weight_decay=5e-4, label_smoothing=0.1, augment_degrees=10, augment_shift=0.1,
-    augment_scale=0.1, augment_stroke=1.0, channels_last=True, eval_every=1000,
+    width=32,
+    pool_first=True,
+    steps=16000,
+    batch_size=128,
+    optimizer="nesterov",
+    lr=0.1,
+    schedule="warmup_cosine",
+    warmup_fraction=0.1,
+    weight_decay=5e-4,
+    label_smoothing=0.1,
+    augment_degrees=10,
+    augment_shift=0.1,
+    augment_scale=0.1,
+    augment_stroke=1.0,
+    channels_last=True,
+    eval_every=1000,
 )
-register("fast", ModelSpec(FastCNN, size=FastSize, default_recipe="quick", recipes={
-    # about 0.93 epochs; batch size, steps, rate and width chosen on validation accuracy
-    "quick": dict(
-        width=16, pool_first=True, steps=400, batch_size=128, optimizer="nesterov", lr=0.2, schedule="warmup_cosine",
-        warmup_fraction=0.2, weight_decay=5e-4, label_smoothing=0.1, channels_last=True, log_every=50, eval_every=200,
+register(
+    "fast",
+    ModelSpec(
+        FastCNN,
+        size=FastSize,
+        default_recipe="quick",
+        recipes={
+            # about 0.93 epochs; batch size, steps, rate and width chosen on validation accuracy
+            "quick": dict(
+                width=16,
+                pool_first=True,
+                steps=400,
+                batch_size=128,
+                optimizer="nesterov",
+                lr=0.2,
+                schedule="warmup_cosine",
+                warmup_fraction=0.2,
+                weight_decay=5e-4,
+                label_smoothing=0.1,
+                channels_last=True,
+                log_every=50,
+                eval_every=200,
+            ),
+            # about 37 epochs of randomly rotated, shifted, scaled and thickened or thinned digits at twice the width
+            "full": FULL_RECIPE,
+            # the candidate for the next default: `full`, with person-style variation (augment.py) on a share of each batch
+            "person": dict(
+                FULL_RECIPE, augment_low_resolution=0.15, augment_blur=0.15, augment_lighting=0.2, augment_paper=0.15
+            ),
+            # a trained model taught one person's corrections (digitrec teach learn, personal.py): its size is the trained
+            # model's; each batch half corrections, half replayed training digits, all varied; chosen in bench/teach.py
+            PERSONAL_RECIPE: PERSONAL,
+        },
     ),
-    # about 37 epochs of randomly rotated, shifted, scaled and thickened or thinned digits at twice the width
-    "full": FULL_RECIPE,
-    # the candidate for the next default: `full`, with person-style variation (augment.py) on a share of each batch
-    "person": dict(FULL_RECIPE, augment_low_resolution=0.15, augment_blur=0.15, augment_lighting=0.2, augment_paper=0.15),
-    # a trained model taught one person's corrections (digitrec teach learn, personal.py): its size is the trained
-    # model's; each batch half corrections, half replayed training digits, all varied; chosen in bench/teach.py
-    PERSONAL_RECIPE: PERSONAL,
-}))
+)
 
 
 @dataclass(frozen=True)
@@ -235,19 +287,46 @@ class NumberReader(nn.Module):
         return self.along(self.columns(strips).flatten(1, 2))  # (B, 4w, 2, W/2) -> (B, 8w, W/2) -> (B, 11, W/2)
 
 
-register("reader", ModelSpec(NumberReader, size=ReaderSize, task="numbers", recipes={
-    # each step: 64 random strings of training digits (number_strings.random_batch); chosen on validation strings
-    "default": dict(
-        width=16, steps=10000, batch_size=64, optimizer="adam", lr=2e-3, schedule="warmup_cosine", warmup_fraction=0.1,
-        weight_decay=1e-4, channels_last=True, log_every=100, eval_every=1000,
+register(
+    "reader",
+    ModelSpec(
+        NumberReader,
+        size=ReaderSize,
+        task="numbers",
+        recipes={
+            # each step: 64 random strings of training digits (number_strings.random_batch); chosen on validation strings
+            "default": dict(
+                width=16,
+                steps=10000,
+                batch_size=64,
+                optimizer="adam",
+                lr=2e-3,
+                schedule="warmup_cosine",
+                warmup_fraction=0.1,
+                weight_decay=1e-4,
+                channels_last=True,
+                log_every=100,
+                eval_every=1000,
+            ),
+            # the same on strings written as people write them (number_strings.MIXTURES["people"]): hard overlaps, uneven
+            # heights and baselines, one slant per number, photos; meant for a GPU, with string_workers set to its cores
+            "robust": dict(
+                width=16,
+                steps=10000,
+                batch_size=64,
+                optimizer="adam",
+                lr=2e-3,
+                schedule="warmup_cosine",
+                warmup_fraction=0.1,
+                weight_decay=1e-4,
+                strings="people",
+                channels_last=True,
+                log_every=100,
+                eval_every=1000,
+            ),
+        },
     ),
-    # the same on strings written as people write them (number_strings.MIXTURES["people"]): hard overlaps, uneven
-    # heights and baselines, one slant per number, photos; meant for a GPU, with string_workers set to its cores
-    "robust": dict(
-        width=16, steps=10000, batch_size=64, optimizer="adam", lr=2e-3, schedule="warmup_cosine", warmup_fraction=0.1,
-        weight_decay=1e-4, strings="people", channels_last=True, log_every=100, eval_every=1000,
-    ),
-}))
+)
 
 
 def size_of(config: dict):
@@ -261,7 +340,9 @@ def size_of(config: dict):
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in foreign)
         users = [name for name, entry in REGISTRY.items() if set(foreign) <= size_names(entry)]
         problem = "a fixed size" if model.size is None else f"no {flags}"
-        raise ConfigError(f"model {config['model']!r} has {problem}: {flags} applies to {', '.join(users) or 'no model'} only")
+        raise ConfigError(
+            f"model {config['model']!r} has {problem}: {flags} applies to {', '.join(users) or 'no model'} only"
+        )
     return model.size(**given) if model.size is not None else None
 
 

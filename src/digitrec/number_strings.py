@@ -65,8 +65,12 @@ def vary(digit: np.ndarray, rng: np.random.Generator, scale: float = 1.0, slant:
     degrees = rng.uniform(-8, 8) if slant is None else slant + rng.uniform(-3, 3)
     shear = math.tan(math.radians(degrees))  # x moves by shear * (height above the middle)
     extra = math.ceil(abs(shear) * ink.height)
-    slanted = ink.transform((ink.width + extra, ink.height), Image.Transform.AFFINE,
-                            (1, shear, -extra / 2 - shear * ink.height / 2, 0, 1, 0), Image.Resampling.BILINEAR)
+    slanted = ink.transform(
+        (ink.width + extra, ink.height),
+        Image.Transform.AFFINE,
+        (1, shear, -extra / 2 - shear * ink.height / 2, 0, 1, 0),
+        Image.Resampling.BILINEAR,
+    )
     array = np.clip(np.asarray(slanted, dtype=np.float32), 0, 1)
     cols = np.nonzero(array.max(0) > 0.05)[0]
     return array[:, cols[0] : cols[-1] + 1]
@@ -78,6 +82,7 @@ class Hand:
     slant, centred on one line with ±2 px of jitter. `uneven`: heights within the number differing by up
     to ±UNEVEN_HEIGHTS and the baseline moving by up to ±BASELINE_STEP of a digit's height from one digit
     to the next (a drift along the number plus steps); `slant`: the whole number's lean in degrees."""
+
     uneven: bool = False
     slant: float | None = None
 
@@ -130,7 +135,7 @@ def first_contact(row: np.ndarray, piece: np.ndarray, top: int) -> int:
     (8-connected): the largest left edge with a piece pixel next to or on ink; MARGIN when none meets."""
     inked_row, inked_piece = row >= INK, piece >= INK
     any_row, any_piece = inked_row.any(1), inked_piece.any(1)
-    rightmost = np.where(any_row, inked_row.shape[1] - 1 - inked_row[:, ::-1].argmax(1), -10**9)  # per row of `row`
+    rightmost = np.where(any_row, inked_row.shape[1] - 1 - inked_row[:, ::-1].argmax(1), -(10**9))  # per row of `row`
     leftmost = np.where(any_piece, inked_piece.argmax(1), 10**9)  # per row of `piece`
     contact = MARGIN
     for offset in (-1, 0, 1):  # a piece row against the row's ink one row above, level, one below
@@ -162,6 +167,7 @@ def written(digits: list[np.ndarray], kind: str, rng: np.random.Generator) -> np
 @dataclass(frozen=True)
 class Strip:
     """A row of ink framed for the reader, and how its columns map back onto the ink it came from."""
+
     pixels: np.ndarray  # (STRIP_HEIGHT, W) float32, 0..1, W a multiple of COLUMN_STEP
     strip_columns: np.ndarray  # where each group of ink starts and ends in the strip...
     ink_columns: np.ndarray  # ...and in the ink: the two are mapped linearly between these points
@@ -197,8 +203,13 @@ def strip(ink: np.ndarray, digit_height: float) -> Strip:
         if (height, width) != block.shape:
             # Lanczos when shrinking (anti-aliased, as MNIST's digits are), bilinear when enlarging (no ringing)
             method = Image.Resampling.LANCZOS if group_scale < 1 else Image.Resampling.BILINEAR
-            block = np.clip(np.asarray(Image.fromarray(np.ascontiguousarray(block), mode="F").resize((width, height), method),
-                                       np.float32), 0, 1)
+            block = np.clip(
+                np.asarray(
+                    Image.fromarray(np.ascontiguousarray(block), mode="F").resize((width, height), method), np.float32
+                ),
+                0,
+                1,
+            )
         if index:
             x += min(round((left - stops[index - 1]) * scale), MAX_GAP)
         placed.append((x, (STRIP_HEIGHT - height) // 2, block))
@@ -221,6 +232,7 @@ def row_strip(row: np.ndarray, digit_height: float = DIGIT_HEIGHT) -> np.ndarray
 @dataclass(frozen=True)
 class Mixture:
     """What a reader's training strings are made of: each kind's share (0..1) of the strings."""
+
     spacings: tuple[float, ...]  # each spacing's weight, in SPACINGS' order
     uneven: float  # written with uneven heights and baseline (Hand.uneven)
     slanted: float  # leaning as a whole, up to ±MAX_SLANT (otherwise each digit its own ±8°)
@@ -239,8 +251,9 @@ MIXTURES = {
 }
 
 
-def random_row(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-               mixture: Mixture = MIXTURES["plain"]) -> tuple[np.ndarray, np.ndarray, float]:
+def random_row(
+    images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, mixture: Mixture = MIXTURES["plain"]
+) -> tuple[np.ndarray, np.ndarray, float]:
     """A random training string from `images` (N, 28, 28, 0..1): its row, its digits and their height in
     the row (px; DIGIT_HEIGHT unless photographed: the row then is the ink found in the photo). Lengths
     1-8, and sometimes up to MAX_TRAINING_LENGTH; spacings and hands as `mixture` says."""
@@ -248,8 +261,10 @@ def random_row(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     chosen = rng.integers(0, len(images), length)
     weights = np.asarray(mixture.spacings, np.float64)
     spacing = SPACINGS[int(np.searchsorted(np.cumsum(weights / weights.sum()), rng.random(), side="right"))]
-    hand = Hand(uneven=bool(rng.random() < mixture.uneven),
-                slant=float(rng.uniform(-MAX_SLANT, MAX_SLANT)) if rng.random() < mixture.slanted else None)
+    hand = Hand(
+        uneven=bool(rng.random() < mixture.uneven),
+        slant=float(rng.uniform(-MAX_SLANT, MAX_SLANT)) if rng.random() < mixture.slanted else None,
+    )
     row = compose([images[i] for i in chosen], spacing, rng, hand)
     if rng.random() < mixture.thick_pen:
         row = (row + spread(row, np.maximum)) / 2
@@ -289,13 +304,20 @@ def photograph(row: np.ndarray, rng: np.random.Generator, scale: float | None = 
     ink = np.pad(ink, [tuple(rng.integers(*PHOTO_MARGIN, size=2)) for _ in range(2)])
     scale = rng.uniform(*PHOTO_SCALE) if scale is None else scale
     height, width = round(ink.shape[0] * scale), round(ink.shape[1] * scale)
-    level = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
-    level = np.asarray(level.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.5) * scale)))[..., None] / np.float32(255)
+    level = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.BICUBIC
+    )
+    level = np.asarray(level.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.5) * scale)))[..., None] / np.float32(
+        255
+    )
     paper = rng.uniform(0.7, 0.95) * (1 + rng.uniform(-0.06, 0.06, 3))  # a tone of white, cream, grey or blue
     pen_colour = rng.uniform(0.02, 0.25) + np.array([0, 0, 1]) * rng.uniform(0, 0.25)  # black or dark blue
     angle, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0, LIGHT_FALLOFF)
     longest = max(width, height)  # the light changes by `strength` across the photo's longer side
-    ys, xs = np.linspace(-0.5, 0.5, height)[:, None] * height / longest, np.linspace(-0.5, 0.5, width)[None, :] * width / longest
+    ys, xs = (
+        np.linspace(-0.5, 0.5, height)[:, None] * height / longest,
+        np.linspace(-0.5, 0.5, width)[None, :] * width / longest,
+    )
     light = (1 - strength / 2 + strength * (xs * math.cos(angle) + ys * math.sin(angle)))[..., None].astype(np.float32)
     pixels = (paper.astype(np.float32) + (pen_colour - paper).astype(np.float32) * level) * light  # (H, W, 3)
     pixels += rng.standard_normal(pixels.shape, np.float32) * np.float32(rng.uniform(0.005, 0.025))
@@ -311,13 +333,16 @@ def found_ink(photo: bytes) -> tuple[np.ndarray, float]:
     factor by which the photo was shrunk to find it."""
     image = Image.open(io.BytesIO(photo))
     ink = ink_image(image, "photo", (image.width, PHOTO_WORKING_HEIGHT))
-    return (np.where(dilate((ink >= PHOTO_INK).astype(np.float32), 1) > 0, ink, 0).astype(np.float32),
-            ink.shape[0] / image.height)
+    return (
+        np.where(dilate((ink >= PHOTO_INK).astype(np.float32), 1) > 0, ink, 0).astype(np.float32),
+        ink.shape[0] / image.height,
+    )
 
 
 @dataclass(frozen=True)
 class Batch:
     """Strings ready for the reader: strips padded to one width, and their digits for the CTC loss."""
+
     pixels: np.ndarray  # (B, 1, STRIP_HEIGHT, W) float32
     columns: np.ndarray  # (B,) int64: each strip's own width in output columns (the rest is padding)
     digits: np.ndarray  # (sum of lengths,) int64: every string's digits, one after another
@@ -328,18 +353,30 @@ def batch(strips: list[np.ndarray], digits: list[np.ndarray]) -> Batch:
     pixels = np.zeros((len(strips), 1, STRIP_HEIGHT, max(s.shape[1] for s in strips)), np.float32)
     for index, one in enumerate(strips):
         pixels[index, 0, :, : one.shape[1]] = one
-    return Batch(pixels, np.array([s.shape[1] // COLUMN_STEP for s in strips], np.int64),
-                 np.concatenate(digits), np.array([len(d) for d in digits], np.int64))
+    return Batch(
+        pixels,
+        np.array([s.shape[1] // COLUMN_STEP for s in strips], np.int64),
+        np.concatenate(digits),
+        np.array([len(d) for d in digits], np.int64),
+    )
 
 
-def random_batch(images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator,
-                 training: bool = True, mixture: Mixture = MIXTURES["plain"]) -> Batch:
+def random_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    training: bool = True,
+    mixture: Mixture = MIXTURES["plain"],
+) -> Batch:
     """`count` random strings (`random_row`) as a batch; for training, made as `mixture` says and with
     the digits' scale varied (TRAINING_HEIGHTS); otherwise neat, ordinary pens, the four ordinary spacings."""
     if not training:
         mixture = Mixture(spacings=(1, 1, 1, 1, 0), uneven=0, slanted=0, photographed=0, thick_pen=0)
     rows = [random_row(images, labels, rng, mixture) for _ in range(count)]
-    strips = [row_strip(row, height * rng.uniform(*TRAINING_HEIGHTS) if training else height) for row, _, height in rows]
+    strips = [
+        row_strip(row, height * rng.uniform(*TRAINING_HEIGHTS) if training else height) for row, _, height in rows
+    ]
     return batch(strips, [digits for _, digits, _ in rows])
 
 
@@ -351,6 +388,7 @@ def fixed_set(images: np.ndarray, labels: np.ndarray, count: int, seed: int = 0)
 @dataclass(frozen=True)
 class Read:
     """One digit the reader found: its class scores where it is surest, and the output columns it spans."""
+
     digit: int
     probabilities: np.ndarray  # (10,) the ten digits' share at its surest column, blank left out
     confidence: float  # the probability of `digit` there (blank included: a faint digit is less sure)
@@ -371,8 +409,15 @@ def decode(probabilities: np.ndarray) -> list[Read]:
             run = probabilities[:, start:column]
             surest = start + int(run[best[start]].argmax())
             scores = probabilities[1:, surest]
-            found.append(Read(int(best[start]) - 1, scores / scores.sum(), float(probabilities[best[start], surest]),
-                              start, column - 1))
+            found.append(
+                Read(
+                    int(best[start]) - 1,
+                    scores / scores.sum(),
+                    float(probabilities[best[start], surest]),
+                    start,
+                    column - 1,
+                )
+            )
         start = column
     return found
 
@@ -397,6 +442,7 @@ BEAM_NEGLIGIBLE = 1e-6  # a length whose best prefix is below this share of the 
 class Decoding:
     """A strip's likeliest reading, found by prefix beam search, and the likeliest reading of each other
     length: what a reading's confidence weighs when a digit may be missing or two merged into one."""
+
     reads: list[Read]  # the likeliest reading, digit by digit, placed on the columns of its likeliest alignment
     probability: float  # its probability (summed over all its alignments, CTC's)
     by_length: dict[int, tuple[str, float]]  # length -> the likeliest reading of that length and its probability
@@ -501,6 +547,9 @@ def align(probabilities: np.ndarray, digits: list[int]) -> list[Read]:
             spanned = np.array([int(probabilities[digit + 1].argmax())])
         surest = int(spanned[probabilities[digit + 1, spanned].argmax()])
         scores = probabilities[1:, surest]
-        found.append(Read(digit, scores / scores.sum(), float(probabilities[digit + 1, surest]),
-                          int(spanned[0]), int(spanned[-1])))
+        found.append(
+            Read(
+                digit, scores / scores.sum(), float(probabilities[digit + 1, surest]), int(spanned[0]), int(spanned[-1])
+            )
+        )
     return found

@@ -24,7 +24,11 @@ STYLES = PLAIN_STYLES + PAPER_STYLES
 
 LINE_COLOURS = (np.array([0.45, 0.6, 0.9]), np.array([0.6, 0.6, 0.6]))  # a notebook's printed lines: blue, grey
 MARGIN_RED = np.array([0.9, 0.35, 0.35])
-INK_COLOURS = (np.array([0.05, 0.05, 0.1]), np.array([0.1, 0.15, 0.5]), np.array([0.25, 0.25, 0.25]))  # black, blue, pencil
+INK_COLOURS = (
+    np.array([0.05, 0.05, 0.1]),
+    np.array([0.1, 0.15, 0.5]),
+    np.array([0.25, 0.25, 0.25]),
+)  # black, blue, pencil
 
 
 def render(digit: np.ndarray, style: str, rng: np.random.Generator) -> bytes:
@@ -85,7 +89,9 @@ def render_on_paper(digit: np.ndarray, style: str, rng: np.random.Generator) -> 
         lines = np.maximum(lines, periodic_lines(rows, ink_height / rng.uniform(0.8, 1.3), rng, line_width))
     else:
         spacing = ink_height / rng.uniform(1.6, 2.6)
-        lines = np.maximum(periodic_lines(rows, spacing, rng, line_width), periodic_lines(cols, spacing, rng, line_width))
+        lines = np.maximum(
+            periodic_lines(rows, spacing, rng, line_width), periodic_lines(cols, spacing, rng, line_width)
+        )
     page = np.full((canvas_h, canvas_w, 3), rng.uniform(0.82, 0.97), np.float32) * np.array([1.0, 0.99, 0.95])
     line_colour = LINE_COLOURS[int(rng.integers(len(LINE_COLOURS)))]
     page = page * (1 - rng.uniform(0.3, 0.8) * lines[..., None] * (1 - line_colour))
@@ -131,8 +137,9 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
 NUMBER_STYLE = "dark-on-light jpeg"
 
 
-def number_image(images: np.ndarray, labels: np.ndarray, length: int, kind: str,
-                 rng: np.random.Generator) -> tuple[bytes, str]:
+def number_image(
+    images: np.ndarray, labels: np.ndarray, length: int, kind: str, rng: np.random.Generator
+) -> tuple[bytes, str]:
     """A random `length`-digit string drawn from `images` (N, 28, 28, 0..1) with their `labels`, written as
     `kind` (one of number_strings.CLASSES, by number_strings.written) and rendered as a person's JPEG (a
     photographed number is already its photo); returns the file's bytes and the true text."""

@@ -32,7 +32,7 @@ from digitrec.tasks import DIGITS
 
 CORRECTION_SHARE = 0.25  # of each batch at most; the rest are replayed MNIST training digits (bench/teach.py)
 FULL_SHARE_FROM = 100  # corrections: fewer take a proportionally smaller share, so that each is drawn about as
-                       # often as one of 100 is (one correction per digit drawn ~1,000 times was learned by heart)
+# often as one of 100 is (one correction per digit drawn ~1,000 times was learned by heart)
 HOLDOUT_SHARE = 0.2  # of each digit's corrections, held out to measure (only digits with at least MIN_HELD_IN + 1)
 MIN_HELD_IN = 2  # a digit keeps at least this many corrections to learn from when some are held out
 HOLDOUT_SEED = 0
@@ -64,8 +64,15 @@ def default_out(store: Store) -> Path:
 class PersonalTraining(train.Training):
     """A `Training` that starts from trained weights and mixes `corrections` into every batch."""
 
-    def __init__(self, config: TrainConfig, mnist: data.MNIST, device: torch.device, start: dict[str, torch.Tensor],
-                 corrections: data.Split, share: float | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        mnist: data.MNIST,
+        device: torch.device,
+        start: dict[str, torch.Tensor],
+        corrections: data.Split,
+        share: float | None = None,
+    ):
         self.corrections = corrections.to(device)  # before Training's __init__, which starts the batch stream
         self.correction_share = correction_share(len(corrections)) if share is None else share
         super().__init__(config, mnist, device)
@@ -78,14 +85,21 @@ class PersonalTraining(train.Training):
         for _ in range(self.step):  # a resumed stream draws what the steps before it drew
             torch.randint(len(self.corrections), (taken,), generator=generator)
         while True:
-            chosen = torch.randint(len(self.corrections), (taken,), generator=generator).to(self.corrections.labels.device)
+            chosen = torch.randint(len(self.corrections), (taken,), generator=generator).to(
+                self.corrections.labels.device
+            )
             images, labels = next(replayed)
-            yield torch.cat([self.corrections.images[chosen], images]), torch.cat([self.corrections.labels[chosen], labels])
+            yield (
+                torch.cat([self.corrections.images[chosen], images]),
+                torch.cat([self.corrections.labels[chosen], labels]),
+            )
 
 
 def as_split(images: np.ndarray, labels: np.ndarray) -> data.Split:
-    return data.Split(torch.from_numpy(np.ascontiguousarray(images, np.float32)).unsqueeze(1),  # (N, 28, 28) -> (N, 1, 28, 28)
-                      torch.from_numpy(np.asarray(labels, np.int64)))
+    return data.Split(
+        torch.from_numpy(np.ascontiguousarray(images, np.float32)).unsqueeze(1),  # (N, 28, 28) -> (N, 1, 28, 28)
+        torch.from_numpy(np.asarray(labels, np.int64)),
+    )
 
 
 def held_out(labels: np.ndarray, share: float = HOLDOUT_SHARE, seed: int = HOLDOUT_SEED) -> np.ndarray:
@@ -105,10 +119,19 @@ def accuracy(model: torch.nn.Module, split: data.Split) -> float:
     return evaluate.accuracy(models.logits_in_batches(model, split.images), split.labels)
 
 
-def fine_tune(config: TrainConfig, mnist: data.MNIST, start: dict[str, torch.Tensor], corrections: data.Split,
-              device: torch.device = CPU, run_dir: Path | None = None, overwrite: bool = False,
-              print_line: Callable[[str], None] = print, show_progress: bool = False,
-              draw_curves: Callable[[list[dict]], bytes] | None = None, share: float | None = None) -> train.TrainResult:
+def fine_tune(
+    config: TrainConfig,
+    mnist: data.MNIST,
+    start: dict[str, torch.Tensor],
+    corrections: data.Split,
+    device: torch.device = CPU,
+    run_dir: Path | None = None,
+    overwrite: bool = False,
+    print_line: Callable[[str], None] = print,
+    show_progress: bool = False,
+    draw_curves: Callable[[list[dict]], bytes] | None = None,
+    share: float | None = None,
+) -> train.TrainResult:
     """One personal run through train.py's loop; with `run_dir`, saved as an ordinary run folder. `share`:
     the corrections' share of each batch (None: `correction_share`)."""
     training = PersonalTraining(config, mnist, device, start, corrections, share)
@@ -153,17 +176,27 @@ class Learned:
     metrics: dict
 
 
-def learn(store: Store, start_from: str | Path | None = None, out: Path | None = None, data_dir: str | Path | None = None,
-          device: torch.device = CPU, print_line: Callable[[str], None] = print,
-          show_progress: bool = False, draw_curves: Callable[[list[dict]], bytes] | None = None,
-          holdout: bool = True, **overrides) -> Learned:
+def learn(
+    store: Store,
+    start_from: str | Path | None = None,
+    out: Path | None = None,
+    data_dir: str | Path | None = None,
+    device: torch.device = CPU,
+    print_line: Callable[[str], None] = print,
+    show_progress: bool = False,
+    draw_curves: Callable[[list[dict]], bytes] | None = None,
+    holdout: bool = True,
+    **overrides,
+) -> Learned:
     """Teach the model at `start_from` (None: the bundled default) every correction in `store`, measure it
     (see the module's docstring), and save it as the run folder `out` (default: `personal` beside the
     database), replacing the run there only once the new one is complete."""
     images, labels, _ = store.training_set()
     if not len(labels):
-        raise ConfigError(f"{store.path} holds no corrections to learn from: add some with digitrec teach add, "
-                          f"or the page's \"Wrong? It was\"")
+        raise ConfigError(
+            f"{store.path} holds no corrections to learn from: add some with digitrec teach add, "
+            f'or the page\'s "Wrong? It was"'
+        )
     loaded = checkpoint.load(start_from, task=DIGITS)
     config = personal_config(loaded.config, **overrides)
     start = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
@@ -178,22 +211,58 @@ def learn(store: Store, start_from: str | Path | None = None, out: Path | None =
         kept = as_split(images[mask], labels[mask])
         # measured on the held-out corrections as its test set, validated once at its end: it is not saved
         measuring = data.MNIST(mnist.train, mnist.validation, kept, mnist.directory)
-        measured = fine_tune(replace(config, eval_every=config.steps), measuring, start,
-                             as_split(images[~mask], labels[~mask]), device, print_line=lambda line: None)
+        measured = fine_tune(
+            replace(config, eval_every=config.steps),
+            measuring,
+            start,
+            as_split(images[~mask], labels[~mask]),
+            device,
+            print_line=lambda line: None,
+        )
         before, after = accuracy(loaded.model, kept), measured.metrics["test_accuracy"]
     print_line(f"learning {len(labels)} corrections: {config.steps} steps from {loaded.weights_path.parent}")
-    result = fine_tune(config, mnist, start, as_split(images, labels), device, out, overwrite=overwrite,
-                       print_line=print_line, show_progress=show_progress, draw_curves=draw_curves)
+    result = fine_tune(
+        config,
+        mnist,
+        start,
+        as_split(images, labels),
+        device,
+        out,
+        overwrite=overwrite,
+        print_line=print_line,
+        show_progress=show_progress,
+        draw_curves=draw_curves,
+    )
     validation_logits = models.logits_in_batches(result.model, mnist.validation.images).numpy()
-    confidence.save(confidence.fit(validation_logits, mnist.validation.labels.numpy(),
-                                   {"fitted_on": "the 5,000 MNIST validation digits, by digitrec teach learn"}), out)
-    return Learned(out, len(labels), int(mask.sum()), before, after, test_before, result.metrics["test_accuracy"],
-                   result.metrics["train_seconds"], result.metrics)
+    confidence.save(
+        confidence.fit(
+            validation_logits,
+            mnist.validation.labels.numpy(),
+            {"fitted_on": "the 5,000 MNIST validation digits, by digitrec teach learn"},
+        ),
+        out,
+    )
+    return Learned(
+        out,
+        len(labels),
+        int(mask.sum()),
+        before,
+        after,
+        test_before,
+        result.metrics["test_accuracy"],
+        result.metrics["train_seconds"],
+        result.metrics,
+    )
 
 
-def learn_arrays(config: TrainConfig, mnist: data.MNIST, start: dict[str, torch.Tensor], images: np.ndarray,
-                 labels: np.ndarray, share: float | None = None, device: torch.device = CPU) -> train.TrainResult:
+def learn_arrays(
+    config: TrainConfig,
+    mnist: data.MNIST,
+    start: dict[str, torch.Tensor],
+    images: np.ndarray,
+    labels: np.ndarray,
+    share: float | None = None,
+    device: torch.device = CPU,
+) -> train.TrainResult:
     """A personal model from corrections given as arrays, saved nowhere: bench/teach.py's measuring runs."""
-    return fine_tune(config, mnist, start, as_split(images, labels), device, print_line=lambda line: None,
-                     share=share)
-
+    return fine_tune(config, mnist, start, as_split(images, labels), device, print_line=lambda line: None, share=share)

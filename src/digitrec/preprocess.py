@@ -85,8 +85,9 @@ def load_image(source: Source, name: str = "image", max_side: int | None = None)
     if max(image.size) > MAX_SIDE or min(image.size) < 1:
         raise ImageError(f"{name}: absurd dimensions {image.width}x{image.height}")
     if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"{name}: refused: {image.width}x{image.height} is more than {MAX_PIXELS:,} pixels "
-                         "(a decompression bomb?)")
+        raise ImageError(
+            f"{name}: refused: {image.width}x{image.height} is more than {MAX_PIXELS:,} pixels (a decompression bomb?)"
+        )
     try:
         image.seek(0)  # the first frame of an animation
         if max_side is not None:
@@ -301,8 +302,13 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if count == 0:
         return np.full(mask.shape, -1, np.int32), np.zeros((0, 5), np.int64)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    boxes = np.array([[rows.start, rows.stop, columns.start, columns.stop, area]
-                      for (rows, columns), area in zip(ndimage.find_objects(labels), areas)], np.int64)
+    boxes = np.array(
+        [
+            [rows.start, rows.stop, columns.start, columns.stop, area]
+            for (rows, columns), area in zip(ndimage.find_objects(labels), areas)
+        ],
+        np.int64,
+    )
     return (labels - 1).astype(np.int32), boxes
 
 

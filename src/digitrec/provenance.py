@@ -44,8 +44,9 @@ def git_commit() -> str | None:
     if not (checkout / ".git").exists():
         return None
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
-                                timeout=GIT_TIMEOUT_SECONDS)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (result.stdout.strip() or None) if result.returncode == 0 else None

@@ -60,18 +60,27 @@ def quantize_int8(source: Path, out: Path, calibration_images: np.ndarray, check
         quantized = onnx.load(str(int8_path))
     float_logits = runtime.from_source(model.SerializeToString(), str(source), DIGITS).forward
     int8_logits = runtime.from_source(quantized.SerializeToString(), f"{out} (int8)", DIGITS).forward
-    report = {name: {"float": accuracy(float_logits, images, labels), "int8": accuracy(int8_logits, images, labels),
-                     "allowed_points": points}
-              for name, (images, labels, points) in checks.items()}
+    report = {
+        name: {
+            "float": accuracy(float_logits, images, labels),
+            "int8": accuracy(int8_logits, images, labels),
+            "allowed_points": points,
+        }
+        for name, (images, labels, points) in checks.items()
+    }
     for name, entry in report.items():
         lost = 100 * (entry["float"] - entry["int8"])
         if not lost <= entry["allowed_points"]:  # written so that NaN fails
-            raise ModelError(f"the int8 copy loses {lost:.2f} points of {name} accuracy ({100 * entry['int8']:.2f} % "
-                             f"against {100 * entry['float']:.2f} %), more than the {entry['allowed_points']:g} allowed; "
-                             f"nothing written")
+            raise ModelError(
+                f"the int8 copy loses {lost:.2f} points of {name} accuracy ({100 * entry['int8']:.2f} % "
+                f"against {100 * entry['float']:.2f} %), more than the {entry['allowed_points']:g} allowed; "
+                f"nothing written"
+            )
     entry = quantized.metadata_props.add()
-    entry.key, entry.value = "quantization", json.dumps({"precision": "int8", "calibration_digits": len(calibration_images),
-                                                         "accuracy": report})
+    entry.key, entry.value = (
+        "quantization",
+        json.dumps({"precision": "int8", "calibration_digits": len(calibration_images), "accuracy": report}),
+    )
     write_atomic(out, quantized.SerializeToString())
     return report
 
@@ -85,7 +94,11 @@ def logits_only(model) -> None:
             nodes.append(node)
             needed.update(node.input)
     initializers = [tensor for tensor in model.graph.initializer if tensor.name in needed]
-    for field, kept in ((model.graph.output, outputs), (model.graph.node, nodes[::-1]), (model.graph.initializer, initializers)):
+    for field, kept in (
+        (model.graph.output, outputs),
+        (model.graph.node, nodes[::-1]),
+        (model.graph.initializer, initializers),
+    ):
         del field[:]
         field.extend(kept)
 
@@ -102,7 +115,9 @@ def float_nodes(model) -> list[str]:
         pooled = pooled or node.op_type in ("MaxPool", "AveragePool")
     if not pooled:
         return []  # no pooling (the softmax model): everything is quantized
-    return names + [node.name for node in model.graph.node if node.op_type == "BatchNormalization" and node.name not in names]
+    return names + [
+        node.name for node in model.graph.node if node.op_type == "BatchNormalization" and node.name not in names
+    ]
 
 
 def quantize_file(source: Path, out: Path, calibration_images: np.ndarray, kept_float: list[str]) -> None:
@@ -118,9 +133,20 @@ def quantize_file(source: Path, out: Path, calibration_images: np.ndarray, kept_
             return None if start is None else {"images": calibration_images[start : start + CALIBRATION_BATCH]}
 
     prepared = out.with_name("prepared.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shapes and constants, as the quantizer asks
-    quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=kept_float)
+    quant_pre_process(
+        str(source), str(prepared), skip_symbolic_shape=True
+    )  # shapes and constants, as the quantizer asks
+    quantize_static(
+        str(prepared),
+        str(out),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=kept_float,
+    )
 
 
 def accuracy(logits, images: np.ndarray, labels: np.ndarray) -> float:

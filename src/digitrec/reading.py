@@ -64,9 +64,21 @@ class Reading:
     digits: list[DigitReading]
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "confidence": self.confidence, "unsure": self.unsure, "digits": [
-            {"digit": d.digit, "confidence": d.confidence, "unsure": d.unsure, "box": list(d.box),
-             "alternatives": [{"digit": a, "confidence": p} for a, p in d.alternatives]} for d in self.digits]}
+        return {
+            "text": self.text,
+            "confidence": self.confidence,
+            "unsure": self.unsure,
+            "digits": [
+                {
+                    "digit": d.digit,
+                    "confidence": d.confidence,
+                    "unsure": d.unsure,
+                    "box": list(d.box),
+                    "alternatives": [{"digit": a, "confidence": p} for a, p in d.alternatives],
+                }
+                for d in self.digits
+            ],
+        }
 
 
 def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "image") -> Reading:
@@ -99,20 +111,29 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
     probabilities = [one.probabilities for one in found]
     confidences = [one.confidence for one in found]
     if any(alone):  # a digit of its own also goes to the digit model, as predict would read it
-        predictions = iter(recognizer.predict_arrays([frame(np.where(mask, ink, 0).astype(np.float32))
-                                                      for mask, whole in zip(masks, alone) if whole]))
+        predictions = iter(
+            recognizer.predict_arrays(
+                [frame(np.where(mask, ink, 0).astype(np.float32)) for mask, whole in zip(masks, alone) if whole]
+            )
+        )
         for index in np.nonzero(alone)[0]:
             joint = probabilities[index] * np.asarray(next(predictions).probabilities)
             probabilities[index] = joint / joint.sum()
             confidences[index] = float(probabilities[index].max())
     to_original = (image.width / ink.shape[1], image.height / ink.shape[0])
     calibration = reader.calibration
-    number_confidence = float(calibration.probabilities(sure_and_not(uncalibrated_confidence(decoding, confidences)))[0, 0])
+    number_confidence = float(
+        calibration.probabilities(sure_and_not(uncalibrated_confidence(decoding, confidences)))[0, 0]
+    )
     unsure = calibration.unsure(number_confidence)
     doubted = doubted_digits(confidences) if unsure else set()
-    digits = [digit_reading(p, c, mask, to_original, index in doubted)
-              for index, (p, c, mask) in enumerate(zip(probabilities, confidences, masks))]
-    return Reading(text="".join(str(d.digit) for d in digits), confidence=number_confidence, unsure=unsure, digits=digits)
+    digits = [
+        digit_reading(p, c, mask, to_original, index in doubted)
+        for index, (p, c, mask) in enumerate(zip(probabilities, confidences, masks))
+    ]
+    return Reading(
+        text="".join(str(d.digit) for d in digits), confidence=number_confidence, unsure=unsure, digits=digits
+    )
 
 
 def uncalibrated_confidence(decoding: number_strings.Decoding, confidences: list[float]) -> float:
@@ -142,7 +163,9 @@ def working_ink(image: Image.Image, name: str) -> np.ndarray:
     return ink_image(image, name, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
-def digit_masks(labels: np.ndarray, framed: number_strings.Strip, found: list[number_strings.Read]) -> tuple[list[np.ndarray], list[bool]]:
+def digit_masks(
+    labels: np.ndarray, framed: number_strings.Strip, found: list[number_strings.Read]
+) -> tuple[list[np.ndarray], list[bool]]:
     """Each digit's ink (a mask over the working ink) and whether it is whole components of its own.
 
     Digit i's place is the ink columns between the midpoints of its and its neighbours' columns in the
@@ -184,15 +207,21 @@ def keep(boxes: np.ndarray, height: float) -> list[int]:
     return sorted(kept.tolist(), key=lambda i: boxes[i, 2] + boxes[i, 3])
 
 
-def digit_reading(probabilities: np.ndarray, confidence: float, mask: np.ndarray,
-                  to_original: tuple[float, float], unsure: bool) -> DigitReading:
+def digit_reading(
+    probabilities: np.ndarray, confidence: float, mask: np.ndarray, to_original: tuple[float, float], unsure: bool
+) -> DigitReading:
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     x_scale, y_scale = to_original
     x, y = math.floor(cols[0] * x_scale), math.floor(rows[0] * y_scale)
     box = (x, y, math.ceil((cols[-1] + 1) * x_scale) - x, math.ceil((rows[-1] + 1) * y_scale) - y)
     order = np.argsort(probabilities)[::-1]
-    return DigitReading(digit=int(order[0]), confidence=confidence, box=box, unsure=unsure,
-                        alternatives=[(int(d), float(probabilities[d])) for d in order[1 : ALTERNATIVES + 1]])
+    return DigitReading(
+        digit=int(order[0]),
+        confidence=confidence,
+        box=box,
+        unsure=unsure,
+        alternatives=[(int(d), float(probabilities[d])) for d in order[1 : ALTERNATIVES + 1]],
+    )
 
 
 SURE_COLOUR, UNSURE_COLOUR = (37, 99, 235), (217, 72, 15)  # blue, and orange for an unsure digit
@@ -210,7 +239,9 @@ def draw_segments(source: Source, reading: Reading, name: str = "image") -> byte
         colour = UNSURE_COLOUR if digit.unsure else SURE_COLOUR
         draw.rectangle([x, y, x + width - 1, y + height - 1], outline=colour, width=line)
         below = y + height + line + (index % 2) * font.size  # neighbours' labels on alternate lines
-        draw.text((x + width / 2, below), f"{digit.digit} {100 * digit.confidence:.0f}%", fill=colour, font=font, anchor="mt")
+        draw.text(
+            (x + width / 2, below), f"{digit.digit} {100 * digit.confidence:.0f}%", fill=colour, font=font, anchor="mt"
+        )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

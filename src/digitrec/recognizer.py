@@ -107,7 +107,9 @@ class Recognizer:
         scores are used as they are, with one warning.
         """
         if path is None and runtime.onnxruntime_installed():
-            return cls(runtime.load_onnx(BUNDLED_ONNX, DIGITS, threads), runtime.load_onnx(BUNDLED_INT8, DIGITS, threads))
+            return cls(
+                runtime.load_onnx(BUNDLED_ONNX, DIGITS, threads), runtime.load_onnx(BUNDLED_INT8, DIGITS, threads)
+            )
         return cls(runtime.load(path, DIGITS, threads))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -127,7 +129,9 @@ class Recognizer:
         """One image; raises `ImageError` when it cannot be decoded or holds no digit."""
         return self.predict_arrays(preprocess(image, name)[None])[0]
 
-    def predict_many(self, images: Iterable[tuple[str, Source]], workers: int | None = None) -> list[Prediction | ImageError]:
+    def predict_many(
+        self, images: Iterable[tuple[str, Source]], workers: int | None = None
+    ) -> list[Prediction | ImageError]:
         """Many (name, image) pairs, run through the model in batches; a bad image gives its error in its
         place instead of stopping the rest, whatever went wrong with it. Decoding and preprocessing, the
         costly part, is spread over `workers` processes (default: one per core) once there is at least a
@@ -144,9 +148,13 @@ class Recognizer:
             if pool is None and workers > 1 and len(chunk) == BATCH_SIZE:
                 wait(answered)  # no fork while a thread runs the model
                 # fork starts workers in milliseconds; they run only Pillow and numpy, never torch
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=keep_freed_memory)
+                pool = ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("fork"), initializer=keep_freed_memory
+                )
             if pool is None:
-                answered.append(inference.submit(self.predict_prepared, [try_preprocess(name, image) for name, image in chunk]))
+                answered.append(
+                    inference.submit(self.predict_prepared, [try_preprocess(name, image) for name, image in chunk])
+                )
                 return None
             return chunk, submit_to(pool, chunk)
 
@@ -159,12 +167,14 @@ class Recognizer:
             if broke:  # a worker died (killed, out of memory): the pool is broken
                 pool.shutdown()
                 pool = None
-                prepared += [ImageError(f"{name}: the process reading it died") for name, _ in chunk[len(prepared):]]
+                prepared += [ImageError(f"{name}: the process reading it died") for name, _ in chunk[len(prepared) :]]
             answered.append(inference.submit(self.predict_prepared, prepared))
             return broke
 
         try:
-            in_flight = None  # the chunk the pool works on while the next is handed over: no idle workers between chunks
+            in_flight = (
+                None  # the chunk the pool works on while the next is handed over: no idle workers between chunks
+            )
             for chunk in chunks(images, BATCH_SIZE):
                 handed = hand_over(chunk)
                 if in_flight is not None and collect(in_flight) and handed is not None:
@@ -184,11 +194,14 @@ class Recognizer:
         predictions = iter(self.predict_arrays(good, self.batch_logits)) if good else iter(())
         return [item if isinstance(item, ImageError) else next(predictions) for item in prepared]
 
-    def predict_arrays(self, arrays: Sequence[np.ndarray] | np.ndarray,
-                       logits: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Prediction]:
+    def predict_arrays(
+        self, arrays: Sequence[np.ndarray] | np.ndarray, logits: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> list[Prediction]:
         """Already-preprocessed (N, 28, 28) arrays in 0..1, through `logits` (default: the model's float `logits`)."""
         batch = np.asarray(arrays, dtype=np.float32)[:, None]  # (N, 28, 28) -> (N, 1, 28, 28)
-        probabilities = DIGITS.probabilities((logits or self.logits)(batch), self.calibration)  # refuses an overflow's NaN
+        probabilities = DIGITS.probabilities(
+            (logits or self.logits)(batch), self.calibration
+        )  # refuses an overflow's NaN
         return [
             Prediction(
                 digit=int(p.argmax()),

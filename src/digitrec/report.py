@@ -36,15 +36,27 @@ def curves_png(log: list[dict]) -> bytes:
     """Loss, and training-batch / validation accuracy, against step (a record without a value is a gap)."""
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
     losses = [record for record in log if record.get("loss") is not None]
-    loss_axes.plot([record["step"] for record in losses], [record["loss"] for record in losses],
-                   marker="." if len(losses) < 3 else None)
+    loss_axes.plot(
+        [record["step"] for record in losses],
+        [record["loss"] for record in losses],
+        marker="." if len(losses) < 3 else None,
+    )
     loss_axes.set(xlabel="step", ylabel="training loss", title="loss", yscale="log")
     batches = [record for record in log if record.get("train_accuracy") is not None]
-    accuracy_axes.plot([record["step"] for record in batches], [100 * record["train_accuracy"] for record in batches],
-                       label="training batch", alpha=0.6, marker="." if len(batches) < 3 else None)
+    accuracy_axes.plot(
+        [record["step"] for record in batches],
+        [100 * record["train_accuracy"] for record in batches],
+        label="training batch",
+        alpha=0.6,
+        marker="." if len(batches) < 3 else None,
+    )
     validated = [record for record in log if record.get("validation_accuracy") is not None]
-    accuracy_axes.plot([record["step"] for record in validated],
-                       [100 * record["validation_accuracy"] for record in validated], marker="o", label="validation")
+    accuracy_axes.plot(
+        [record["step"] for record in validated],
+        [100 * record["validation_accuracy"] for record in validated],
+        marker="o",
+        label="validation",
+    )
     accuracy_axes.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
     accuracy_axes.legend(loc="lower right")
     for axes in (loss_axes, accuracy_axes):
@@ -62,8 +74,13 @@ def confusion_png(confusion: np.ndarray) -> bytes:
             if count:
                 colour = "white" if shown[true, predicted] > shown.max() / 2 else "black"
                 axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8, color=colour)
-    axes.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit",
-             title="confusion matrix (test set)")
+    axes.set(
+        xticks=range(10),
+        yticks=range(10),
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title="confusion matrix (test set)",
+    )
     return figure_png(figure)
 
 
@@ -90,8 +107,15 @@ def table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(out_dir: Path, config: dict, metrics: dict, log: list[dict], logits: torch.Tensor,
-                 images: torch.Tensor, labels: torch.Tensor) -> Path:
+def write_report(
+    out_dir: Path,
+    config: dict,
+    metrics: dict,
+    log: list[dict],
+    logits: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> Path:
     """Write the figures, `report.json` and `report.html` into `out_dir`; returns the HTML path."""
     results = evaluate.test_results(logits, labels)
     probabilities = torch.softmax(logits, 1)
@@ -107,18 +131,32 @@ def write_report(out_dir: Path, config: dict, metrics: dict, log: list[dict], lo
     for name, png in figures.items():
         write_atomic(out_dir / name, png)
     per_class = results["per_class"]
-    write_atomic(out_dir / REPORT_JSON_FILE, json.dumps({**results, "mistakes": mistakes, "least_confident_correct": doubtful}, indent=2))
-    class_rows = [[digit, f"{per_class['precision'][digit]:.4f}", f"{per_class['recall'][digit]:.4f}",
-                   f"{per_class['f1'][digit]:.4f}", int(np.sum(results["confusion_matrix"][digit]))] for digit in range(10)]
+    write_atomic(
+        out_dir / REPORT_JSON_FILE,
+        json.dumps({**results, "mistakes": mistakes, "least_confident_correct": doubtful}, indent=2),
+    )
+    class_rows = [
+        [
+            digit,
+            f"{per_class['precision'][digit]:.4f}",
+            f"{per_class['recall'][digit]:.4f}",
+            f"{per_class['f1'][digit]:.4f}",
+            int(np.sum(results["confusion_matrix"][digit])),
+        ]
+        for digit in range(10)
+    ]
     sections = [
         f"<h1>digitrec report: {html.escape(str(config.get('model')))} ({html.escape(str(config.get('recipe')))})</h1>",
         f"<p class=headline>test accuracy <b>{100 * results['test_accuracy']:.2f}%</b> "
         f"({results['errors']} errors in {results['images']} test images)</p>",
-        "<h2>Training curves</h2>" + (embedded(figures[CURVES_FILE], "training curves") if log else "<p>no training log</p>"),
+        "<h2>Training curves</h2>"
+        + (embedded(figures[CURVES_FILE], "training curves") if log else "<p>no training log</p>"),
         "<h2>Confusion matrix</h2>" + embedded(figures["confusion.png"], "confusion matrix"),
-        "<h2>Per-class precision, recall and F1</h2>" + table(["digit", "precision", "recall", "F1", "test images"], class_rows),
+        "<h2>Per-class precision, recall and F1</h2>"
+        + table(["digit", "precision", "recall", "F1", "test images"], class_rows),
         "<h2>Most confident mistakes</h2>" + embedded(figures["mistakes.png"], "most confident mistakes"),
-        "<h2>Least confident correct answers</h2>" + embedded(figures["least-confident-correct.png"], "least confident correct"),
+        "<h2>Least confident correct answers</h2>"
+        + embedded(figures["least-confident-correct.png"], "least confident correct"),
         "<h2>Metrics</h2>" + table(["metric", "value"], [[k, v] for k, v in metrics.items()]),
         "<h2>Config</h2>" + table(["field", "value"], [[k, v] for k, v in config.items()]),
     ]

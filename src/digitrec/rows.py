@@ -31,11 +31,22 @@ Input = tuple[str, "Source | ImageError"]  # a name and its image, or what went 
 
 def prediction_row(name: str, result: Prediction | ImageError) -> dict:
     if isinstance(result, ImageError):
-        return {"path": name, "digit": None, "confidence": None, "unsure": None, "probabilities": None,
-                "error": str(result)}
-    return {"path": name, "digit": result.digit, "confidence": round(result.confidence, ROUNDED_TO),
-            "unsure": result.unsure, "probabilities": [round(p, ROUNDED_TO) for p in result.probabilities],
-            "error": None}
+        return {
+            "path": name,
+            "digit": None,
+            "confidence": None,
+            "unsure": None,
+            "probabilities": None,
+            "error": str(result),
+        }
+    return {
+        "path": name,
+        "digit": result.digit,
+        "confidence": round(result.confidence, ROUNDED_TO),
+        "unsure": result.unsure,
+        "probabilities": [round(p, ROUNDED_TO) for p in result.probabilities],
+        "error": None,
+    }
 
 
 def reading_row(name: str, result: Reading | ImageError) -> dict:
@@ -69,18 +80,30 @@ def read_results(recognizer: Recognizer, reader: Runtime, inputs: Sequence[Input
     return results
 
 
-def results_of(task: str, recognizer: Recognizer, inputs: Sequence[Input], workers: int | None = None,
-               reader: Runtime | None = None) -> list:
+def results_of(
+    task: str,
+    recognizer: Recognizer,
+    inputs: Sequence[Input],
+    workers: int | None = None,
+    reader: Runtime | None = None,
+) -> list:
     """`predict_results` or (with the number `reader`) `read_results`, by `task` ("predict" or "read")."""
-    return predict_results(recognizer, inputs, workers) if task == "predict" else read_results(recognizer, reader, inputs)
+    return (
+        predict_results(recognizer, inputs, workers) if task == "predict" else read_results(recognizer, reader, inputs)
+    )
 
 
 def row_of(task: str, name: str, result) -> dict:
     return prediction_row(name, result) if task == "predict" else reading_row(name, result)
 
 
-def make_rows(task: str, recognizer: Recognizer, inputs: Sequence[Input], workers: int | None = None,
-              reader: Runtime | None = None) -> list[dict]:
+def make_rows(
+    task: str,
+    recognizer: Recognizer,
+    inputs: Sequence[Input],
+    workers: int | None = None,
+    reader: Runtime | None = None,
+) -> list[dict]:
     """The rows of `task` for `inputs`, in their order."""
     results = results_of(task, recognizer, inputs, workers, reader)
     return [row_of(task, name, result) for (name, _), result in zip(inputs, results)]
@@ -95,7 +118,14 @@ def arrow_schema(task: str):
         types = [pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.list_(pa.float64()), pa.string()]
     else:
         alternative = pa.struct([("digit", pa.int64()), ("confidence", pa.float64())])
-        digit = pa.struct([("digit", pa.int64()), ("confidence", pa.float64()), ("unsure", pa.bool_()),
-                           ("box", pa.list_(pa.int64())), ("alternatives", pa.list_(alternative))])
+        digit = pa.struct(
+            [
+                ("digit", pa.int64()),
+                ("confidence", pa.float64()),
+                ("unsure", pa.bool_()),
+                ("box", pa.list_(pa.int64())),
+                ("alternatives", pa.list_(alternative)),
+            ]
+        )
         types = [pa.string(), pa.string(), pa.float64(), pa.bool_(), pa.list_(digit), pa.string()]
     return pa.schema(list(zip(ROW_FIELDS[task], types)))

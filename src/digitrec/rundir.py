@@ -53,8 +53,7 @@ MAX_REPORT_BYTES = 16 * MiB  # report.html: about 1 MB with its figures embedded
 NUMBER = (int, float)
 CONFIG_FIELDS = {"model": str, "recipe": str, "steps": int, "batch_size": int, "lr": NUMBER, "seed": int}
 METRICS_FIELDS = {"steps": int, "test_accuracy": NUMBER, "validation_accuracy": NUMBER, "train_seconds": NUMBER}
-LOG_FIELDS = {"step": int, "loss": NUMBER, "train_accuracy": NUMBER, "validation_accuracy": NUMBER,
-              "seconds": NUMBER}
+LOG_FIELDS = {"step": int, "loss": NUMBER, "train_accuracy": NUMBER, "validation_accuracy": NUMBER, "seconds": NUMBER}
 
 # what a folder is, for `status`
 FINISHED = "finished"  # weights and metrics: a complete run
@@ -247,8 +246,13 @@ def checkpoint_entries(run_dir: Path) -> list[dict]:
         return []
     if not isinstance(entries, list):
         return []
-    return [entry for entry in entries if isinstance(entry, dict) and CHECKPOINT_NAME.fullmatch(str(entry.get("file")))
-            and type(entry.get("step")) is int]
+    return [
+        entry
+        for entry in entries
+        if isinstance(entry, dict)
+        and CHECKPOINT_NAME.fullmatch(str(entry.get("file")))
+        and type(entry.get("step")) is int
+    ]
 
 
 def write_entries(run_dir: Path, entries: list[dict]) -> None:
@@ -284,8 +288,10 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> dict:
     if not entries:
         found = status(run_dir)
         if found == FINISHED:
-            raise ModelError(f"{run_dir}: this run is finished (it has its weights and metrics); nothing to resume. "
-                             "Train a new run with --out DIR")
+            raise ModelError(
+                f"{run_dir}: this run is finished (it has its weights and metrics); nothing to resume. "
+                "Train a new run with --out DIR"
+            )
         raise ModelError(f"{run_dir}: no training checkpoint to resume from (the folder is {describe_status(found)})")
     damaged = []
     for entry in reversed(entries):
@@ -297,7 +303,9 @@ def load_checkpoint(run_dir: str | Path, warn=print) -> dict:
             damaged.append(entry)
             continue
         if hashlib.sha256(payload).hexdigest() != entry.get("sha256"):
-            warn(f"{path}: the checkpoint is damaged (its SHA-256 does not match {CHECKPOINTS_FILE}); trying the one before")
+            warn(
+                f"{path}: the checkpoint is damaged (its SHA-256 does not match {CHECKPOINTS_FILE}); trying the one before"
+            )
             damaged.append(entry)
             continue
         try:
@@ -332,8 +340,14 @@ def status(run_dir: str | Path, entries: list[dict] | None = None) -> str:
 
 
 def describe_status(found: str) -> str:
-    return {FINISHED: "a finished run", RESUMABLE: "a stopped run", STARTED: "a run that has no checkpoint yet",
-            EMPTY: "empty", MISSING: "missing", NOT_A_RUN: "not a digitrec run"}[found]
+    return {
+        FINISHED: "a finished run",
+        RESUMABLE: "a stopped run",
+        STARTED: "a run that has no checkpoint yet",
+        EMPTY: "empty",
+        MISSING: "missing",
+        NOT_A_RUN: "not a digitrec run",
+    }[found]
 
 
 def describe(run_dir: str | Path) -> dict:
@@ -345,9 +359,20 @@ def describe(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     checkpoints = checkpoint_entries(run_dir)
     found = status(run_dir, checkpoints)
-    described = {"path": str(run_dir), "name": run_dir.name, "status": found, "model": None, "recipe": None,
-                 "steps": None, "total_steps": None, "validation_accuracy": None, "test_accuracy": None,
-                 "train_seconds": None, "updated": None, "problem": None}
+    described = {
+        "path": str(run_dir),
+        "name": run_dir.name,
+        "status": found,
+        "model": None,
+        "recipe": None,
+        "steps": None,
+        "total_steps": None,
+        "validation_accuracy": None,
+        "test_accuracy": None,
+        "train_seconds": None,
+        "updated": None,
+        "problem": None,
+    }
     if found == EMPTY and (run_dir / OUTPUT_FILE).exists():
         found = described["status"] = STARTED
     if found in (MISSING, EMPTY, NOT_A_RUN):
@@ -356,9 +381,13 @@ def describe(run_dir: str | Path) -> dict:
         entries = list(os.scandir(run_dir))
         described["updated"] = max(entry.stat(follow_symlinks=False).st_mtime for entry in entries)
         for entry in entries:  # what a run reads besides its records (weights, checkpoints) must be plain files too
-            if (entry.name in RUN_FILES or CHECKPOINT_NAME.fullmatch(entry.name)) and not entry.is_file(follow_symlinks=False):
-                raise ModelError(f"{entry.path}: {'a link' if entry.is_symlink() else 'not a regular file'}, "
-                                 "not a file (a run's files are read only as regular files)")
+            if (entry.name in RUN_FILES or CHECKPOINT_NAME.fullmatch(entry.name)) and not entry.is_file(
+                follow_symlinks=False
+            ):
+                raise ModelError(
+                    f"{entry.path}: {'a link' if entry.is_symlink() else 'not a regular file'}, "
+                    "not a file (a run's files are read only as regular files)"
+                )
         config = read_json_if_any(run_dir / CONFIG_FILE, CONFIG_FIELDS)
         metrics = read_json(run_dir / METRICS_FILE, METRICS_FIELDS) if found == FINISHED else {}
         log = read_log(run_dir)
@@ -374,7 +403,9 @@ def describe(run_dir: str | Path) -> dict:
     else:
         steps = 0
     described.update(
-        model=config.get("model"), recipe=config.get("recipe"), total_steps=config.get("steps"),
+        model=config.get("model"),
+        recipe=config.get("recipe"),
+        total_steps=config.get("steps"),
         steps=metrics.get("steps", steps),
         validation_accuracy=metrics.get("validation_accuracy", validated[-1] if validated else None),
         test_accuracy=metrics.get("test_accuracy"),
@@ -388,8 +419,13 @@ def describe_inside(folder: Path, name: str) -> dict:
     inside `folder`)."""
     path = folder / name
     if path.is_symlink():
-        return {**describe(folder / ".missing"), "path": str(path), "name": name, "status": DAMAGED,
-                "problem": f"{path}: a link to a folder (runs are read only inside {folder})"}
+        return {
+            **describe(folder / ".missing"),
+            "path": str(path),
+            "name": name,
+            "status": DAMAGED,
+            "problem": f"{path}: a link to a folder (runs are read only inside {folder})",
+        }
     return describe(path)
 
 
@@ -398,8 +434,11 @@ def list_runs(folder: str | Path) -> list[dict]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    runs = [describe_inside(folder, path.name) for path in sorted(folder.iterdir())
-            if path.is_dir() and not path.name.startswith(".")]
+    runs = [
+        describe_inside(folder, path.name)
+        for path in sorted(folder.iterdir())
+        if path.is_dir() and not path.name.startswith(".")
+    ]
     return [run for run in runs if run["status"] not in (EMPTY, NOT_A_RUN)]
 
 
@@ -423,13 +462,15 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
             STARTED: f"it may be training now; choose another --out folder, or {replace}",
             FINISHED: f"choose another --out folder, or {replace}",
             NOT_A_RUN: "choose another --out folder, or add --overwrite to replace the folder and everything in it "
-                       "once the new run is saved",
+            "once the new run is saved",
         }[found]
         raise ConfigError(f"{run_dir} is {describe_status(found)}; {advice}")
     replacement = replacement_dir(run_dir)
     if status(replacement) not in (MISSING, EMPTY):
-        raise ConfigError(f"{replacement} (where --overwrite trains the run that replaces {run_dir.name}) is "
-                          f"{describe_status(status(replacement))}: resume it with --resume {replacement}, or delete it")
+        raise ConfigError(
+            f"{replacement} (where --overwrite trains the run that replaces {run_dir.name}) is "
+            f"{describe_status(status(replacement))}: resume it with --resume {replacement}, or delete it"
+        )
 
 
 # ---- saving a finished run
@@ -455,8 +496,15 @@ def save_run(run_dir: Path, files: dict[str, bytes | str], training_dir: Path | 
         for name, content in files.items():
             write_atomic(staging / name, content)
         os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes a private folder; a run folder should not be
-        extras = [path for path in training_dir.iterdir() if path.name not in RUN_FILES
-                  and not CHECKPOINT_NAME.fullmatch(path.name)] if training_dir.is_dir() else []
+        extras = (
+            [
+                path
+                for path in training_dir.iterdir()
+                if path.name not in RUN_FILES and not CHECKPOINT_NAME.fullmatch(path.name)
+            ]
+            if training_dir.is_dir()
+            else []
+        )
         for path in extras:  # keep what else the run wrote, e.g. its TensorBoard log
             path.rename(staging / path.name)
             moved.append(path)

@@ -111,7 +111,9 @@ def load_torch(path: str | Path | None, task: Task, threads: int = 0) -> TorchRu
     if threads:
         torch.set_num_threads(threads)
     loaded = checkpoint.load(path, task)
-    info = metadata.model_info(loaded.config, loaded.metrics, models.parameter_count(loaded.model), loaded.weights_path, "torch")
+    info = metadata.model_info(
+        loaded.config, loaded.metrics, models.parameter_count(loaded.model), loaded.weights_path, "torch"
+    )
     return TorchRuntime(loaded.model, task, info)
 
 
@@ -121,7 +123,9 @@ def load_onnx(path: Path, task: Task, threads: int = 0) -> OnnxRuntime:
         raise ModelError(f"{path}: no such ONNX file")
     session = open_session(str(path), str(path), task, threads)
     config, metrics = metadata.read(session.get_modelmeta().custom_metadata_map, path)
-    return OnnxRuntime(session, task, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime"))
+    return OnnxRuntime(
+        session, task, metadata.model_info(config, metrics, metrics.get("parameters"), path, "onnxruntime")
+    )
 
 
 def from_source(model: bytes | str, name: str, task: Task, threads: int = 0) -> OnnxRuntime:
@@ -140,8 +144,9 @@ def open_session(source: bytes | str, name: str, task: Task, threads: int):
     try:
         # an int8 copy (digitrec.quantize) keeps its first block float, quantizing after the pool; propagating
         # that quantization up through the pool would run the pool on uint8 in the slow NCHW layout
-        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"],
-                                               disabled_optimizers=["QDQPropagationTransformer"])
+        session = onnxruntime.InferenceSession(
+            source, options, providers=["CPUExecutionProvider"], disabled_optimizers=["QDQPropagationTransformer"]
+        )
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"{name}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
     task.check_signature(session, name)

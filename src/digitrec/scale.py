@@ -47,6 +47,7 @@ NODE_COLUMN = "_node"  # the Ray node that made a row: counted by the driver, ne
 
 # --- the model files, read by the driver, written out again by each worker ---
 
+
 def model_files(task: str, model_path: str | Path | None, reader_path: str | Path | None) -> dict[str, bytes]:
     """The files `Recognizer.load(model_path)` and `runtime.load(reader_path, NUMBERS)` read, by the name a worker gives them:
     model/model.onnx (+ model/model.int8.onnx, the bundled default's batch copy) or model/model.safetensors;
@@ -89,10 +90,16 @@ def models_from_files(files: dict[str, bytes], folder: Path, threads: int = 1):
     for name, content in files.items():
         (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).write_bytes(content)
-    reader = next((runtime.load(folder / name, NUMBERS, threads) for name in files if name.startswith("reader/reader.")), None)
-    if "model/model.int8.onnx" in files:  # the bundled default on onnxruntime: its int8 copy for batches, as load() does
-        return Recognizer(runtime.load_onnx(folder / "model/model.onnx", DIGITS, threads),
-                          runtime.load_onnx(folder / "model/model.int8.onnx", DIGITS, threads)), reader
+    reader = next(
+        (runtime.load(folder / name, NUMBERS, threads) for name in files if name.startswith("reader/reader.")), None
+    )
+    if (
+        "model/model.int8.onnx" in files
+    ):  # the bundled default on onnxruntime: its int8 copy for batches, as load() does
+        return Recognizer(
+            runtime.load_onnx(folder / "model/model.onnx", DIGITS, threads),
+            runtime.load_onnx(folder / "model/model.int8.onnx", DIGITS, threads),
+        ), reader
     model = next(folder / name for name in files if name.startswith("model/model."))
     return Recognizer.load(model, threads), reader
 
@@ -103,11 +110,14 @@ def fingerprint(files: dict[str, bytes]) -> dict[str, str]:
 
 # --- the output: JSON lines or a folder of Parquet parts, and its job record ---
 
+
 def output_format(out: Path) -> str:
     try:
         return FORMATS[out.suffix.lower()]
     except KeyError:
-        raise OutputError(f"{out}: --out must end in .parquet (a folder of Parquet parts) or .jsonl (JSON lines)") from None
+        raise OutputError(
+            f"{out}: --out must end in .parquet (a folder of Parquet parts) or .jsonl (JSON lines)"
+        ) from None
 
 
 def job_record_path(out: Path) -> Path:
@@ -140,21 +150,27 @@ def open_output(out: Path, job: dict, overwrite: bool) -> Done:
     record_path = job_record_path(out)
     exists = out.exists() or out.is_symlink()
     if exists and (out.is_dir() != (kind == "parquet")):
-        raise OutputError(f"{out}: is a {'folder' if out.is_dir() else 'file'}, not the {kind} output of a digitrec "
-                          f"job; choose another --out")
+        raise OutputError(
+            f"{out}: is a {'folder' if out.is_dir() else 'file'}, not the {kind} output of a digitrec "
+            f"job; choose another --out"
+        )
     if exists and overwrite:
         remove_output(out, kind)
     elif exists:
         try:
             recorded = json.loads(record_path.read_text())
         except (OSError, ValueError):
-            raise OutputError(f"{out}: exists and is not the output of a digitrec job; choose another --out, or "
-                              f"--overwrite to replace it") from None
+            raise OutputError(
+                f"{out}: exists and is not the output of a digitrec job; choose another --out, or "
+                f"--overwrite to replace it"
+            ) from None
         if recorded != job:
             theirs = f"digitrec {recorded.get('task')} with model {short(recorded.get('models'))}"
             ours = f"digitrec {job['task']} with model {short(job['models'])}"
-            raise OutputError(f"{out}: holds the rows of another job ({theirs}; this is {ours}); choose another "
-                              f"--out, or --overwrite to start over")
+            raise OutputError(
+                f"{out}: holds the rows of another job ({theirs}; this is {ours}); choose another "
+                f"--out, or --overwrite to start over"
+            )
         return read_done(out, kind)
     if kind == "parquet":
         out.mkdir(parents=True, exist_ok=True)
@@ -175,11 +191,16 @@ def remove_output(out: Path, kind: str) -> None:
         job_record_path(out).unlink(missing_ok=True)
         return
     entries = list(out.iterdir())
-    strangers = [entry.name for entry in entries if not (is_part(entry) or is_unfinished_part(entry)
-                                                         or entry == job_record_path(out))]
+    strangers = [
+        entry.name
+        for entry in entries
+        if not (is_part(entry) or is_unfinished_part(entry) or entry == job_record_path(out))
+    ]
     if strangers:
-        raise OutputError(f"{out}: holds files digitrec did not write ({', '.join(sorted(strangers)[:3])}); "
-                          "--overwrite removes only a job's own parts: choose another --out")
+        raise OutputError(
+            f"{out}: holds files digitrec did not write ({', '.join(sorted(strangers)[:3])}); "
+            "--overwrite removes only a job's own parts: choose another --out"
+        )
     for entry in entries:
         entry.unlink()
 
@@ -199,8 +220,10 @@ def read_done(out: Path, kind: str) -> Done:
                     row = json.loads(line)
                     done.paths.add(row["path"])
                 except (ValueError, KeyError, TypeError):
-                    raise OutputError(f"{out}: line {number} is not a row of digitrec; choose another --out, or "
-                                      "--overwrite to start over") from None
+                    raise OutputError(
+                        f"{out}: line {number} is not a row of digitrec; choose another --out, or "
+                        "--overwrite to start over"
+                    ) from None
                 done.errors += row.get("error") is not None
         if complete < out.stat().st_size:
             os.truncate(out, complete)
@@ -282,6 +305,7 @@ def read_rows(out: Path) -> list[dict]:
 
 # --- progress on stderr ---
 
+
 class Progress:
     """Files done, rate, errors and time left on one line of stderr, redrawn at most twice a second and
     only when stderr is a terminal; `summary` is one line, always."""
@@ -303,8 +327,9 @@ class Progress:
             self.drawn = now
             rate = self.rate()
             left = f"{format_seconds((self.total - self.done) / rate)} left" if rate else ""
-            self.stream.write(f"\r{self.done:,}/{self.total:,} files  {rate:,.0f} files/s  "
-                              f"{self.errors:,} errors  {left}\033[K")
+            self.stream.write(
+                f"\r{self.done:,}/{self.total:,} files  {rate:,.0f} files/s  {self.errors:,} errors  {left}\033[K"
+            )
             self.stream.flush()
 
     def rate(self) -> float:
@@ -328,7 +353,11 @@ class Progress:
 
 def format_seconds(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def count_errors(rows) -> int:
@@ -338,6 +367,7 @@ def count_errors(rows) -> int:
 
 
 # --- the engines: where a batch becomes rows ---
+
 
 def local_chunks(task: str, inputs: list) -> Iterator[list]:
     """`inputs` in the chunks the local engine runs at once (predict: one `predict_many`, its process pool's work)."""
@@ -423,8 +453,10 @@ def check_reachable(address: str) -> None:
     except ValueError:
         raise EngineError(f"{address}: not an address of a Ray cluster (auto, HOST:PORT or ray://HOST:PORT)") from None
     except OSError as error:
-        raise EngineError(f"{address}: no Ray cluster answers there ({error.strerror or error}); start one with "
-                          "`ray start --head`, or leave out --address to run on this machine") from None
+        raise EngineError(
+            f"{address}: no Ray cluster answers there ({error.strerror or error}); start one with "
+            "`ray start --head`, or leave out --address to run on this machine"
+        ) from None
 
 
 def is_ray_error(error: BaseException) -> bool:
@@ -457,15 +489,24 @@ class RowMaker:
         import pyarrow as pa
 
         names = [str(name) for name in batch.column("path").to_pylist()]
-        rows = make_rows(self.task, self.recognizer, [(name, Path(name)) for name in names], workers=1, reader=self.reader)
+        rows = make_rows(
+            self.task, self.recognizer, [(name, Path(name)) for name in names], workers=1, reader=self.reader
+        )
         table = pa.Table.from_pylist(rows, schema=arrow_schema(self.task))
         if self.with_node:
             table = table.append_column(NODE_COLUMN, pa.array([self.node] * table.num_rows, pa.string()))
         return table
 
 
-def rows_dataset(source, task: str = "predict", model: str | Path | None = None, reader: str | Path | None = None,
-                 batch_size: int | None = None, actors: int | None = None, with_node: bool = False):
+def rows_dataset(
+    source,
+    task: str = "predict",
+    model: str | Path | None = None,
+    reader: str | Path | None = None,
+    batch_size: int | None = None,
+    actors: int | None = None,
+    with_node: bool = False,
+):
     """A Ray Dataset of rows (rows.ROW_FIELDS[task], the same as `digitrec predict/read --json`), one per
     path in `source`: paths (str or Path), or a Ray Dataset with a string column "path". Lazy, like every
     Ray Dataset: write it (`.write_parquet(...)`) or iterate it to run it. Each of `actors` workers (default:
@@ -487,13 +528,18 @@ def rows_dataset(source, task: str = "predict", model: str | Path | None = None,
     actors = min(actors or cpus, cpus, batches or cpus)  # each takes a CPU; none without a batch to run
     files = ray.put(model_files(task, model, reader))
     return dataset.map_batches(
-        RowMaker, fn_constructor_kwargs={"task": task, "files": files, "folder": os.getcwd(), "with_node": with_node},
-        batch_size=batch_size or BATCH_SIZE[task], batch_format="pyarrow", num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=actors))
+        RowMaker,
+        fn_constructor_kwargs={"task": task, "files": files, "folder": os.getcwd(), "with_node": with_node},
+        batch_size=batch_size or BATCH_SIZE[task],
+        batch_format="pyarrow",
+        num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+    )
 
 
-def ray_batches(task: str, inputs: list, model, reader, batch_size: int | None, actors: int | None,
-                nodes: Counter) -> Iterator:
+def ray_batches(
+    task: str, inputs: list, model, reader, batch_size: int | None, actors: int | None, nodes: Counter
+) -> Iterator:
     """The rows of `inputs` made on the Ray cluster, as pyarrow tables in the order they finish; `nodes`
     counts the rows each node made."""
     readable = [name for name, source in inputs if not isinstance(source, ImageError)]
@@ -508,6 +554,7 @@ def ray_batches(task: str, inputs: list, model, reader, batch_size: int | None, 
 
 
 # --- the job ---
+
 
 @dataclass
 class Summary:
@@ -524,10 +571,24 @@ class Summary:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_job(task: str, inputs: list, recognizer, *, reader=None, out: Path | None, engine: str = "local",
-            model_path=None, reader_path=None, overwrite: bool = False, batch_size: int | None = None,
-            actors: int | None = None, address: str | None = None, cpus: int | None = None,
-            stdout=None, stderr=None) -> Summary:
+def run_job(
+    task: str,
+    inputs: list,
+    recognizer,
+    *,
+    reader=None,
+    out: Path | None,
+    engine: str = "local",
+    model_path=None,
+    reader_path=None,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+    actors: int | None = None,
+    address: str | None = None,
+    cpus: int | None = None,
+    stdout=None,
+    stderr=None,
+) -> Summary:
     """One row per input into `out` (JSON lines or Parquet; None: JSON lines on `stdout`), skipping the
     files whose rows `out` already holds; progress on `stderr`. `recognizer` and, for read, the number
     `reader` (already loaded, so that a bad model is one error before anything starts) run the local
@@ -570,28 +631,42 @@ def run_job(task: str, inputs: list, recognizer, *, reader=None, out: Path | Non
     except Exception as error:
         if engine != "ray" or isinstance(error, DigitrecError) or not is_ray_error(error):
             raise
-        raise EngineError(f"the Ray job stopped: {first_line(error)} (the rows written so far stay; is the same "
-                          "digitrec with its scale extra installed on every node?)") from None
+        raise EngineError(
+            f"the Ray job stopped: {first_line(error)} (the rows written so far stay; is the same "
+            "digitrec with its scale extra installed on every node?)"
+        ) from None
     finally:
         if sink is not None:
             sink.close()
         if started:  # Ray started here stops here; a cluster joined is left (disconnected)
             stop_ray()
-    return Summary(written=progress.done, errors=progress.errors, skipped=len(inputs) - len(pending),
-                   total_errors=done.errors + progress.errors, seconds=progress.seconds(), nodes=dict(nodes),
-                   running=progress.running_rate() if engine == "ray" else None)
+    return Summary(
+        written=progress.done,
+        errors=progress.errors,
+        skipped=len(inputs) - len(pending),
+        total_errors=done.errors + progress.errors,
+        seconds=progress.seconds(),
+        nodes=dict(nodes),
+        running=progress.running_rate() if engine == "ray" else None,
+    )
 
 
 def describe(summary: Summary, out: Path | None) -> str:
     """The job's summary line."""
     where = f" to {out}" if out is not None else ""
-    running = "" if summary.running is None else (
-        f"; {summary.running[0]:,.0f} files/s once the first rows came after {summary.running[1]:.1f} s")
-    line = (f"{summary.written:,} rows written{where} in {summary.seconds:.1f} s ({summary.rate:,.0f} files/s{running}), "
-            f"{summary.errors:,} errors")
+    running = (
+        ""
+        if summary.running is None
+        else (f"; {summary.running[0]:,.0f} files/s once the first rows came after {summary.running[1]:.1f} s")
+    )
+    line = (
+        f"{summary.written:,} rows written{where} in {summary.seconds:.1f} s ({summary.rate:,.0f} files/s{running}), "
+        f"{summary.errors:,} errors"
+    )
     if summary.skipped:
         line += f"; {summary.skipped:,} files were already there"
     if summary.nodes:
         line += f"; made on {len(summary.nodes)} Ray node(s): " + ", ".join(
-            f"{node[:8]} {count:,}" for node, count in sorted(summary.nodes.items()))
+            f"{node[:8]} {count:,}" for node, count in sorted(summary.nodes.items())
+        )
     return line

@@ -24,15 +24,18 @@ from digitrec.runtime import Runtime
 BOX_MARGIN = 0.15  # of a digit's box height, kept around it when a number's digit is cut out
 
 
-def digit_correction(recognizer: Recognizer, image: bytes, label: int, source: str, name: str = "image") -> NewCorrection:
+def digit_correction(
+    recognizer: Recognizer, image: bytes, label: int, source: str, name: str = "image"
+) -> NewCorrection:
     """`image` (bytes of one digit) corrected to `label`; raises ImageError when it holds no digit."""
     label = check_label(label)
     prediction = recognizer.predict(image, name)
     return NewCorrection(image, prediction.preprocessed, label, prediction.digit, recognizer.info["name"], source)
 
 
-def number_corrections(reader: Runtime, recognizer: Recognizer, image: bytes, text: str, source: str,
-                       name: str = "image") -> list[NewCorrection]:
+def number_corrections(
+    reader: Runtime, recognizer: Recognizer, image: bytes, text: str, source: str, name: str = "image"
+) -> list[NewCorrection]:
     """One correction per digit of the number in `image` (read by `reader` and `recognizer`, as `reading.read`
     reads), whose right digits are `text`; raises ImageError when `text` is not digits, or has another
     count of digits than the number read."""
@@ -40,19 +43,30 @@ def number_corrections(reader: Runtime, recognizer: Recognizer, image: bytes, te
         raise ImageError(f"the right number is digits 0-9 only, not {text!r}")
     reading = read_number(reader, recognizer, image, name)
     if len(text) != len(reading.digits):
-        raise ImageError(f"{len(reading.digits)} digit(s) were read ({reading.text}) but {text!r} has {len(text)}: each "
-                         f"digit is kept with its box, so the counts must match; write the digits further apart and try again")
+        raise ImageError(
+            f"{len(reading.digits)} digit(s) were read ({reading.text}) but {text!r} has {len(text)}: each "
+            f"digit is kept with its box, so the counts must match; write the digits further apart and try again"
+        )
     picture = load_image(image, name)
     corrections = []
     for place, (found, right) in enumerate(zip(reading.digits, text), 1):
         x, y, width, height = found.box
         margin = max(2, round(BOX_MARGIN * height))
-        crop = picture.crop((max(0, x - margin), max(0, y - margin),
-                             min(picture.width, x + width + margin), min(picture.height, y + height + margin)))
+        crop = picture.crop(
+            (
+                max(0, x - margin),
+                max(0, y - margin),
+                min(picture.width, x + width + margin),
+                min(picture.height, y + height + margin),
+            )
+        )
         crop_png = png_bytes(crop)
         pixels = preprocess(crop_png, f"{name}, digit {place}")
-        corrections.append(NewCorrection(crop_png, pixels, int(right), found.digit, f"{recognizer.info['name']} + reader",
-                                         source, found.box))
+        corrections.append(
+            NewCorrection(
+                crop_png, pixels, int(right), found.digit, f"{recognizer.info['name']} + reader", source, found.box
+            )
+        )
     return corrections
 
 
@@ -69,8 +83,9 @@ def image_bytes(source: Source, name: str) -> bytes:
     return source
 
 
-def add_images(store: Store, recognizer: Recognizer, labelled: Iterable[tuple[str, Source | ImageError, int]],
-               source: str) -> tuple[list[tuple[str, int, NewCorrection]], list[ImageError]]:
+def add_images(
+    store: Store, recognizer: Recognizer, labelled: Iterable[tuple[str, Source | ImageError, int]], source: str
+) -> tuple[list[tuple[str, int, NewCorrection]], list[ImageError]]:
     """Store each (name, image, label) that holds a digit, all in one transaction: the stored (name, id,
     correction) and the errors of the images that could not be read, in their order."""
     made, failed = [], []

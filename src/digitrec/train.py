@@ -63,7 +63,17 @@ def dry_run(config: TrainConfig, mnist: data.MNIST) -> tuple[TrainConfig, data.M
     return replace(config, steps=steps, log_every=1, eval_every=steps, checkpoint_every=0), sliced
 
 
-CHECKPOINT_KEYS = ("config", "step", "world_size", "model", "optimizer", "scheduler", "random_states", "log", "train_seconds")
+CHECKPOINT_KEYS = (
+    "config",
+    "step",
+    "world_size",
+    "model",
+    "optimizer",
+    "scheduler",
+    "random_states",
+    "log",
+    "train_seconds",
+)
 
 
 def config_from_checkpoint(state: dict, run_dir: Path) -> TrainConfig:
@@ -74,7 +84,9 @@ def config_from_checkpoint(state: dict, run_dir: Path) -> TrainConfig:
         raise ModelError(f"{run_dir}: the checkpoint's training config is not one this digitrec understands") from None
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
-        raise ModelError(f"{run_dir}: the checkpoint is not a digitrec training checkpoint (it has no {', '.join(missing)})")
+        raise ModelError(
+            f"{run_dir}: the checkpoint is not a digitrec training checkpoint (it has no {', '.join(missing)})"
+        )
     return config
 
 
@@ -93,7 +105,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def choose_precision(requested: str, device: torch.device | str, flags: set[str] | None = None) -> str:
-    """"fp32" or "bf16" for a run's `precision` setting on `device` (a device or its kind; CPU flags: `flags`,
+    """ "fp32" or "bf16" for a run's `precision` setting on `device` (a device or its kind; CPU flags: `flags`,
     default this CPU's): a pure function of the device's kind and the CPU's flags, so any device's choice
     can be checked on any machine.
 
@@ -122,8 +134,13 @@ def uses_cuda_graph(config: TrainConfig, device: torch.device | str, processes: 
     if config.cuda_graph == "off" or torch.device(device).type != "cuda":
         return False
     task = tasks.of(config.model)
-    reason = (task.not_graphable if not task.graphable
-              else f"it runs in {processes} processes (DistributedDataParallel)" if processes > 1 else None)
+    reason = (
+        task.not_graphable
+        if not task.graphable
+        else f"it runs in {processes} processes (DistributedDataParallel)"
+        if processes > 1
+        else None
+    )
     if reason is None:
         return True
     if config.cuda_graph == "on":
@@ -137,8 +154,14 @@ def make_optimizer(config: TrainConfig, parameters, graphed: bool = False) -> to
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=graphed or None)
     if config.optimizer == "nesterov":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay,
-                               fused=graphed or None)
+        return torch.optim.SGD(
+            parameters,
+            lr=config.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+            fused=graphed or None,
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, capturable=graphed)
     raise ConfigError(f"unknown optimizer {config.optimizer!r} (sgd, nesterov or adam)")
@@ -231,15 +254,22 @@ class Training:
         """Batches from step `self.step` on: (images, labels) for eager steps, indices for graphed ones."""
         share = self.config.batch_size // self.world.size
         if self.graphed:
-            return self.task.batch_indices(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step)
-        return self.task.batches(self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step,
-                                 config=self.config)
+            return self.task.batch_indices(
+                self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step
+            )
+        return self.task.batches(
+            self.mnist.train, share, self.config.seed, self.world.rank, self.world.size, self.step, config=self.config
+        )
 
     def autocast(self):
         # no cache of cast weights: a CUDA graph would replay a cast made once (each weight is cast once a step anyway)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16", cache_enabled=False)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16", cache_enabled=False
+        )
 
-    def forward_loss(self, batch: tuple[torch.Tensor, ...], draws: torch.Tensor | None) -> tuple[torch.Tensor, Callable[[], float]]:
+    def forward_loss(
+        self, batch: tuple[torch.Tensor, ...], draws: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Callable[[], float]]:
         """A batch's loss and a function giving its accuracy, its inputs varied by `draws` (the task's
         `augmentation_draws`, on the device): the same arithmetic eagerly or inside a CUDA graph."""
         config = self.config
@@ -268,7 +298,9 @@ class Training:
         self.stepped_model.train()
         first_step, losses = self.step, []
         for _ in range(min(steps, config.steps - self.step)):
-            if self.ema_model is not None:  # the first steps' average forgets faster, as TensorFlow's EMA with num_updates
+            if (
+                self.ema_model is not None
+            ):  # the first steps' average forgets faster, as TensorFlow's EMA with num_updates
                 decay = min(config.ema, (1 + self.step) / (10 + self.step))
                 self.ema_decay.fill_(decay)
                 self.ema_share.fill_(1 - decay)
@@ -302,16 +334,19 @@ class Training:
         averaged, current = self.ema_model.state_dict(), self.model.state_dict()
         floating = [name for name, tensor in averaged.items() if tensor.is_floating_point()]
         torch._foreach_mul_([averaged[name] for name in floating], self.ema_decay)
-        torch._foreach_add_([averaged[name] for name in floating],
-                            torch._foreach_mul([current[name] for name in floating], self.ema_share))
+        torch._foreach_add_(
+            [averaged[name] for name in floating],
+            torch._foreach_mul([current[name] for name in floating], self.ema_share),
+        )
         for name in averaged.keys() - set(floating):
             averaged[name].copy_(current[name])
 
     def graph_step(self) -> tuple[torch.Tensor, Callable[[], float]]:
         """One whole step on the batch that `static_index` and `static_draws` name, with nothing that waits
         for the GPU or depends on values computed on it: capturable. Returns the loss and the accuracy's function."""
-        loss, batch_accuracy = self.forward_loss(self.task.indexed_batch(self.mnist.train, self.static_index),
-                                                 self.static_draws)
+        loss, batch_accuracy = self.forward_loss(
+            self.task.indexed_batch(self.mnist.train, self.static_index), self.static_draws
+        )
         loss.backward()
         self.optimizer.step()
         self.update_ema()
@@ -352,8 +387,10 @@ class Training:
                         self.static_loss, self.static_accuracy = self.graph_step()
                 except RuntimeError as error:
                     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    raise ConfigError(f"the training step could not be captured as a CUDA graph ({first_line}); "
-                                      "train with --cuda-graph off") from None
+                    raise ConfigError(
+                        f"the training step could not be captured as a CUDA graph ({first_line}); "
+                        "train with --cuda-graph off"
+                    ) from None
             finally:
                 group["lr"] = rate  # the scheduler and checkpoints keep a plain number
         self.graph.replay()  # capturing recorded the step without running it
@@ -416,7 +453,10 @@ class Training:
             if self.ema_model is not None:
                 self.ema_model.load_state_dict(state["ema"])
             # how this run steps (fused or capturable on a CUDA graph, or not) is this device's, not the checkpoint's
-            how = [{key: group[key] for key in ("fused", "capturable", "foreach") if key in group} for group in self.optimizer.param_groups]
+            how = [
+                {key: group[key] for key in ("fused", "capturable", "foreach") if key in group}
+                for group in self.optimizer.param_groups
+            ]
             self.optimizer.load_state_dict(state["optimizer"])
             for group, kept in zip(self.optimizer.param_groups, how):
                 group.update(kept)
@@ -479,7 +519,9 @@ def process_group(world: World, device: torch.device):
     if world.size == 1 or torch.distributed.is_initialized():
         yield
         return
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    torch.distributed.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size
+    )
     try:
         yield
         torch.distributed.barrier()  # all processes finish together
@@ -563,7 +605,7 @@ class Run:
         if not entries:
             return "no checkpoint of it was saved"
         replaced = f"; {self.run_dir} still holds the run it was to replace" if self.folder != self.run_dir else ""
-        return (f"its checkpoint of step {entries[-1]['step']} is kept: digitrec train --resume {self.folder}{replaced}")
+        return f"its checkpoint of step {entries[-1]['step']} is kept: digitrec train --resume {self.folder}{replaced}"
 
 
 def prepare(training: Training, run_dir: Path | None, resume_from: dict | None, overwrite: bool, print_line) -> Run:
@@ -595,9 +637,15 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
         if run.folder is not None:
             log_file = closing.enter_context(rundir.open_log(run.folder, asdict(config), run.log))
         print_line(" ".join(f"{column.replace('_accuracy', ''):>10}" for column in LOG_COLUMNS))
-        progress = closing.enter_context(Progress(
-            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress
-        ))
+        progress = closing.enter_context(
+            Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                disable=not show_progress,
+            )
+        )
         task = progress.add_task("train", total=config.steps, completed=training.step)
         while not training.done:
             boundaries = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_every else [])
@@ -621,7 +669,12 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
                     where += f" ({run.run_dir} still holds the run it was to replace)"
                 raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
             if training.step % config.log_every == 0 or training.done:
-                record = {"step": training.step, "loss": loss, "train_accuracy": batch_accuracy, "seconds": run.train_seconds}
+                record = {
+                    "step": training.step,
+                    "loss": loss,
+                    "train_accuracy": batch_accuracy,
+                    "seconds": run.train_seconds,
+                }
                 if training.world.leader and (training.step % config.eval_every == 0 or training.done):
                     record["validation_accuracy"] = training.accuracy(training.mnist.validation)
                 run.log.append(record)
@@ -654,13 +707,18 @@ def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], byt
             "validation_accuracy": run.log[-1]["validation_accuracy"],
             "test_accuracy": training.accuracy(training.mnist.test),
             "provenance": provenance.provenance(
-                device=str(training.device), torch_threads=torch.get_num_threads(), processes=training.world.size,
-                precision=training.precision, cuda_graph=training.graphed,
+                device=str(training.device),
+                torch_threads=torch.get_num_threads(),
+                processes=training.world.size,
+                precision=training.precision,
+                cuda_graph=training.graphed,
             ),
         }
         if training.ema_model is not None:  # what the average gained, on the same run
-            metrics["without_ema"] = {f"{name}_accuracy": training.accuracy(getattr(training.mnist, name), training.model)
-                                      for name in ("validation", "test")}
+            metrics["without_ema"] = {
+                f"{name}_accuracy": training.accuracy(getattr(training.mnist, name), training.model)
+                for name in ("validation", "test")
+            }
     try:
         run.save_checkpoint(training)
     except OutputError:

@@ -18,7 +18,6 @@ def named(name: str) -> Task:
     return TASKS[name]
 
 
-
 def of(model: str) -> Task:
     """The task of registered model `model` (an unknown model is a `ConfigError`; this imports torch)."""
     from digitrec import models

@@ -64,8 +64,9 @@ class Task:
     def check_config(self, config) -> None:
         """Refuse settings of a TrainConfig that mean nothing for this task (nothing by default)."""
 
-    def batches(self, split, batch_size: int, seed: int, rank: int, world_size: int, start: int,
-                config=None) -> Iterator[tuple]:
+    def batches(
+        self, split, batch_size: int, seed: int, rank: int, world_size: int, start: int, config=None
+    ) -> Iterator[tuple]:
         """Endless training batches of `split` from step `start`: (inputs, *targets) tensors; made as the
         TrainConfig `config` asks where the task takes something from it (None: its defaults)."""
         raise NotImplementedError
@@ -118,8 +119,9 @@ class Task:
     def dynamic_axes(self, names: list[str]) -> dict[str, dict[int, str]]:
         raise NotImplementedError
 
-    def export_parity(self, model, run: Callable[[np.ndarray], np.ndarray], check_images: np.ndarray,
-                      check_labels: np.ndarray | None) -> dict:
+    def export_parity(
+        self, model, run: Callable[[np.ndarray], np.ndarray], check_images: np.ndarray, check_labels: np.ndarray | None
+    ) -> dict:
         """Compare torch (`model`) and the export (`run`, its answer function) on the check data; raise
         `ModelError` unless they agree, else return the comparison's figures."""
         raise NotImplementedError

@@ -24,19 +24,29 @@ class DigitTask(Task):
         outputs (the Inside view's activations) may come beside it."""
         inputs, outputs = session.get_inputs(), {output.name: output for output in session.get_outputs()}
         found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in inputs)
-        if (len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(float)"
-                or inputs[0].shape[1:] != [1, 28, 28]):
-            raise ModelError(f"{where}: not a digitrec model: expected one input 'images' of float (batch, 1, 28, 28), found {found}")
+        if (
+            len(inputs) != 1
+            or inputs[0].name != "images"
+            or inputs[0].type != "tensor(float)"
+            or inputs[0].shape[1:] != [1, 28, 28]
+        ):
+            raise ModelError(
+                f"{where}: not a digitrec model: expected one input 'images' of float (batch, 1, 28, 28), found {found}"
+            )
         logits = outputs.get("logits")
         if logits is None or logits.type != "tensor(float)" or len(logits.shape) != 2 or logits.shape[1] != CLASSES:
             found = ", ".join(f"{node.name} {node.type} {node.shape}" for node in outputs.values())
-            raise ModelError(f"{where}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}")
+            raise ModelError(
+                f"{where}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}"
+            )
 
     graphable = True  # (B, 1, 28, 28) images picked by index from the split on the device: one shape every step
 
     def check_config(self, config) -> None:
         if config.strings != "plain" or config.string_workers:
-            raise ConfigError(f"model {config.model!r} reads digits: --strings and --string-workers apply to the number reader only")
+            raise ConfigError(
+                f"model {config.model!r} reads digits: --strings and --string-workers apply to the number reader only"
+            )
 
     def batches(self, split, batch_size, seed, rank, world_size, start, config=None):
         from digitrec import data
@@ -56,8 +66,9 @@ class DigitTask(Task):
         then those of the person-style variation (augment.columns)."""
         from digitrec import augment, data
 
-        columns = data.augmentation_columns(config.augment_stroke, config.augment_degrees, config.augment_shift,
-                                            config.augment_scale) + augment.columns(config)
+        columns = data.augmentation_columns(
+            config.augment_stroke, config.augment_degrees, config.augment_shift, config.augment_scale
+        ) + augment.columns(config)
         return data.uniform_draws(generator, count, columns) if columns else None
 
     def augment(self, images, draws, config):
@@ -67,10 +78,17 @@ class DigitTask(Task):
 
         if draws is None:
             return images
-        geometric = data.augmentation_columns(config.augment_stroke, config.augment_degrees, config.augment_shift,
-                                              config.augment_scale)
-        images = data.augment(images, draws[:, :geometric], config.augment_stroke, config.augment_degrees,
-                              config.augment_shift, config.augment_scale)
+        geometric = data.augmentation_columns(
+            config.augment_stroke, config.augment_degrees, config.augment_shift, config.augment_scale
+        )
+        images = data.augment(
+            images,
+            draws[:, :geometric],
+            config.augment_stroke,
+            config.augment_degrees,
+            config.augment_shift,
+            config.augment_scale,
+        )
         return augment.person_style(images, draws[:, geometric:], config) if config.uses_person_style else images
 
     def loss(self, logits, batch, config) -> tuple[object, Callable[[], float]]:
@@ -114,6 +132,14 @@ class DigitTask(Task):
         return refuse_mismatch(parity, parity["same_digits"] == len(check_images))
 
 
-DIGITS = DigitTask(name="digits", input_name="images", output_name="logits", probe_shape=(2, 1, 28, 28),
-                   probe_answer=(2, CLASSES), noun="model", bundled_torch=BUNDLED_MODEL, bundled_onnx=BUNDLED_ONNX,
-                   load_hint="give it as --model")
+DIGITS = DigitTask(
+    name="digits",
+    input_name="images",
+    output_name="logits",
+    probe_shape=(2, 1, 28, 28),
+    probe_answer=(2, CLASSES),
+    noun="model",
+    bundled_torch=BUNDLED_MODEL,
+    bundled_onnx=BUNDLED_ONNX,
+    load_hint="give it as --model",
+)

@@ -40,7 +40,9 @@ from digitrec.web.http import (
 
 MODEL_VARIABLE = "DIGITREC_SERVE_MODEL"  # the model path, for each process of `digitrec serve`
 READER_VARIABLE = "DIGITREC_SERVE_READER"  # the number reader's path
-TRAINING_VARIABLE = "DIGITREC_SERVE_TRAINING"  # JSON: create_app's runs_dir, host, allow_training, workers, allowed_hosts
+TRAINING_VARIABLE = (
+    "DIGITREC_SERVE_TRAINING"  # JSON: create_app's runs_dir, host, allow_training, workers, allowed_hosts
+)
 FAVICON_URL = "/static/favicon.svg"
 
 
@@ -51,10 +53,17 @@ def runs_error(status: int):
     return handler
 
 
-def create_app(recognizer: Recognizer, threads: int = os.cpu_count() or 1, runs_dir: Path | None = None,
-               host: str = "127.0.0.1", allow_training: bool = False, workers: int = 1,
-               allowed_hosts: tuple[str, ...] = (), reader: Runtime | None = None,
-               corrections_db: Path | None = None) -> FastAPI:
+def create_app(
+    recognizer: Recognizer,
+    threads: int = os.cpu_count() or 1,
+    runs_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    allow_training: bool = False,
+    workers: int = 1,
+    allowed_hosts: tuple[str, ...] = (),
+    reader: Runtime | None = None,
+    corrections_db: Path | None = None,
+) -> FastAPI:
     """The app around `recognizer` and the number reader `reader` (None: the bundled one); at most
     `threads` requests are recognized at once, in threads.
 
@@ -106,5 +115,10 @@ def serving_app() -> FastAPI:
     corrections_db = settings.pop("corrections_db", None)
     recognizer = Recognizer.load(os.environ.get(MODEL_VARIABLE) or None, threads=1)
     reader = runtime.load(os.environ.get(READER_VARIABLE) or None, NUMBERS, threads=1)  # a bad one fails at start
-    return create_app(recognizer, reader=reader, runs_dir=Path(runs_dir) if runs_dir else None,
-                      corrections_db=Path(corrections_db) if corrections_db else None, **settings)
+    return create_app(
+        recognizer,
+        reader=reader,
+        runs_dir=Path(runs_dir) if runs_dir else None,
+        corrections_db=Path(corrections_db) if corrections_db else None,
+        **settings,
+    )

@@ -75,10 +75,13 @@ def correction_out(correction: Correction) -> CorrectionOut:
 def router(store: Store, runs: Runs) -> APIRouter:
     """The corrections routes over `store`; learning runs through `runs` (the Train panel's runs)."""
     api = APIRouter(prefix="/api/corrections", tags=["corrections"])
-    errors = {404: {"description": "no such correction"}, 409: {"description": "the store is full, or a run is training"},
-              415: {"description": "a body that is not application/json"},
-              422: {"description": "a bad label, text or image, or no digit in it"},
-              503: {"description": "the corrections database cannot be used (locked, read-only, damaged)"}}
+    errors = {
+        404: {"description": "no such correction"},
+        409: {"description": "the store is full, or a run is training"},
+        415: {"description": "a body that is not application/json"},
+        422: {"description": "a bad label, text or image, or no digit in it"},
+        503: {"description": "the corrections database cannot be used (locked, read-only, damaged)"},
+    }
     changes = [Depends(json_only)]
 
     @api.post("", response_model=list[CorrectionOut], status_code=201, responses=errors, dependencies=changes)
@@ -109,8 +112,9 @@ def router(store: Store, runs: Runs) -> APIRouter:
     async def listing():
         """Every stored correction, oldest first, with the 28x28 input the model saw."""
         corrections = await anyio.to_thread.run_sync(store.all)
-        return CorrectionsOut(corrections=[correction_out(c) for c in corrections], count=len(corrections),
-                              limit=MAX_CORRECTIONS)
+        return CorrectionsOut(
+            corrections=[correction_out(c) for c in corrections], count=len(corrections), limit=MAX_CORRECTIONS
+        )
 
     @api.delete("/{correction_id}", status_code=204, responses=errors, dependencies=changes)
     async def remove(correction_id: Annotated[int, Path(ge=1, le=2**63 - 1)]):
@@ -118,8 +122,16 @@ def router(store: Store, runs: Runs) -> APIRouter:
         await anyio.to_thread.run_sync(store.remove, [correction_id])
         return Response(status_code=204)
 
-    @api.post("/learn", response_model=RunOut, status_code=202, dependencies=changes, responses={
-        **errors, 403: {"description": "training is not offered by this server, or the request is from another site"}})
+    @api.post(
+        "/learn",
+        response_model=RunOut,
+        status_code=202,
+        dependencies=changes,
+        responses={
+            **errors,
+            403: {"description": "training is not offered by this server, or the request is from another site"},
+        },
+    )
     async def learn(settings: LearnIn | None = None):
         """Learn a personal model from the stored corrections (`digitrec teach learn`, from the bundled default)
         as a run of the Train panel: follow it at /api/runs/{name}/events, then use it with PUT /api/model
@@ -127,12 +139,15 @@ def router(store: Store, runs: Runs) -> APIRouter:
         runs.check_allowed()
         runs.refuse_if_busy()
         if await anyio.to_thread.run_sync(store.count) == 0:
-            raise Conflict("no corrections to learn from yet: correct a reading first (\"Wrong? It was\")")
+            raise Conflict('no corrections to learn from yet: correct a reading first ("Wrong? It was")')
         runs.refuse_if_busy()  # again, on the event loop's thread: a second request may have come meanwhile
         name = runs.new_name("personal")
         steps = ["--steps", str(settings.steps)] if settings is not None and settings.steps is not None else []
-        runs.launch(name, ["--db", str(store.path), "--out", str(runs.runs_dir / name), "--no-holdout", *steps],
-                    command=("teach", "learn"))  # on the event loop's thread: see Runs.launch
+        runs.launch(
+            name,
+            ["--db", str(store.path), "--out", str(runs.runs_dir / name), "--no-holdout", *steps],
+            command=("teach", "learn"),
+        )  # on the event loop's thread: see Runs.launch
         return await runs.run(name)
 
     return api

@@ -19,8 +19,10 @@ class FeatureMapsOut(BaseModel):
 
 class SaliencyOut(BaseModel):
     digit: int
-    image: str = Field(description="the 28x28 input, its ink red where it counts for the digit and blue where "
-                                   "it counts against, a PNG data URL")
+    image: str = Field(
+        description="the 28x28 input, its ink red where it counts for the digit and blue where "
+        "it counts against, a PNG data URL"
+    )
     caption: str
 
 
@@ -52,21 +54,38 @@ def explanation_out(recognizer: Recognizer, raw: bytes, target: int | None = Non
         target=target,
         caption=explain.saliency_caption(target),
         input=png_data_url(pixels),
-        stages=[FeatureMapsOut(name=stage.name, shape=list(stage.maps.shape),
-                               image=png_data_url(explain.feature_grid(stage.maps))) for stage in result.stages],
-        filters=None if result.filters is None else FeatureMapsOut(
-            name="conv1", shape=list(result.filters.shape), image=png_data_url(explain.filter_grid(result.filters))),
-        saliency=[SaliencyOut(digit=digit, image=png_data_url(explain.overlay(pixels, attribution)),
-                              caption=explain.saliency_caption(digit))
-                  for digit, attribution in enumerate(result.saliency)],
-        templates=None if result.templates is None else [
-            png_data_url(picture) for picture in explain.templates_rgb(result.templates)],
+        stages=[
+            FeatureMapsOut(
+                name=stage.name, shape=list(stage.maps.shape), image=png_data_url(explain.feature_grid(stage.maps))
+            )
+            for stage in result.stages
+        ],
+        filters=None
+        if result.filters is None
+        else FeatureMapsOut(
+            name="conv1", shape=list(result.filters.shape), image=png_data_url(explain.filter_grid(result.filters))
+        ),
+        saliency=[
+            SaliencyOut(
+                digit=digit,
+                image=png_data_url(explain.overlay(pixels, attribution)),
+                caption=explain.saliency_caption(digit),
+            )
+            for digit, attribution in enumerate(result.saliency)
+        ],
+        templates=None
+        if result.templates is None
+        else [png_data_url(picture) for picture in explain.templates_rgb(result.templates)],
     )
 
 
 @router.post("/api/explain", response_model=ExplanationOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY)
-async def explain_image(request: Request, target: int | None = Query(
-        None, ge=0, le=9, description="the digit whose saliency `caption` describes (default: the predicted one)")):
+async def explain_image(
+    request: Request,
+    target: int | None = Query(
+        None, ge=0, le=9, description="the digit whose saliency `caption` describes (default: the predicted one)"
+    ),
+):
     """What the network computed for one digit: the input it saw, each convolution stage's feature maps,
     the first layer's filters, occlusion saliency for every class, and (softmax) the weight templates."""
     return await on_image(request, explanation_out, target)

@@ -38,20 +38,35 @@ MAX_BODY_BYTES = 2 * MiB  # a 280x280 canvas PNG is 5-20 kB; a phone photo as JP
 MAX_BODIES_IN_FLIGHT = 16  # request bodies read at once; the others wait with their bytes in the socket
 LOCAL_NAMES = ("localhost",)  # names always allowed in `Host`, besides IP addresses
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 REPORT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox; frame-ancestors 'none'"
 RAW_TYPES = ("image/", "application/octet-stream")
 # the OpenAPI description of a route that reads its image with `image_bytes`
-IMAGE_ERRORS = {413: {"description": f"body over {MAX_BODY_BYTES // MiB} MiB"},
-                415: {"description": "unsupported media type"},
-                422: {"description": "undecodable, empty or blank image, or a malformed request"}}
-IMAGE_BODY = {"requestBody": {"content": {
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}},
-    "application/json": {"schema": {"type": "object", "properties": {
-        "image": {"type": "string", "description": "data:image/png;base64,..."}}}},
-}, "required": True}}
+IMAGE_ERRORS = {
+    413: {"description": f"body over {MAX_BODY_BYTES // MiB} MiB"},
+    415: {"description": "unsupported media type"},
+    422: {"description": "undecodable, empty or blank image, or a malformed request"},
+}
+IMAGE_BODY = {
+    "requestBody": {
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "description": "data:image/png;base64,..."}},
+                }
+            },
+        },
+        "required": True,
+    }
+}
 NOT_JSON = "the body is not valid JSON (or is nested too deep)"
 
 
@@ -123,8 +138,11 @@ class HostCheck:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and (host := header(scope, b"host")) is not None and not self.allows(host):
-            response = refusal(403, f"this server does not answer to the name {host_name(host)!r} (Host header): "
-                                    "open it by its IP address or localhost, or start it with --allowed-host NAME")
+            response = refusal(
+                403,
+                f"this server does not answer to the name {host_name(host)!r} (Host header): "
+                "open it by its IP address or localhost, or start it with --allowed-host NAME",
+            )
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -241,7 +259,9 @@ def json_only(request: Request) -> None:
     if content_type is None and not declared:
         return
     if (content_type or "").split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(415, f"unsupported media type {content_type or '(none)'}: this route takes application/json")
+        raise HTTPException(
+            415, f"unsupported media type {content_type or '(none)'}: this route takes application/json"
+        )
 
 
 def png_data_url(pixels) -> str:
@@ -286,7 +306,9 @@ async def image_bytes(request: Request) -> bytes:
             raise HTTPException(422, str(problem)) from None
     if content_type.startswith(RAW_TYPES):
         return await request.body()
-    raise HTTPException(415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON")
+    raise HTTPException(
+        415, f"unsupported media type {content_type or '(none)'}: send an image, multipart form or JSON"
+    )
 
 
 async def on_image(request: Request, work, *args):
@@ -295,8 +317,9 @@ async def on_image(request: Request, work, *args):
     that gives none for it (a non-finite output), is a 422. Every route that reads an image runs here."""
     raw = await image_bytes(request)
     try:
-        return await anyio.to_thread.run_sync(work, request.app.state.recognizer, raw, *args,
-                                              limiter=request.app.state.limiter)
+        return await anyio.to_thread.run_sync(
+            work, request.app.state.recognizer, raw, *args, limiter=request.app.state.limiter
+        )
     except (ImageError, ModelError) as problem:
         message = str(problem)
         # the error's frames hold the decoded image (100 MB for 25 megapixels as RGBA) in a reference cycle that

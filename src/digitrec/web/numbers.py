@@ -39,11 +39,15 @@ class ReadingOut(BaseModel):
     responses=IMAGE_ERRORS,
     openapi_extra=IMAGE_BODY,
     description="Read a whole number, left to right. Each digit has its box in the image's pixels. `confidence` is "
-                "the calibrated chance that the whole reading is right (a digit missed or two read as one included); "
-                f"`unsure` marks a reading below the reader's threshold, and in it the digits below {UNSURE_BELOW} "
-                "(or else the least sure one).",
+    "the calibrated chance that the whole reading is right (a digit missed or two read as one included); "
+    f"`unsure` marks a reading below the reader's threshold, and in it the digits below {UNSURE_BELOW} "
+    "(or else the least sure one).",
 )
 async def read(request: Request):
-    reading = await on_image(request, lambda recognizer, image, reader, name: read_number(reader, recognizer, image, name),
-                             request.app.state.reader, "upload")
+    reading = await on_image(
+        request,
+        lambda recognizer, image, reader, name: read_number(reader, recognizer, image, name),
+        request.app.state.reader,
+        "upload",
+    )
     return reading.as_dict()

@@ -28,9 +28,14 @@ class PredictionOut(BaseModel):
     preprocessed: str | None = None  # the 28x28 view as a PNG data URL, when asked for
 
 
-@router.post("/api/predict", response_model=PredictionOut, responses=IMAGE_ERRORS, openapi_extra=IMAGE_BODY,
-             description="Recognize one digit. `confidence` is calibrated (its probability of being right); `unsure` "
-                         "is true when it is below the model's threshold, `unsure_below` in /api/model.")
+@router.post(
+    "/api/predict",
+    response_model=PredictionOut,
+    responses=IMAGE_ERRORS,
+    openapi_extra=IMAGE_BODY,
+    description="Recognize one digit. `confidence` is calibrated (its probability of being right); `unsure` "
+    "is true when it is below the model's threshold, `unsure_below` in /api/model.",
+)
 async def predict(request: Request, preprocessed: bool = Query(False, description="include the 28x28 view")):
     result = await on_image(request, Recognizer.predict, "upload")
     return PredictionOut(

@@ -58,8 +58,12 @@ MISTAKES_SHOWN = 12
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PR_SET_PDEATHSIG = 1  # Linux prctl option: the signal a process gets when its parent dies
 NORMAL_EXITS = (0, 130, -signal.SIGINT, -signal.SIGTERM)  # finished, or stopped with its checkpoint
-PAGE_STATUS = {rundir.FINISHED: "finished", rundir.RESUMABLE: "stopped", rundir.STARTED: "failed",
-               rundir.DAMAGED: "damaged"}
+PAGE_STATUS = {
+    rundir.FINISHED: "finished",
+    rundir.RESUMABLE: "stopped",
+    rundir.STARTED: "failed",
+    rundir.DAMAGED: "damaged",
+}
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 
 
@@ -144,10 +148,18 @@ except OSError:
 def page_run(described: dict) -> dict:
     """`rundir.describe`'s answer in the page's terms (RunOut in web/training.py)."""
     status = PAGE_STATUS.get(described["status"], "failed")
-    return {"name": described["name"], "model": described["model"], "recipe": described["recipe"],
-            "steps": described["total_steps"], "step": described["steps"] or 0, "status": status,
-            "resumable": status == "stopped", "validation_accuracy": described["validation_accuracy"],
-            "test_accuracy": described["test_accuracy"], "detail": described["problem"]}
+    return {
+        "name": described["name"],
+        "model": described["model"],
+        "recipe": described["recipe"],
+        "steps": described["total_steps"],
+        "step": described["steps"] or 0,
+        "status": status,
+        "resumable": status == "stopped",
+        "validation_accuracy": described["validation_accuracy"],
+        "test_accuracy": described["test_accuracy"],
+        "detail": described["problem"],
+    }
 
 
 def digit_model(name: str | None) -> bool:
@@ -158,11 +170,20 @@ def digit_model(name: str | None) -> bool:
 
 def checked_summary(report: dict, where: str) -> dict:
     """The parts of a run's `report.json` the page shows, checked: a damaged one is a `ModelError`."""
-    rundir.check_fields(where, report, {"test_accuracy": rundir.NUMBER, "errors": int, "images": int},
-                        required=("test_accuracy", "errors", "images", "confusion_matrix", "mistakes"))
+    rundir.check_fields(
+        where,
+        report,
+        {"test_accuracy": rundir.NUMBER, "errors": int, "images": int},
+        required=("test_accuracy", "errors", "images", "confusion_matrix", "mistakes"),
+    )
     confusion, mistakes = report["confusion_matrix"], report["mistakes"]
-    if not (isinstance(confusion, list) and len(confusion) == 10 and all(
-            isinstance(row, list) and len(row) == 10 and all(type(count) is int for count in row) for row in confusion)):
+    if not (
+        isinstance(confusion, list)
+        and len(confusion) == 10
+        and all(
+            isinstance(row, list) and len(row) == 10 and all(type(count) is int for count in row) for row in confusion
+        )
+    ):
         raise ModelError(f"{where}: confusion_matrix is not 10 rows of 10 counts")
     if not isinstance(mistakes, list):
         raise ModelError(f"{where}: mistakes is not a list")
@@ -170,14 +191,22 @@ def checked_summary(report: dict, where: str) -> dict:
     for mistake in mistakes[:MISTAKES_SHOWN]:
         if not isinstance(mistake, dict):
             raise ModelError(f"{where}: a mistake is not an object")
-        rundir.check_fields(f"{where}: a mistake", mistake, {"index": int, "label": int, "predicted": int,
-                                                              "confidence": rundir.NUMBER},
-                            required=("index", "label", "predicted", "confidence"))
+        rundir.check_fields(
+            f"{where}: a mistake",
+            mistake,
+            {"index": int, "label": int, "predicted": int, "confidence": rundir.NUMBER},
+            required=("index", "label", "predicted", "confidence"),
+        )
         if not 0 <= mistake["index"] < 10_000:
             raise ModelError(f"{where}: a mistake's index {mistake['index']} is not one of the 10,000 test digits")
         shown.append({key: mistake[key] for key in ("index", "label", "predicted", "confidence")})
-    return {"test_accuracy": report["test_accuracy"], "errors": report["errors"], "images": report["images"],
-            "confusion_matrix": confusion, "mistakes": shown}
+    return {
+        "test_accuracy": report["test_accuracy"],
+        "errors": report["errors"],
+        "images": report["images"],
+        "confusion_matrix": confusion,
+        "mistakes": shown,
+    }
 
 
 def test_digit_pictures(indices: list[int]) -> list[str]:
@@ -297,8 +326,10 @@ class Runs:
         from digitrec.errors import ConfigError
 
         if model in models.REGISTRY and models.spec(model).task != "digits":
-            raise Invalid(f"model {model!r} reads whole numbers: train it with digitrec train "
-                          f"--model {model}; the page trains digit models")
+            raise Invalid(
+                f"model {model!r} reads whole numbers: train it with digitrec train "
+                f"--model {model}; the page trains digit models"
+            )
         try:
             return train.resolve_config(model, recipe, **settings)
         except ConfigError as problem:
@@ -314,9 +345,18 @@ class Runs:
         log_every = min(config.log_every, LOG_EVERY)
         every = log_every * max(1, round(config.steps / POINTS_PER_RUN / log_every))  # a multiple of log_every
         name = self.new_name(f"{config.model}-{config.recipe}")
-        flags = {"model": config.model, "recipe": config.recipe, "steps": config.steps, "batch-size": config.batch_size,
-                 "lr": config.lr, "seed": config.seed, "log-every": log_every, "eval-every": every,
-                 "checkpoint-every": every, "out": self.runs_dir / name}
+        flags = {
+            "model": config.model,
+            "recipe": config.recipe,
+            "steps": config.steps,
+            "batch-size": config.batch_size,
+            "lr": config.lr,
+            "seed": config.seed,
+            "log-every": log_every,
+            "eval-every": every,
+            "checkpoint-every": every,
+            "out": self.runs_dir / name,
+        }
         self.launch(name, [part for flag, value in flags.items() for part in (f"--{flag}", str(value))])
         return await self.run(name)
 
@@ -366,12 +406,15 @@ class Runs:
             run_dir.mkdir(parents=True, exist_ok=True)
             output = (run_dir / rundir.OUTPUT_FILE).open("ab")
         except OSError as error:
-            raise Refused(f"cannot write the run folder {run_dir} ({error.strerror}): training needs a runs "
-                          "folder it can write") from None
+            raise Refused(
+                f"cannot write the run folder {run_dir} ({error.strerror}): training needs a runs folder it can write"
+            ) from None
         with output:
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "digitrec", *command, *arguments, "--quiet"],
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the server's terminal reaches the server, which stops the child once
                 preexec_fn=stop_with_parent if libc is not None and sys.platform == "linux" else None,
             )
@@ -427,8 +470,9 @@ class Runs:
                 yield "reset", None, {}
             if records:
                 yield "log", str(position), records  # a batch: each record is one `log` event
-                validated = [record["validation_accuracy"] for record in records
-                             if record.get("validation_accuracy") is not None]
+                validated = [
+                    record["validation_accuracy"] for record in records if record.get("validation_accuracy") is not None
+                ]
                 run["validation_accuracy"] = validated[-1] if validated else run["validation_accuracy"]
                 run["step"] = records[-1]["step"]
             recent = (recent + records)[-10:]
@@ -459,11 +503,15 @@ class Runs:
         run_dir = self.runs_dir / name
         if not os.path.lexists(run_dir / rundir.REPORT_JSON_FILE):
             if not may_evaluate:
-                return None, ("no report yet: this server does not evaluate runs (it offers no training); "
-                              f"make one with: digitrec evaluate {name} --report")
+                return None, (
+                    "no report yet: this server does not evaluate runs (it offers no training); "
+                    f"make one with: digitrec evaluate {name} --report"
+                )
             self.make_report(run_dir)
         try:
-            summary = checked_summary(rundir.read_json(run_dir / rundir.REPORT_JSON_FILE), str(run_dir / rundir.REPORT_JSON_FILE))
+            summary = checked_summary(
+                rundir.read_json(run_dir / rundir.REPORT_JSON_FILE), str(run_dir / rundir.REPORT_JSON_FILE)
+            )
         except ModelError as error:
             return None, str(error)
         pictures = test_digit_pictures([mistake["index"] for mistake in summary["mistakes"]])
@@ -475,8 +523,13 @@ class Runs:
         """`digitrec evaluate RUN --report` in a child process: the 10,000 test digits are evaluated, and the
         figures drawn, in its memory, not the server's."""
         try:
-            done = subprocess.run([sys.executable, "-m", "digitrec", "evaluate", str(run_dir), "--report", "--json"],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=REPORT_SECONDS)
+            done = subprocess.run(
+                [sys.executable, "-m", "digitrec", "evaluate", str(run_dir), "--report", "--json"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=REPORT_SECONDS,
+            )
         except subprocess.TimeoutExpired:
             raise ModelError(f"{run_dir}: making its report took over {REPORT_SECONDS} s") from None
         if done.returncode != 0:
@@ -487,8 +540,9 @@ class Runs:
         async with self.summary_lock:  # made once, whoever asks at the same time
             try:
                 with anyio.fail_after(REPORT_SECONDS + READ_SECONDS):
-                    return await anyio.to_thread.run_sync(self.summary_now, name, self.refused is None,
-                                                          limiter=self.readers, abandon_on_cancel=True)
+                    return await anyio.to_thread.run_sync(
+                        self.summary_now, name, self.refused is None, limiter=self.readers, abandon_on_cancel=True
+                    )
             except TimeoutError:
                 raise TooSlow(f"the report of run {name} took too long") from None
             except ModelError as error:
@@ -503,7 +557,9 @@ class Runs:
         if summary is None:
             raise Conflict(f"run {name} has no report: {why_not}")
         try:
-            return await self.read(rundir.read_bytes, self.runs_dir / name / rundir.REPORT_HTML_FILE, rundir.MAX_REPORT_BYTES)
+            return await self.read(
+                rundir.read_bytes, self.runs_dir / name / rundir.REPORT_HTML_FILE, rundir.MAX_REPORT_BYTES
+            )
         except ModelError as error:
             raise Conflict(f"run {name} has no report: {error}") from None
 
@@ -529,10 +585,17 @@ def recipes() -> dict[str, dict[str, dict]]:
     for model, spec in models.REGISTRY.items():
         if spec.task != "digits":
             continue
-        ordered = [spec.default_recipe, *(name for name in spec.recipes  # the personal recipe: teach learn's
-                                          if name not in (spec.default_recipe, models.PERSONAL_RECIPE))]
+        ordered = [
+            spec.default_recipe,
+            *(
+                name
+                for name in spec.recipes  # the personal recipe: teach learn's
+                if name not in (spec.default_recipe, models.PERSONAL_RECIPE)
+            ),
+        ]
         configs = {name: train.resolve_config(model, name) for name in ordered}
-        chosen[model] = {name: {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
-                         for name, config in configs.items()}
+        chosen[model] = {
+            name: {"steps": config.steps, "batch_size": config.batch_size, "lr": config.lr}
+            for name, config in configs.items()
+        }
     return chosen
-

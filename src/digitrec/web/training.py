@@ -25,8 +25,13 @@ from digitrec.web.runs import (
 )
 
 # what each refusal of the runs manager is, in HTTP
-STATUS_OF = {runs_module.Refused: 403, runs_module.NoSuchRun: 404, runs_module.Conflict: 409,
-             runs_module.Invalid: 422, runs_module.TooSlow: 503}
+STATUS_OF = {
+    runs_module.Refused: 403,
+    runs_module.NoSuchRun: 404,
+    runs_module.Conflict: 409,
+    runs_module.Invalid: 422,
+    runs_module.TooSlow: 503,
+}
 
 
 class StartIn(BaseModel):
@@ -117,18 +122,27 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
 
     api = APIRouter(prefix="/api", tags=["training"], lifespan=lifespan)
     api.runs = runs  # the corrections' learning is one of these runs (web/corrections.py)
-    errors = {403: {"description": "training is not offered by this server, or the request is from another site"},
-              404: {"description": "no such run"}, 409: {"description": "conflicts with a run's state"},
-              415: {"description": "a body that is not application/json"}, 422: {"description": "bad parameters"},
-              503: {"description": "the runs folder did not answer in time"}}
+    errors = {
+        403: {"description": "training is not offered by this server, or the request is from another site"},
+        404: {"description": "no such run"},
+        409: {"description": "conflicts with a run's state"},
+        415: {"description": "a body that is not application/json"},
+        422: {"description": "bad parameters"},
+        503: {"description": "the runs folder did not answer in time"},
+    }
     changes = [Depends(json_only)]
 
     @api.get("/training", response_model=TrainingOut)
     def training():
         """Whether this server offers training, the recipes to choose from, the run training now."""
         refused = runs.refused
-        return TrainingOut(enabled=refused is None, reason=refused, recipes=recipes() if not refused else {},
-                           active=runs.active(), selected=runs.selected)
+        return TrainingOut(
+            enabled=refused is None,
+            reason=refused,
+            recipes=recipes() if not refused else {},
+            active=runs.active(),
+            selected=runs.selected,
+        )
 
     @api.get("/runs", response_model=list[RunOut], responses=errors)
     async def list_runs():
@@ -160,8 +174,13 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
         except ModelError:
             config = {}  # the run is listed damaged, saying why
         summary, note = (await runs.summary(name)) if run["status"] == "finished" else (None, None)
-        return RunDetailOut(**run, config=config, summary=summary, summary_note=note,
-                            report=f"/api/runs/{name}/report" if summary is not None else None)
+        return RunDetailOut(
+            **run,
+            config=config,
+            summary=summary,
+            summary_note=note,
+            report=f"/api/runs/{name}/report" if summary is not None else None,
+        )
 
     @api.get("/runs/{name}/events", responses={**errors, 200: {"content": {"text/event-stream": {}}}})
     async def events(name: str, request: Request):
@@ -175,8 +194,9 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
                 else:
                     yield f"event: {event}\ndata: {finite_json(data)}\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     @api.get("/runs/{name}/report", response_class=Response, responses=errors)
     async def report(name: str):
@@ -196,14 +216,20 @@ def router(runs_dir: Path | None, host: str = "127.0.0.1", allow_training: bool 
         if choice.run is not None:
             path, selected = await runs.finished_run(choice.run), {"run": choice.run}
         else:
-            path, selected = (None if choice.bundled == "default" else BUNDLED_DIR / choice.bundled), {"bundled": choice.bundled}
+            path, selected = (
+                (None if choice.bundled == "default" else BUNDLED_DIR / choice.bundled),
+                {"bundled": choice.bundled},
+            )
         try:
             recognizer = await anyio.to_thread.run_sync(Recognizer.load, path, 1)
         except ModelError as problem:  # e.g. a number reader's run: not a digit model
             raise runs_module.Invalid(str(problem)) from None
         request.app.state.recognizer = recognizer  # the number reader (app.state.reader) stays as it was
         runs.selected = selected
-        return ModelChoiceOut(selected=selected, name=recognizer.info["name"],
-                              test_accuracy=recognizer.info["metrics"].get("test_accuracy"))
+        return ModelChoiceOut(
+            selected=selected,
+            name=recognizer.info["name"],
+            test_accuracy=recognizer.info["metrics"].get("test_accuracy"),
+        )
 
     return api
