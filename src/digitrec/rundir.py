@@ -16,6 +16,7 @@ What goes into a checkpoint is train.py's business; this module stores and finds
 torch only to save and load checkpoints, so listing and describing runs needs no torch.
 """
 
+import errno
 import hashlib
 import io
 import json
@@ -71,21 +72,36 @@ def to_json(value: dict) -> str:
     return json.dumps(value, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: fail rather than write it
 
 
-def read_bytes(path: Path, limit: int) -> bytes:
-    """The content of the regular file `path`, at most `limit` bytes, never through a link (a run file is never
-    one) and never waiting on a FIFO or a device; anything else is a `ModelError` saying what `path` is."""
+def open_regular(path: Path, limit: int, what: str):
+    """`path` opened for reading and its `os.stat_result`, if it is a regular file of at most `limit` bytes,
+    never through a link (a run file is never one) and never waiting on a FIFO or a device; anything else is a
+    `ModelError` saying what `path` is (`what`: whose size limit it broke). A missing file is FileNotFoundError."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
     except OSError as error:
-        if error.errno == 40:  # ELOOP: the last part of the path is a link
+        if error.errno == errno.ELOOP:  # the last part of the path is a link
             raise ModelError(f"{path}: a link, not a file (a run's files are read only as regular files)") from None
         raise ModelError(f"{path}: cannot read ({error.strerror})") from None
-    with open(descriptor, "rb") as file:
-        found = os.fstat(descriptor)
-        if not stat.S_ISREG(found.st_mode):
-            raise ModelError(f"{path}: not a regular file (a run's files are read only as regular files)")
-        if found.st_size > limit:
-            raise ModelError(f"{path}: {found.st_size:,} bytes, over the {limit:,} a run's file of this kind may hold")
+    file = open(descriptor, "rb")
+    found = os.fstat(descriptor)
+    if not stat.S_ISREG(found.st_mode):
+        file.close()
+        raise ModelError(f"{path}: not a regular file (a run's files are read only as regular files)")
+    if found.st_size > limit:
+        file.close()
+        raise ModelError(f"{path}: {found.st_size:,} bytes, over the {limit:,} {what} may hold")
+    return file, found
+
+
+def read_bytes(path: Path, limit: int) -> bytes:
+    """The content of the regular file `path`, at most `limit` bytes (see `open_regular`)."""
+    try:
+        file, _ = open_regular(path, limit, "a run's file of this kind")
+    except FileNotFoundError as error:
+        raise ModelError(f"{path}: cannot read ({error.strerror})") from None
+    with file:
         try:
             return file.read(limit + 1)[:limit]
         except OSError as error:
@@ -166,18 +182,10 @@ def read_log_since(run_dir: str | Path, position: LogPosition = LogPosition()) -
     holds a record whose step is missing or whose fields are of the wrong type is a `ModelError`."""
     path = Path(run_dir) / LOG_FILE
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        log, found = open_regular(path, MAX_LOG_BYTES, "a run's log")
     except FileNotFoundError:
         return [], position, False
-    except OSError:
-        read_bytes(path, MAX_LOG_BYTES)  # raises the ModelError that says what the path is
-        raise
-    with open(descriptor, "rb") as log:
-        found = os.fstat(descriptor)
-        if not stat.S_ISREG(found.st_mode):
-            raise ModelError(f"{path}: not a regular file (a run's files are read only as regular files)")
-        if found.st_size > MAX_LOG_BYTES:
-            raise ModelError(f"{path}: {found.st_size:,} bytes, over the {MAX_LOG_BYTES:,} a run's log may hold")
+    with log:
         replaced = found.st_ino != position.inode
         start = 0 if replaced else position.offset
         log.seek(start)
