@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from digitrec import number_strings, runtime
+from digitrec.confidence import Calibration
 from digitrec.deploy import PARITY_TOLERANCE, export_onnx
 from digitrec.errors import ModelError
 from digitrec.files import BUNDLED_MODEL, BUNDLED_ONNX, BUNDLED_READER, BUNDLED_READER_ONNX
@@ -100,7 +101,25 @@ def test_export_command_reports_parity_and_replaces_a_file_only_with_overwrite(t
     result = run("export", "--format", "onnx", "--out", tmp_path / "m.onnx", "--overwrite")
     assert result.exit_code == 0, result.output
     assert "same digit on 10000/10000 test images" in result.output
-    assert Recognizer.load(tmp_path / "m.onnx").info["runtime"] == "onnxruntime"
+    assert f"wrote {tmp_path / 'calibration.json'}: the model's calibration" in result.output
+    assert (tmp_path / "calibration.json").read_bytes() == (BUNDLED_MODEL / "calibration.json").read_bytes()
+    exported = Recognizer.load(tmp_path / "m.onnx")
+    assert exported.info["runtime"] == "onnxruntime" and exported.calibration == Recognizer.load().calibration
+
+
+def test_an_export_never_replaces_another_models_calibration_without_overwrite(softmax_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(softmax_run.run_dir, run_dir)
+    (run_dir / "calibration.json").write_text(Calibration(temperature=1.5, calibrated=True).as_json())
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "calibration.json").write_text("another model's calibration")
+    refused = run("export", run_dir, "--out", other / "m.onnx")
+    assert_one_line_error(refused, f"{other / 'calibration.json'} exists and is not {run_dir}'s calibration")
+    assert not (other / "m.onnx").exists() and (other / "calibration.json").read_text() == "another model's calibration"
+    assert run("export", run_dir, "--out", other / "m.onnx", "--overwrite").exit_code == 0
+    assert (other / "calibration.json").read_bytes() == (run_dir / "calibration.json").read_bytes()
+    assert Recognizer.load(other / "m.onnx").calibration.temperature == 1.5
 
 
 @pytest.mark.parametrize("name", ["weights.safetensors", "metrics.json", "config.json", "log.jsonl"])

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from digitrec import rundir, train
+from digitrec.errors import TrainingStopped
 
 from helpers import assert_one_line_error, fake_state, run
 
@@ -123,6 +124,25 @@ def test_resumed_training_matches_uninterrupted_training_with_augmentation(mnist
     )
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_a_stop_during_a_logged_step_keeps_that_steps_row_through_the_resume(mnist, tmp_path, monkeypatch):
+    config = train.resolve_config("fast", "full", width=4, steps=30, log_every=10, eval_every=30, precision="fp32")
+    quiet = {"print_line": lambda _: None, "show_progress": False}
+    advance = train.Training.advance
+
+    def stop_at_step_20(self, steps):  # the stop request arrives while step 20, a logged one, runs
+        result = advance(self, steps)
+        self.stop_requested = self.stop_requested or self.step == 20
+        return result
+
+    monkeypatch.setattr(train.Training, "advance", stop_at_step_20)
+    with pytest.raises(TrainingStopped, match="stopped at step 20 of 30"):
+        train.train(config, mnist, torch.device("cpu"), tmp_path, **quiet)
+    monkeypatch.setattr(train.Training, "advance", advance)
+    assert [row["step"] for row in rundir.load_checkpoint(tmp_path)["log"]] == [10, 20]
+    train.train(config, mnist, torch.device("cpu"), tmp_path, resume_from=rundir.load_checkpoint(tmp_path), **quiet)
+    assert log_steps(tmp_path) == [10, 20, 30]
 
 
 def test_a_run_with_ema_resumes_to_the_uninterrupted_runs_exact_average_and_weights(mnist, tmp_path):

@@ -841,6 +841,8 @@ def export_command(path, out, quantize, overwrite, data_dir):
             f"wrote {out}: int8, test accuracy {100 * test['int8']:.2f} % against the float model's "
             f"{100 * test['float']:.2f} % (at most {TEST_POINTS:g} points lower allowed)"
         )
+    if exported.calibration:
+        click.echo(f"wrote {exported.calibration}: the model's calibration (its confidences and unsure threshold)")
 
 
 @main.command("serve")

@@ -6,7 +6,8 @@ task says how: the same digits, or the same readings of strings). A digit model'
 `logits`, what the Inside view shows (`models.inside_outputs`: `activation:convN`, `filters:conv1`,
 `templates`) as extra outputs; the number reader exports as input `strips` (batch, 1, 32, width) and
 output `scores` (batch, 11, width / 2), width free. `export` is the whole pipeline the CLI runs: export,
-check, and with `quantize="int8"` an int8 copy (quantize.py). Running an exported file is runtime.py's.
+check, and with `quantize="int8"` an int8 copy (quantize.py), with the model's calibration.json carried
+beside the file (its confidences and `unsure` stay the source's). Running an exported file is runtime.py's.
 """
 
 import json
@@ -46,8 +47,31 @@ def check_export_out(source: str | Path | None, out: Path, overwrite: bool = Fal
         )
     if os.path.lexists(out) and not overwrite:
         raise OutputError(f"{out} exists; add --overwrite to replace it, or choose another --out")
+    carried = calibration_to_carry(source, out)
+    if carried and os.path.lexists(carried[1]) and not overwrite:
+        raise OutputError(
+            f"{carried[1]} exists and is not {source}'s calibration; add --overwrite to replace it, "
+            "or choose another folder for --out"
+        )
     if os.path.isdir(out):
         raise OutputError(f"{out}: a folder; --out names the file to write")
+
+
+def calibration_to_carry(source: str | Path | None, out: Path) -> tuple[Path, Path] | None:
+    """The source model's calibration file and where it goes beside `out`; None when it has none, or the
+    same file is already there (an export into the model's own folder)."""
+    import os
+
+    from digitrec.confidence import calibration_path
+    from digitrec.files import BUNDLED_MODEL
+
+    there = calibration_path(Path(source) if source is not None else BUNDLED_MODEL)
+    here = calibration_path(out)
+    if not there.is_file() or os.path.realpath(there) == os.path.realpath(here):
+        return None
+    if here.is_file() and here.read_bytes() == there.read_bytes():
+        return None
+    return there, here
 
 
 def export_onnx(
@@ -116,25 +140,32 @@ def export_onnx(
 class Exported:
     parity: dict  # export_onnx's comparison of torch and onnxruntime
     quantized: dict | None  # quantize_int8's test accuracies of the float and int8 models, when asked for
+    calibration: Path | None  # the calibration file written beside the export, if the source has one
 
 
 def export(weights: str | Path | None, out: Path, mnist, quantize: str | None = None) -> Exported:
     """The model at `weights` (None: the bundled default) exported to `out`, checked on `mnist`'s test set;
     with `quantize="int8"`, `out` is instead its int8 copy, calibrated on training digits and refused if
-    it loses more than quantize.TEST_POINTS of test accuracy (digit models only)."""
+    it loses more than quantize.TEST_POINTS of test accuracy (digit models only). The source's calibration
+    file is copied beside `out`."""
     from digitrec import checkpoint
+    from digitrec.files import write_atomic
     from digitrec.tasks import DIGITS
 
     test_images, test_labels = mnist.test.images.numpy(), mnist.test.labels.numpy()
     if quantize and checkpoint.load(weights).task is not DIGITS:
         raise ModelError("--quantize int8 applies to digit models, not the number reader")
+    carried = calibration_to_carry(weights, out)
     if not quantize:
-        return Exported(export_onnx(weights, out, test_images, test_labels), None)
-    from digitrec.quantize import CALIBRATION_DIGITS, TEST_POINTS, quantize_int8
+        parity, quantized = export_onnx(weights, out, test_images, test_labels), None
+    else:
+        from digitrec.quantize import CALIBRATION_DIGITS, TEST_POINTS, quantize_int8
 
-    with tempfile.TemporaryDirectory() as folder:
-        float_out = Path(folder) / "float.onnx"
-        parity = export_onnx(weights, float_out, test_images, test_labels)
-        calibration = mnist.train.images[:CALIBRATION_DIGITS].numpy()
-        checks = {"test": (test_images, test_labels, TEST_POINTS)}
-        return Exported(parity, quantize_int8(float_out, out, calibration, checks)["test"])
+        with tempfile.TemporaryDirectory() as folder:
+            float_out = Path(folder) / "float.onnx"
+            parity = export_onnx(weights, float_out, test_images, test_labels)
+            ranges = mnist.train.images[:CALIBRATION_DIGITS].numpy()
+            quantized = quantize_int8(float_out, out, ranges, {"test": (test_images, test_labels, TEST_POINTS)})["test"]
+    if carried:
+        write_atomic(carried[1], carried[0].read_bytes())
+    return Exported(parity, quantized, carried[1] if carried else None)

@@ -662,12 +662,6 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
                 raise
             run.train_seconds += time.perf_counter() - started
             progress.update(task, completed=training.step)
-            if training.stop_requested and not training.done:
-                run.save_checkpoint(training)
-                where = f"; resume with: digitrec train --resume {run.folder}" if run.folder is not None else ""
-                if run.folder != run.run_dir:
-                    where += f" ({run.run_dir} still holds the run it was to replace)"
-                raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
             if training.step % config.log_every == 0 or training.done:
                 record = {
                     "step": training.step,
@@ -688,8 +682,16 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
                     progress.console.print(format_row(record))  # above the bar
                 else:
                     print_line(format_row(record))
-            if config.checkpoint_every and training.step % config.checkpoint_every == 0 and not training.done:
+            # a stop is checkpointed after the step's log row, which the checkpoint's log must hold for a resume
+            stopping = training.stop_requested and not training.done
+            due = config.checkpoint_every and training.step % config.checkpoint_every == 0 and not training.done
+            if stopping or due:
                 run.save_checkpoint(training)
+            if stopping:
+                where = f"; resume with: digitrec train --resume {run.folder}" if run.folder is not None else ""
+                if run.folder != run.run_dir:
+                    where += f" ({run.run_dir} still holds the run it was to replace)"
+                raise TrainingStopped(f"stopped at step {training.step} of {config.steps}{where}")
 
 
 def finish(training: Training, run: Run, draw_curves: Callable[[list[dict]], bytes] | None) -> TrainResult:
