@@ -41,6 +41,7 @@ NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations a
 # Paper, not ink (see `ink_map`); chosen on renderings of validation digits (digitrec.person_style, bench/person_style.py):
 AMBIGUOUS_BORDER = 0.2  # a border whose median is within this of mid-grey does not say which is paper
 LIGHT_CELLS, MIN_CELL = 16, 8  # the paper's light is measured in cells of 1/16 of the longer side, at least 8 px
+MIN_BARE_CELLS = 8  # fewer cells of bare paper than this say nothing of its light: all cells are judged
 LIGHT_PERCENTILE = 97  # a cell's paper: its bright level (ink and printed lines cover far less than this of most cells)
 UNEVEN_LIGHT = 0.06  # paper whose light varies by less than this share (10th to 90th percentile of the cells) is left
 INK_CELL = 0.5  # a cell darker than this share of the brightest cell near it is covered by ink, not in shadow
@@ -207,8 +208,12 @@ def even_light(grey: np.ndarray) -> np.ndarray:
     rows, cols = -(-height // cell), -(-width // cell)
     padded = np.pad(grey, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
     cells = padded.reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3).reshape(rows, cols, cell * cell)
-    light = paper_light(np.percentile(cells, LIGHT_PERCENTILE, axis=2).astype(np.float32))  # (rows, cols)
-    darker, brighter = np.percentile(light, [10, 90])
+    middle, bright = np.percentile(cells, [50, LIGHT_PERCENTILE], axis=2).astype(np.float32)  # each (rows, cols)
+    light = paper_light(bright)
+    # whether the light is even, judged on the cells of bare paper (lit or in shadow): a cell mostly under a
+    # thick stroke, whose bright level is the stroke's soft edge, would make clean paper look uneven
+    bare = middle >= (1 - UNEVEN_LIGHT) * bright
+    darker, brighter = np.percentile(light[bare] if bare.sum() >= MIN_BARE_CELLS else light, [10, 90])
     if darker >= (1 - UNEVEN_LIGHT) * brighter or float(light.min()) <= 0:
         return grey
     field = Image.fromarray(light, mode="F").resize((cols * cell, rows * cell), Image.Resampling.BILINEAR)
