@@ -14,6 +14,7 @@ tutorial `cnn` on torch and exported to ONNX, and a tutorial `softmax` trained f
     python bench/explain_latency.py
 """
 
+import argparse
 import importlib.util
 import io
 import statistics
@@ -74,8 +75,11 @@ def logits_only(path: Path) -> bytes:
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--digits", type=int, default=DIGITS, help="canvas images of test digits timed")
+    digits = parser.parse_args().digits
     test = data.load().test
-    pngs = canvas_pngs(test.images[:DIGITS, 0].numpy())
+    pngs = canvas_pngs(test.images[:digits, 0].numpy())
     print(f"{'model, runtime (1 thread)':<30}{'explain ms':>14}{'explain CPU ms':>16}{'predict ms':>13}{'JSON kB':>10}")
     inside_row("default (fast), onnxruntime", Recognizer.load(BUNDLED_ONNX, threads=1), pngs)
     if importlib.util.find_spec("torch") is not None:

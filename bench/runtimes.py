@@ -7,6 +7,7 @@ image at a time. Each figure is the median of 5 timed repeats after a warm-up.
     python bench/runtimes.py
 """
 
+import argparse
 import statistics
 import time
 
@@ -28,6 +29,9 @@ def median_seconds(work, repeats: int = 5) -> float:
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats after the warm-up (the median is shown)")
+    repeats = parser.parse_args().repeats
     test = data.load().test
     images, labels = test.images.numpy(), test.labels.numpy()
     one = images[:1]
@@ -41,8 +45,10 @@ def main():
                 [recognizer.logits(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
             )
 
-        batched = median_seconds(all_logits)
-        single = median_seconds(lambda recognizer=recognizer: [recognizer.logits(one) for _ in range(200)]) / 200
+        batched = median_seconds(all_logits, repeats)
+        single = (
+            median_seconds(lambda recognizer=recognizer: [recognizer.logits(one) for _ in range(200)], repeats) / 200
+        )
         answers[runtime] = all_logits().argmax(1)
         accuracy = (answers[runtime] == labels).mean()
         print(f"{runtime:<14}{len(images) / batched:>27,.0f}{1000 * single:>15.3f}{100 * accuracy:>14.2f}%")
