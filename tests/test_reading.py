@@ -155,7 +155,7 @@ def test_damaged_images_give_a_reading_or_an_image_error(read_number, valid_imag
     assert 0 <= reading.confidence <= 1 and all(d.box[2] > 0 and d.box[3] > 0 for d in reading.digits)
 
 
-@pytest.mark.parametrize("kind, at_least", [("overlapping hard", 6), ("uneven", 8), ("photographed", 7)])
+@pytest.mark.parametrize("kind, at_least", [("overlapping hard", 8), ("uneven", 9), ("photographed", 8)])
 def test_numbers_written_as_people_write_them_are_read_or_flagged(read_number, test_digits, kind, at_least):
     rng = np.random.default_rng(31)
     made = [number_image(*test_digits, 4, kind, rng) for _ in range(10)]
@@ -186,6 +186,6 @@ def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
 def test_the_bundled_readers_calibration_is_the_recorded_one():
     calibration = confidence.load(BUNDLED_READER)
     assert calibration.calibrated
-    assert (calibration.temperature, calibration.unsure_below) == (1.41577, 0.668075)
+    assert (calibration.temperature, calibration.unsure_below) == (1.19555, 0.701132)
     measured = calibration.record["validation"]
     assert measured["readings"] == 1400 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
