@@ -92,7 +92,7 @@ PY
 # size STEPS for ${#RUNS[@]} readers at once: batches of strings made per second by WORKERS processes each,
 # and the GPU's time per step
 size() {
-    WORKERS=$(( ($(nproc) - ${#RUNS[@]}) / ${#RUNS[@]} ))
+    WORKERS=$(( ($(nproc --all) - ${#RUNS[@]}) / ${#RUNS[@]} ))
     (( WORKERS < 1 )) && WORKERS=1
     STEPS=$("$PY" /tmp/gpu-reader-timing.py "$WORKERS" "$TRAIN_SECONDS" "$MAX_STEPS" "$RECIPE" 2>> "$OUT/timing.txt")
 }
@@ -104,7 +104,7 @@ if [ -z "${STEPS:-}" ]; then
         size
     fi
 else
-    WORKERS=$(( ($(nproc) - ${#RUNS[@]}) / ${#RUNS[@]} )); (( WORKERS < 1 )) && WORKERS=1
+    WORKERS=$(( ($(nproc --all) - ${#RUNS[@]}) / ${#RUNS[@]} )); (( WORKERS < 1 )) && WORKERS=1
 fi
 cat "$OUT/timing.txt"
 if ! [[ "$STEPS" =~ ^[0-9]+$ ]] || (( STEPS < ${MIN_STEPS:-3000} )); then
