@@ -208,11 +208,12 @@ def even_light(grey: np.ndarray) -> np.ndarray:
     rows, cols = -(-height // cell), -(-width // cell)
     padded = np.pad(grey, ((0, rows * cell - height), (0, cols * cell - width)), mode="edge")
     cells = padded.reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3).reshape(rows, cols, cell * cell)
-    middle, bright = np.percentile(cells, [50, LIGHT_PERCENTILE], axis=2).astype(np.float32)  # each (rows, cols)
+    bright = np.percentile(cells, LIGHT_PERCENTILE, axis=2).astype(np.float32)  # (rows, cols)
     light = paper_light(bright)
-    # whether the light is even, judged on the cells of bare paper (lit or in shadow): a cell mostly under a
-    # thick stroke, whose bright level is the stroke's soft edge, would make clean paper look uneven
-    bare = middle >= (1 - UNEVEN_LIGHT) * bright
+    # whether the light is even, judged on the cells of bare paper (lit or in shadow: their mean is close to
+    # their bright level): a cell mostly under a thick stroke, whose bright level is the stroke's soft edge,
+    # would make clean paper look uneven
+    bare = cells.mean(axis=2) >= (1 - UNEVEN_LIGHT) * bright
     darker, brighter = np.percentile(light[bare] if bare.sum() >= MIN_BARE_CELLS else light, [10, 90])
     if darker >= (1 - UNEVEN_LIGHT) * brighter or float(light.min()) <= 0:
         return grey
