@@ -75,9 +75,11 @@ def test_export_quantize_int8_writes_a_checked_copy_that_predict_reads(mnist, tm
     assert re.fullmatch(
         rf"wrote {re.escape(str(out))}: int8, test accuracy 99\.(6[6-9]|7\d) % against the float model's "
         r"99\.71 % \(at most 0\.05 points lower allowed\)",
-        result.output.splitlines()[-1],
+        result.output.splitlines()[-2],
     )
+    assert result.output.splitlines()[-1].startswith(f"wrote {tmp_path / 'calibration.json'}: the model's calibration")
     recognizer = Recognizer.load(out)
+    assert recognizer.calibration.calibrated  # the default's calibration, carried beside the copy
     assert recognizer.info["name"] == "fast" and recognizer.info["runtime"] == "onnxruntime"
     images = mnist.test.images[:1000].numpy()
     bundled = runtime.load_onnx(BUNDLED_INT8, DIGITS).forward
