@@ -62,6 +62,8 @@ def test_the_personal_recipe_is_refused_by_train_and_needs_a_model_with_one():
         train.resolve_config("fast", "personal")
     with pytest.raises(ConfigError, match="model 'cnn' has no personal recipe"):
         personal.personal_config({"model": "cnn"})
+    with pytest.raises(ConfigError, match="model 'reader' reads whole numbers; a personal model starts from a digit"):
+        personal.personal_config({"model": "reader"})
     config = personal.personal_config({"model": "fast", "width": 32, "pool_first": True})
     assert (config.recipe, config.width, config.pool_first, config.steps) == ("personal", 32, True, 300)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitrec import checkpoint, confidence, data, evaluate, models, rundir, train
+from digitrec import checkpoint, confidence, data, evaluate, models, rundir, tasks, train
 from digitrec.config import TrainConfig
 from digitrec.corrections import Store
 from digitrec.errors import ConfigError, TrainingStopped
@@ -43,7 +43,7 @@ CPU = torch.device("cpu")  # the default run folder, beside the corrections data
 def personal_config(start: dict, **overrides) -> TrainConfig:
     """The personal recipe for the model that `start` (a weights file's config) describes, at its size."""
     spec = models.spec(start["model"])
-    if spec.task != "digits":
+    if not tasks.named(spec.task).single_digits:
         raise ConfigError(f"model {start['model']!r} reads whole numbers; a personal model starts from a digit model")
     if models.PERSONAL_RECIPE not in spec.recipes:
         having = [name for name, entry in models.REGISTRY.items() if models.PERSONAL_RECIPE in entry.recipes]

@@ -34,6 +34,10 @@ class Task:
     bundled_onnx: Path
     load_hint: str  # where a model of this task is given, for a model loaded where another task's is wanted
 
+    # A model that answers one digit per image: what the page's Train panel trains and what a person's
+    # corrections (one digit each) fine-tune (web/runs.py, personal.py).
+    single_digits = False
+
     # --- shapes: torch-free -------------------------------------------------------------------------
     def check_signature(self, session, where: str) -> None:
         """Refuse an ONNX session whose inputs and outputs are not this task's."""

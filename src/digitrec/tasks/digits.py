@@ -40,6 +40,7 @@ class DigitTask(Task):
                 f"{where}: not a digitrec model: expected an output 'logits' of float (batch, {CLASSES}), found {found}"
             )
 
+    single_digits = True
     graphable = True  # (B, 1, 28, 28) images picked by index from the split on the device: one shape every step
 
     def check_config(self, config) -> None:

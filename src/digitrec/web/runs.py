@@ -163,9 +163,9 @@ def page_run(described: dict) -> dict:
 
 
 def digit_model(name: str | None) -> bool:
-    from digitrec import models
+    from digitrec import models, tasks
 
-    return name in models.REGISTRY and models.spec(name).task == "digits"
+    return name in models.REGISTRY and tasks.of(name).single_digits
 
 
 def checked_summary(report: dict, where: str) -> dict:
@@ -322,10 +322,10 @@ class Runs:
     @staticmethod
     def resolve(model: str, recipe: str | None, **settings):
         """The run's `TrainConfig`: the recipe with the given settings (imports torch: call it in a thread)."""
-        from digitrec import models, train
+        from digitrec import models, tasks, train
         from digitrec.errors import ConfigError
 
-        if model in models.REGISTRY and models.spec(model).task != "digits":
+        if model in models.REGISTRY and not tasks.of(model).single_digits:
             raise Invalid(
                 f"model {model!r} reads whole numbers: train it with digitrec train "
                 f"--model {model}; the page trains digit models"
@@ -579,11 +579,11 @@ def finite_json(value) -> str:
 def recipes() -> dict[str, dict[str, dict]]:
     """Each digit model's recipes, its default first, with the settings the page shows. (The number reader
     trains from the command line: the page shows and uses digit models.)"""
-    from digitrec import models, train
+    from digitrec import models, tasks, train
 
     chosen = {}
     for model, spec in models.REGISTRY.items():
-        if spec.task != "digits":
+        if not tasks.named(spec.task).single_digits:
             continue
         ordered = [
             spec.default_recipe,
