@@ -662,6 +662,9 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
                 raise
             run.train_seconds += time.perf_counter() - started
             progress.update(task, completed=training.step)
+            # as every process agreed at the step's end; checkpointed after the step's log row, which the
+            # checkpoint's log must hold for a resume
+            stopping = training.stop_requested and not training.done
             if training.step % config.log_every == 0 or training.done:
                 record = {
                     "step": training.step,
@@ -682,8 +685,6 @@ def loop(training: Training, run: Run, print_line, show_progress: bool, tensorbo
                     progress.console.print(format_row(record))  # above the bar
                 else:
                     print_line(format_row(record))
-            # a stop is checkpointed after the step's log row, which the checkpoint's log must hold for a resume
-            stopping = training.stop_requested and not training.done
             due = config.checkpoint_every and training.step % config.checkpoint_every == 0 and not training.done
             if stopping or due:
                 run.save_checkpoint(training)
