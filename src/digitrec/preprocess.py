@@ -256,7 +256,7 @@ def without_printed_lines(grey: np.ndarray) -> np.ndarray:
             continue
         level = np.percentile(grey, 100 * (1 - LINE_SHARE), axis=axis).astype(np.float32)
         excess = np.clip(level - np.median(level), 0, None)
-        excess[band_thickness(excess > LINE_EXCESS) > LINE_THICKNESS * grey.shape[axis]] = 0
+        excess[band_thickness(excess > LINE_EXCESS) > LINE_THICKNESS * length] = 0
         if excess.max() > LINE_EXCESS:
             lines = np.maximum(lines, excess[:, None] if axis == 1 else excess[None, :])
     if not lines.any():
