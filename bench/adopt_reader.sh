@@ -16,7 +16,7 @@ for file in config.json metrics.json log.jsonl weights.safetensors; do
     [ -f "$RUN/$file" ] || { echo "$RUN/$file is missing"; exit 1; }
 done
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-$PYTHON bench/calibrate_reader.py --reader "$RUN" --count 200 --save | tee "$RUN/calibration-validation.txt"
+$PYTHON bench/calibrate_reader.py --reader "$RUN" --count 600 --save | tee "$RUN/calibration-validation.txt"
 $PYTHON bench/calibrate_reader.py --reader "$RUN" --count 200 --split test | tee "$RUN/calibration-test.txt"
 $PYTHON bench/read_numbers.py --reader "$RUN" --split test --lengths 4 --count 200 | tee "$RUN/read-numbers-test.txt"
 cp "$RUN"/{config.json,metrics.json,log.jsonl,weights.safetensors,calibration.json} "$BUNDLED/"

@@ -314,3 +314,16 @@ def test_printed_lines_are_taken_away_but_a_tightly_cropped_stroke_is_kept():
     one = np.full((100, 30), 0.9, np.float32)
     one[:, 12:18] = 0.1  # a 1 cropped from edge to edge: a full-height column of ink, but it is all there is
     assert preprocess.ink_map(one)[:, 13:17].min() > 0.9
+
+
+def test_a_stroke_fading_out_of_a_dark_one_is_ink_but_paper_texture_as_faint_is_not():
+    rng = np.random.default_rng(0)
+    photo = (0.85 + rng.normal(0, 0.02, (200, 200))).astype(np.float32)  # noisy paper: floor 7 sigmas above it
+    photo[60:140, 20:30] = 0.1  # a dark stroke...
+    photo[98:102, 30:130] = 0.85 - np.linspace(0.3, 0.08, 100, dtype=np.float32)  # ...a thin one fading out of it
+    photo[40:50, 150:160] = 0.75  # and a blot of paper texture as faint as its faded end, on its own
+    ink = preprocess.ink_map(photo)
+    faded_end = ink[99:101, 105:125]  # 0.13 to 0.09 darker than the paper: below the floor, above 3 sigmas
+    assert (faded_end > 0).mean() > 0.9, faded_end
+    assert ink[40:50, 150:160].max() == 0
+    assert ink[150:190, 100:190].max() == 0  # the paper

@@ -11,7 +11,7 @@ from PIL import Image
 from digitrec import confidence, number_strings, runtime
 from digitrec.errors import ImageError
 from digitrec.files import BUNDLED_READER
-from digitrec.number_strings import compose
+from digitrec.number_strings import compose, photograph
 from digitrec.person_style import encode, number_image
 from digitrec.reading import MAX_DIGITS, Reading, draw_segments, read, sure_and_not, uncalibrated_confidence
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
@@ -168,6 +168,20 @@ def test_numbers_written_as_people_write_them_are_read_or_flagged(read_number, t
     assert len(missed) <= 1, missed  # wrong and sure of it: at most one in ten
 
 
+def test_a_digit_written_fainter_than_its_neighbours_is_read_not_dropped_as_specks(read_number, test_digits):
+    images, labels = test_digits
+    rng = np.random.default_rng(5)
+    truths, texts = [], []
+    for _ in range(20):  # photographed numbers with one digit in a pen 0.4 as dark as the others'
+        chosen = rng.integers(0, len(images), 4)
+        faint = int(rng.integers(4))
+        row = compose([images[c] * (0.4 if i == faint else 1.0) for i, c in enumerate(chosen)], "separate", rng)
+        truths.append("".join(str(labels[c]) for c in chosen))
+        texts.append(read_number(photograph(row, rng)).text)
+    right = sum(t == r for t, r in zip(texts, truths))
+    assert right >= 11, list(zip(texts, truths))  # 13 measured; 5 before faint marks and strokes were kept
+
+
 def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
     blank, three = number_strings.BLANK, 3 + 1
     # a 3, then a column as likely blank as 3, then a 3: one 3 held over three columns, or two 3s
@@ -186,6 +200,6 @@ def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
 def test_the_bundled_readers_calibration_is_the_recorded_one():
     calibration = confidence.load(BUNDLED_READER)
     assert calibration.calibrated
-    assert (calibration.temperature, calibration.unsure_below) == (1.19555, 0.701132)
+    assert (calibration.temperature, calibration.unsure_below) == (1.33226, 0.709491)
     measured = calibration.record["validation"]
-    assert measured["readings"] == 1400 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
+    assert measured["readings"] == 4200 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST

@@ -37,7 +37,11 @@ MIN_CONTRAST = 0.1  # ink that differs from the paper by less than this (on 0..1
 # renderings with every model measured (bench/person_style.py --split validation).
 MIN_STROKE, TARGET_STROKE = 1.5, 3.0
 NOISY_PAPER = 0.01  # paper whose robust standard deviation exceeds this (on 0..1) is median-filtered
-NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed
+NOISE_SIGMAS = 7.0  # paper texture up to this many robust standard deviations above the paper is removed...
+# ...except where it joins a mark that reaches above that: ink counts from this many there (a digit's thin or
+# faint strokes beside dark ones), unless printed lines were taken away (it would join their remnants to the
+# writing). Chosen on photographed strings of validation digits (bench/read_numbers.py --split validation).
+JOINED_SIGMAS = 3.0
 # Paper, not ink (see `ink_map`); chosen on renderings of validation digits (digitrec.person_style, bench/person_style.py):
 AMBIGUOUS_BORDER = 0.2  # a border whose median is within this of mid-grey does not say which is paper
 LIGHT_CELLS, MIN_CELL = 16, 8  # the paper's light is measured in cells of 1/16 of the longer side, at least 8 px
@@ -181,7 +185,8 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
         evened = even_light(grey)
         light_evened, grey = evened is not grey, 1 - evened
     cleaned = without_printed_lines(grey)
-    corrected = light_evened or cleaned is not grey  # either may leave faint traces behind
+    lines_taken = cleaned is not grey
+    corrected = light_evened or lines_taken  # either may leave faint traces behind
     grey = cleaned
     border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
     paper = float(np.median(border))
@@ -194,7 +199,21 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     floor = paper + max(NOISE_SIGMAS * noise, 0.02 * (peak - paper))
     if peak - paper < MIN_CONTRAST or peak <= floor:
         raise ImageError("no digit found (the image is blank or nearly blank)")
-    return without_specks(np.clip((smooth - floor) / (peak - floor), 0, 1), corrected)
+    low = floor if lines_taken else paper + max(JOINED_SIGMAS * noise, 0.02 * (peak - paper))
+    return without_specks(marks_above(smooth, floor, low, peak), corrected)
+
+
+def marks_above(grey: np.ndarray, floor: float, low: float, peak: float) -> np.ndarray:
+    """`grey` (ink bright) as ink from `low` (0) to `peak` (1), kept only in the marks (8-connected above
+    `low`) that reach above `floor`: a hysteresis threshold, as edge detectors use; one threshold when
+    `low` is `floor`."""
+    if low >= floor:
+        return np.clip((grey - floor) / (peak - floor), 0, 1)
+    labels, count = ndimage.label(grey > low, structure=np.ones((3, 3), bool))
+    reaching = np.zeros(count + 1, bool)
+    reaching[labels[grey > floor]] = True
+    reaching[0] = False
+    return np.where(reaching[labels], np.clip((grey - low) / (peak - low), 0, 1), 0).astype(np.float32)
 
 
 def even_light(grey: np.ndarray) -> np.ndarray:

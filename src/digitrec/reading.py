@@ -41,6 +41,7 @@ WORKING_HEIGHT = 128  # px: taller images are shrunk to this first (a digit need
 MAX_WORKING_PIXELS = 1_000_000  # and very wide ones until they hold at most this many pixels
 MAX_STRIP_WIDTH = 3 * number_strings.DIGIT_HEIGHT * MAX_DIGITS  # px: a strip wider than this holds too long a number
 INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding components
+FAINT_LEVEL = 0.1  # and when telling specks from marks (chosen on photographed strings of validation digits)
 # a share of the number's height (the median height of its taller components):
 SPECK_SIDE = 0.25  # a component smaller than this both ways is a speck (dust, a decimal point): ignored
 WHOLE_SHARE = 0.75  # a component with at least this share of its ink in one digit's place is that digit's, whole
@@ -93,11 +94,12 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
     if not len(boxes):
         raise ImageError(f"{name}: no digits found (the image is blank or nearly blank)")
     height = number_height(boxes)
-    kept = keep(boxes, height)
+    marks = marks_not_specks(ink, height)
+    kept = sorted(np.unique(labels[marks & (labels >= 0)]).tolist(), key=lambda i: boxes[i, 2] + boxes[i, 3])
     if len(kept) > MAX_MARKS:  # before anything is read: noise must not cost minutes
         raise ImageError(f"{name}: {len(kept)} separate marks: too many for a number of at most {MAX_DIGITS} digits")
     labels = np.where(np.isin(labels, kept), labels, -1)
-    near_kept = dilate((labels >= 0).astype(np.float32), 1) > 0  # with the faint edge of each stroke
+    near_kept = marks | (dilate((labels >= 0).astype(np.float32), 1) > 0)  # with the faint edge of each stroke
     framed = number_strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
     if framed.pixels.shape[1] > MAX_STRIP_WIDTH:
         raise ImageError(f"{name}: the writing is too long for a number of at most {MAX_DIGITS} digits")
@@ -200,11 +202,12 @@ def number_height(boxes: np.ndarray) -> float:
     return float(np.median(heights[heights >= heights.max() / 2]))
 
 
-def keep(boxes: np.ndarray, height: float) -> list[int]:
-    """The components that are not specks, left to right."""
-    sides = np.stack([boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]], axis=1)
-    kept = np.nonzero(sides.max(1) >= SPECK_SIDE * height)[0]
-    return sorted(kept.tolist(), key=lambda i: boxes[i, 2] + boxes[i, 3])
+def marks_not_specks(ink: np.ndarray, height: float) -> np.ndarray:
+    """Where the ink (down to FAINT_LEVEL) forms marks that are not specks: a digit written in a thinner or
+    fainter stroke than its neighbours breaks into speck-sized pieces at INK_LEVEL, but is one mark here."""
+    labels, boxes = components(ink >= FAINT_LEVEL)
+    sides = np.maximum(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2])
+    return np.isin(labels, np.nonzero(sides >= SPECK_SIDE * height)[0])
 
 
 def digit_reading(
