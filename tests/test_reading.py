@@ -13,7 +13,16 @@ from digitrec.errors import ImageError
 from digitrec.files import BUNDLED_READER
 from digitrec.number_strings import compose, photograph
 from digitrec.person_style import encode, number_image
-from digitrec.reading import MAX_DIGITS, Reading, draw_segments, read, sure_and_not, uncalibrated_confidence
+from digitrec.reading import (
+    MAX_DIGITS,
+    Reading,
+    doubted_digits,
+    draw_segments,
+    read,
+    sure_and_not,
+    uncalibrated_confidence,
+    uncalibrated_unsure_below,
+)
 from digitrec.recognizer import UNSURE_BELOW, Recognizer
 from digitrec.tasks import NUMBERS
 
@@ -203,3 +212,14 @@ def test_the_bundled_readers_calibration_is_the_recorded_one():
     assert (calibration.temperature, calibration.unsure_below) == (1.33226, 0.709491)
     measured = calibration.record["validation"]
     assert measured["readings"] == 4200 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
+
+
+@pytest.mark.parametrize("temperature, unsure_below", [(1.0, 0.8), (1.33226, 0.709491), (0.4, 0.99), (3.0, 0.2)])
+def test_a_digit_is_marked_when_alone_it_would_make_the_number_unsure(temperature, unsure_below):
+    calibration = confidence.Calibration(temperature, unsure_below, calibrated=True)
+    level = uncalibrated_unsure_below(calibration)
+    calibrated = calibration.probabilities(sure_and_not(level))[0, 0]
+    assert calibrated == pytest.approx(unsure_below, abs=1e-9)  # the threshold, on the uncalibrated scale
+    assert calibration.unsure(calibration.probabilities(sure_and_not(level * 0.999))[0, 0])
+    assert doubted_digits([0.999, level * 0.99, 0.999], calibration) == {1}
+    assert doubted_digits([0.999, min(1.0, level * 1.001), 0.9995], calibration) == {1}  # none alone: the least sure

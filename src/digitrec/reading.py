@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from digitrec import number_strings
+from digitrec.confidence import Calibration
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import Source, components, dilate, frame, ink_image, load_image
-from digitrec.recognizer import UNSURE_BELOW, Recognizer
+from digitrec.recognizer import Recognizer
 from digitrec.runtime import Runtime
 from digitrec.tasks import NUMBERS
 
@@ -54,7 +55,9 @@ class DigitReading:
     confidence: float  # the probability of `digit`
     alternatives: list[tuple[int, float]]  # the next likeliest digits with their probabilities
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
-    unsure: bool  # marked when the reading is unsure: below recognizer.UNSURE_BELOW, or else the least sure digit
+    unsure: (
+        bool  # marked when the reading is unsure: alone it would make the number unsure, or it is the least sure digit
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
         calibration.probabilities(sure_and_not(uncalibrated_confidence(decoding, confidences)))[0, 0]
     )
     unsure = calibration.unsure(number_confidence)
-    doubted = doubted_digits(confidences) if unsure else set()
+    doubted = doubted_digits(confidences, calibration) if unsure else set()
     digits = [
         digit_reading(p, c, mask, to_original, index in doubted)
         for index, (p, c, mask) in enumerate(zip(probabilities, confidences, masks))
@@ -152,11 +155,21 @@ def sure_and_not(confidence: float) -> np.ndarray:
     return np.array([[math.log(confidence), math.log(1 - confidence)]])
 
 
-def doubted_digits(confidences: list[float]) -> set[int]:
-    """The digits to mark when a reading is unsure: those less sure than UNSURE_BELOW, or else the least
-    sure one (the doubt lies in the number of digits, or is spread over all of them)."""
-    doubted = {index for index, c in enumerate(confidences) if c < UNSURE_BELOW}
+def doubted_digits(confidences: list[float], calibration: Calibration) -> set[int]:
+    """The digits to mark when a reading is unsure: each one that alone would make the number unsure (less
+    sure than `uncalibrated_unsure_below`), or else the least sure one (the doubt lies in the number of
+    digits, or is spread over all of them)."""
+    below = uncalibrated_unsure_below(calibration)
+    doubted = {index for index, c in enumerate(confidences) if c < below}
     return doubted or {int(np.argmin(confidences))}
+
+
+def uncalibrated_unsure_below(calibration: Calibration) -> float:
+    """The uncalibrated confidence that `calibration` turns into its threshold (`sure_and_not` inverted: the
+    odds c / (1 - c) to the power 1/T are the calibrated odds)."""
+    threshold = min(max(calibration.unsure_below, 1e-12), 1 - 1e-12)
+    odds = (threshold / (1 - threshold)) ** calibration.temperature
+    return odds / (1 + odds)
 
 
 def working_ink(image: Image.Image, name: str) -> np.ndarray:

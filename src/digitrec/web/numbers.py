@@ -7,7 +7,6 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from digitrec.reading import read as read_number
-from digitrec.recognizer import UNSURE_BELOW
 from digitrec.web.http import IMAGE_BODY, IMAGE_ERRORS, on_image
 
 router = APIRouter()
@@ -40,8 +39,8 @@ class ReadingOut(BaseModel):
     openapi_extra=IMAGE_BODY,
     description="Read a whole number, left to right. Each digit has its box in the image's pixels. `confidence` is "
     "the calibrated chance that the whole reading is right (a digit missed or two read as one included); "
-    f"`unsure` marks a reading below the reader's threshold, and in it the digits below {UNSURE_BELOW} "
-    "(or else the least sure one).",
+    "`unsure` marks a reading below the reader's threshold, and in it each digit that alone would make the "
+    "number unsure (or else the least sure one).",
 )
 async def read(request: Request):
     reading = await on_image(
