@@ -188,7 +188,14 @@ def test_a_digit_written_fainter_than_its_neighbours_is_read_not_dropped_as_spec
         truths.append("".join(str(labels[c]) for c in chosen))
         texts.append(read_number(photograph(row, rng)).text)
     right = sum(t == r for t, r in zip(texts, truths))
-    assert right >= 11, list(zip(texts, truths))  # 13 measured; 5 before faint marks and strokes were kept
+    assert right >= 10, list(zip(texts, truths))  # 12 measured; 5 before faint marks and strokes were kept
+
+
+def test_a_faint_smudge_beside_a_number_is_no_digit(read_number, test_digits):
+    row = compose(first_of("7210", *test_digits), "separate", np.random.default_rng(0))
+    smudged = np.pad(row, ((0, 0), (0, 30)))
+    smudged[4:24, -26:-6] = 0.2  # a grey patch as tall as the digits, fainter than any ink of theirs
+    assert read_number(paper(smudged)).text == read_number(paper(row)).text == "7210"
 
 
 def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
@@ -209,7 +216,7 @@ def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
 def test_the_bundled_readers_calibration_is_the_recorded_one():
     calibration = confidence.load(BUNDLED_READER)
     assert calibration.calibrated
-    assert (calibration.temperature, calibration.unsure_below) == (1.33226, 0.709491)
+    assert (calibration.temperature, calibration.unsure_below) == (1.33233, 0.709482)
     measured = calibration.record["validation"]
     assert measured["readings"] == 4200 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
 
@@ -223,3 +230,10 @@ def test_a_digit_is_marked_when_alone_it_would_make_the_number_unsure(temperatur
     assert calibration.unsure(calibration.probabilities(sure_and_not(level * 0.999))[0, 0])
     assert doubted_digits([0.999, level * 0.99, 0.999], calibration) == {1}
     assert doubted_digits([0.999, min(1.0, level * 1.001), 0.9995], calibration) == {1}  # none alone: the least sure
+
+
+def test_the_threshold_inverted_at_its_extremes_is_no_overflow():
+    for temperature in (0.05, 1.0, 20.0, 1e6):
+        for threshold, expected in ((0.0, 0.0), (1.0, 1.0), (1e-300, None), (1 - 1e-16, None)):
+            level = uncalibrated_unsure_below(confidence.Calibration(temperature, threshold, calibrated=True))
+            assert 0 <= level <= 1 and (expected is None or level == expected)

@@ -208,11 +208,10 @@ def marks_above(grey: np.ndarray, floor: float, low: float, peak: float) -> np.n
     `low`) that reach above `floor`: a hysteresis threshold, as edge detectors use; one threshold when
     `low` is `floor`."""
     if low >= floor:
-        return np.clip((grey - floor) / (peak - floor), 0, 1)
+        return np.clip((grey - floor) / (peak - floor), 0, 1).astype(np.float32, copy=False)
     labels, count = ndimage.label(grey > low, structure=np.ones((3, 3), bool))
-    reaching = np.zeros(count + 1, bool)
+    reaching = np.zeros(count + 1, bool)  # by label; 0, the background, is never above `floor`
     reaching[labels[grey > floor]] = True
-    reaching[0] = False
     return np.where(reaching[labels], np.clip((grey - low) / (peak - low), 0, 1), 0).astype(np.float32)
 
 

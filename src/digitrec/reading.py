@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from digitrec import number_strings
 from digitrec.confidence import Calibration
@@ -55,9 +56,7 @@ class DigitReading:
     confidence: float  # the probability of `digit`
     alternatives: list[tuple[int, float]]  # the next likeliest digits with their probabilities
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
-    unsure: (
-        bool  # marked when the reading is unsure: alone it would make the number unsure, or it is the least sure digit
-    )
+    unsure: bool  # when the reading is unsure: alone it would make it unsure, or it is the least sure digit
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,8 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
     if len(kept) > MAX_MARKS:  # before anything is read: noise must not cost minutes
         raise ImageError(f"{name}: {len(kept)} separate marks: too many for a number of at most {MAX_DIGITS} digits")
     labels = np.where(np.isin(labels, kept), labels, -1)
-    near_kept = marks | (dilate((labels >= 0).astype(np.float32), 1) > 0)  # with the faint edge of each stroke
+    # the kept marks' faint ink (a thin stroke's fainter stretches) and a pixel of faint edge around each stroke
+    near_kept = marks | (dilate((labels >= 0).astype(np.float32), 1) > 0)
     framed = number_strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
     if framed.pixels.shape[1] > MAX_STRIP_WIDTH:
         raise ImageError(f"{name}: the writing is too long for a number of at most {MAX_DIGITS} digits")
@@ -167,9 +167,11 @@ def doubted_digits(confidences: list[float], calibration: Calibration) -> set[in
 def uncalibrated_unsure_below(calibration: Calibration) -> float:
     """The uncalibrated confidence that `calibration` turns into its threshold (`sure_and_not` inverted: the
     odds c / (1 - c) to the power 1/T are the calibrated odds)."""
-    threshold = min(max(calibration.unsure_below, 1e-12), 1 - 1e-12)
-    odds = (threshold / (1 - threshold)) ** calibration.temperature
-    return odds / (1 + odds)
+    threshold = calibration.unsure_below
+    if threshold <= 0 or threshold >= 1:
+        return float(threshold >= 1)
+    log_odds = calibration.temperature * (math.log(threshold) - math.log1p(-threshold))
+    return 1 / (1 + math.exp(-log_odds)) if log_odds >= 0 else math.exp(log_odds) / (1 + math.exp(log_odds))
 
 
 def working_ink(image: Image.Image, name: str) -> np.ndarray:
@@ -217,9 +219,16 @@ def number_height(boxes: np.ndarray) -> float:
 
 def marks_not_specks(ink: np.ndarray, height: float) -> np.ndarray:
     """Where the ink (down to FAINT_LEVEL) forms marks that are not specks: a digit written in a thinner or
-    fainter stroke than its neighbours breaks into speck-sized pieces at INK_LEVEL, but is one mark here."""
+    fainter stroke than its neighbours breaks into speck-sized pieces at INK_LEVEL, but is one mark here.
+    A mark is judged by the extent of its ink at INK_LEVEL, so a faint smudge with none is no digit."""
     labels, boxes = components(ink >= FAINT_LEVEL)
-    sides = np.maximum(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2])
+    strong = np.where(ink >= INK_LEVEL, labels + 1, 0)
+    sides = np.array(
+        [
+            0 if found is None else max(s.stop - s.start for s in found)
+            for found in ndimage.find_objects(strong, len(boxes))
+        ]
+    )
     return np.isin(labels, np.nonzero(sides >= SPECK_SIDE * height)[0])
 
 
