@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from digitrec import number_strings
-from digitrec.confidence import Calibration
+from digitrec.confidence import UNCALIBRATED, Calibration
 from digitrec.errors import ImageError, ModelError
 from digitrec.preprocess import Source, components, dilate, frame, ink_image, load_image
 from digitrec.recognizer import Recognizer
@@ -165,13 +165,12 @@ def doubted_digits(confidences: list[float], calibration: Calibration) -> set[in
 
 
 def uncalibrated_unsure_below(calibration: Calibration) -> float:
-    """The uncalibrated confidence that `calibration` turns into its threshold (`sure_and_not` inverted: the
-    odds c / (1 - c) to the power 1/T are the calibrated odds)."""
+    """The uncalibrated confidence that `calibration` turns into its threshold: calibrating divides the two
+    logits of `sure_and_not` by T before the softmax, so the threshold's logits times T undo it."""
     threshold = calibration.unsure_below
     if threshold <= 0 or threshold >= 1:
         return float(threshold >= 1)
-    log_odds = calibration.temperature * (math.log(threshold) - math.log1p(-threshold))
-    return 1 / (1 + math.exp(-log_odds)) if log_odds >= 0 else math.exp(log_odds) / (1 + math.exp(log_odds))
+    return float(UNCALIBRATED.probabilities(sure_and_not(threshold) * calibration.temperature)[0, 0])
 
 
 def working_ink(image: Image.Image, name: str) -> np.ndarray:
