@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from digitrec import number_strings
-from digitrec.reading import components
+from digitrec.preprocess import components
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ Owns three things about a written number as a row of digits:
   drifting or stepping by up to 15 % of a digit's height, one slant for the whole number up to ±15°;
   and rendered like a person's photo or scan (`photograph`). The reader trains on a mixture of these
   (`MIXTURES`, `random_batch`); the tests and bench/read_numbers.py measure on each kind (`CLASSES`);
+- finding a number's marks in an ink map, specks left out (`number_marks`): `read` and the reader's
+  training photos alike;
 - framing any row of ink as the reader's input (`strip`): the digits scaled to MNIST's 20-px height in a
   strip 32 px high, each group of columns centred vertically, its width a multiple of the reader's column
   step; training frames its rows and `numbers` frames a person's ink with this same function;
 - decoding the reader's output (`decode`): per-column scores over blank + ten digits (CTC) -> digits, each
   with the columns it was read from.
-Only numpy and Pillow (and preprocess's ink finder): reading a number needs no torch. Not owned here: the reader model (models), its
+Only numpy, scipy and Pillow (and preprocess's ink finder): reading a number needs no torch. Not owned here: the reader model (models), its
 training loop (train), finding the number in a person's image (numbers).
 """
 
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy import ndimage
 
 from digitrec.errors import ImageError
-from digitrec.preprocess import dilate, ink_image
+from digitrec.preprocess import components, dilate, ink_image
 
 SPACINGS = ("separate", "close", "touching", "overlapping", "overlapping hard")
 # - separate: 3-8 px between the digits' boxes
@@ -49,7 +52,9 @@ GROUP_GAP = 0.1  # a gap of fewer empty columns than this share of a digit's hei
 MAX_GAP = 16  # px: a wider gap between groups is narrowed to this in the strip (about 0.8 of a digit's height)
 BLANK = 0  # the reader's class for "no new digit here"; digit d is class d + 1
 THICK_PEN = 0.25  # share of training strings drawn with a thicker pen (a 3x3 dilation mixed in at half strength)
-PHOTO_INK = 0.25  # as reading.INK_LEVEL: in a photo's ink map, what counts as ink (with a pixel of faint edge)
+INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding a number's marks
+FAINT_LEVEL = 0.1  # and when telling specks from marks (chosen on photographed strings of validation digits)
+SPECK_SIDE = 0.25  # a mark smaller than this share of the number's height both ways is a speck (dust, a point)
 MAX_TRAINING_LENGTH = 12  # training strings have 1-8 digits, and one in LONG_SHARE 9 to this many
 LONG_SHARE = 0.1
 TRAINING_HEIGHTS = (0.9, 1.15)  # a training string's digits are scaled to DIGIT_HEIGHT divided by a share in this range
@@ -328,15 +333,56 @@ def photograph(row: np.ndarray, rng: np.random.Generator, scale: float | None = 
 
 
 def found_ink(photo: bytes) -> tuple[np.ndarray, float]:
-    """The ink the ink finder finds in a photographed row, as `read` frames it: at most
-    PHOTO_WORKING_HEIGHT high, with what is not near ink set to paper (white on black, 0..1); and the
-    factor by which the photo was shrunk to find it."""
+    """The number's ink that `read` finds in a photographed row: at most PHOTO_WORKING_HEIGHT high, its
+    marks' ink only (`number_marks`; white on black, 0..1); and the factor by which the photo was shrunk."""
     image = Image.open(io.BytesIO(photo))
     ink = ink_image(image, "photo", (image.width, PHOTO_WORKING_HEIGHT))
-    return (
-        np.where(dilate((ink >= PHOTO_INK).astype(np.float32), 1) > 0, ink, 0).astype(np.float32),
-        ink.shape[0] / image.height,
+    return number_marks(ink, "photo").ink, ink.shape[0] / image.height
+
+
+@dataclass(frozen=True)
+class Marks:
+    """A number's marks in an ink map: its components of ink at INK_LEVEL that are not specks."""
+
+    labels: np.ndarray  # (H, W) int: each pixel's mark, -1 where there is none
+    count: int
+    height: float  # px: a digit's height here (`number_height`)
+    ink: np.ndarray  # (H, W) float32: the marks' ink with their fainter stretches and a pixel of faint edge
+
+
+def number_marks(ink: np.ndarray, name: str) -> Marks:
+    """The marks of the number in `ink` (an ink map, 0..1); raises `ImageError` when it holds no ink."""
+    labels, boxes = components(ink >= INK_LEVEL)
+    if not len(boxes):
+        raise ImageError(f"{name}: no digits found (the image is blank or nearly blank)")
+    height = number_height(boxes)
+    marks = marks_not_specks(ink, height)
+    kept = np.unique(labels[marks & (labels >= 0)])
+    labels = np.where(np.isin(labels, kept), labels, -1)
+    # the kept marks' faint ink (a thin stroke's fainter stretches) and a pixel of faint edge around each stroke
+    near_kept = marks | (dilate((labels >= 0).astype(np.float32), 1) > 0)
+    return Marks(labels, len(kept), height, np.where(near_kept, ink, 0).astype(np.float32))
+
+
+def number_height(boxes: np.ndarray) -> float:
+    """The height of a digit here: the median height of the components at least half as tall as the tallest."""
+    heights = boxes[:, 1] - boxes[:, 0]
+    return float(np.median(heights[heights >= heights.max() / 2]))
+
+
+def marks_not_specks(ink: np.ndarray, height: float) -> np.ndarray:
+    """Where the ink (down to FAINT_LEVEL) forms marks that are not specks: a digit written in a thinner or
+    fainter stroke than its neighbours breaks into speck-sized pieces at INK_LEVEL, but is one mark here.
+    A mark is judged by the extent of its ink at INK_LEVEL, so a faint smudge with none is no digit."""
+    labels, boxes = components(ink >= FAINT_LEVEL)
+    strong = np.where(ink >= INK_LEVEL, labels + 1, 0)
+    sides = np.array(
+        [
+            0 if found is None else max(s.stop - s.start for s in found)
+            for found in ndimage.find_objects(strong, len(boxes))
+        ]
     )
+    return np.isin(labels, np.nonzero(sides >= SPECK_SIDE * height)[0])
 
 
 @dataclass(frozen=True)

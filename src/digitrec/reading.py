@@ -5,8 +5,8 @@
     reading.text, reading.confidence, reading.unsure, reading.digits[0].box
 
 Owns finding the number in a person's image and turning the number reader's answer into digits with
-boxes: the ink map (preprocess) at a working resolution, its 8-connected components, specks dropped;
-the rest framed as one strip (number_strings.strip) and read whole by the number reader, a CNN trained with
+boxes: the ink map (preprocess) at a working resolution, its marks with specks dropped (number_strings.
+number_marks, as the reader's training photos are framed), framed as one strip (number_strings.strip) and read whole by the number reader, a CNN trained with
 CTC on strings of training digits (models.NumberReader), so touching and overlapping digits need no
 cutting; each digit it reads is then given the ink around its place in the strip (whole components
 where one lies mostly within it) as its box. A digit that is one or more whole components of its own is
@@ -17,7 +17,7 @@ reading of every length (number_strings.decode_lengths); the reading's confidenc
 number of digits is right (against the likeliest reading of every other length: a digit missed or two
 merged) times each digit's, calibrated on validation strings of every kind of writing by the reader's
 calibration.json (confidence.py, fitted by bench/calibrate_reader.py), whose threshold sets `unsure`.
-Not owned here: decoding images and the ink map (preprocess), strips and CTC decoding (number_strings),
+Not owned here: decoding images and the ink map (preprocess), marks, strips and CTC decoding (number_strings),
 loading the models (runtime, recognizer).
 """
 
@@ -27,12 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from digitrec import number_strings
 from digitrec.confidence import UNCALIBRATED, Calibration
 from digitrec.errors import ImageError, ModelError
-from digitrec.preprocess import Source, components, dilate, frame, ink_image, load_image
+from digitrec.preprocess import Source, frame, ink_image, load_image
 from digitrec.recognizer import Recognizer
 from digitrec.runtime import Runtime
 from digitrec.tasks import NUMBERS
@@ -42,10 +41,6 @@ MAX_MARKS = 4 * MAX_DIGITS  # separate marks (not specks) beyond this are refuse
 WORKING_HEIGHT = 128  # px: taller images are shrunk to this first (a digit needs ~20 px; more is slower)
 MAX_WORKING_PIXELS = 1_000_000  # and very wide ones until they hold at most this many pixels
 MAX_STRIP_WIDTH = 3 * number_strings.DIGIT_HEIGHT * MAX_DIGITS  # px: a strip wider than this holds too long a number
-INK_LEVEL = 0.25  # on the ink map's 0..1, what counts as ink when finding components
-FAINT_LEVEL = 0.1  # and when telling specks from marks (chosen on photographed strings of validation digits)
-# a share of the number's height (the median height of its taller components):
-SPECK_SIDE = 0.25  # a component smaller than this both ways is a speck (dust, a decimal point): ignored
 WHOLE_SHARE = 0.75  # a component with at least this share of its ink in one digit's place is that digit's, whole
 ALTERNATIVES = 3  # the likeliest other digits reported for each digit
 
@@ -92,18 +87,11 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
         raise ModelError(f"{reader.info.get('weights')}: not a number reader (it reads {reader.task.name})")
     image = load_image(source, name)
     ink = working_ink(image, name)
-    labels, boxes = components(ink >= INK_LEVEL)
-    if not len(boxes):
-        raise ImageError(f"{name}: no digits found (the image is blank or nearly blank)")
-    height = number_height(boxes)
-    marks = marks_not_specks(ink, height)
-    kept = sorted(np.unique(labels[marks & (labels >= 0)]).tolist(), key=lambda i: boxes[i, 2] + boxes[i, 3])
-    if len(kept) > MAX_MARKS:  # before anything is read: noise must not cost minutes
-        raise ImageError(f"{name}: {len(kept)} separate marks: too many for a number of at most {MAX_DIGITS} digits")
-    labels = np.where(np.isin(labels, kept), labels, -1)
-    # the kept marks' faint ink (a thin stroke's fainter stretches) and a pixel of faint edge around each stroke
-    near_kept = marks | (dilate((labels >= 0).astype(np.float32), 1) > 0)
-    framed = number_strings.strip(np.where(near_kept, ink, 0).astype(np.float32), height)
+    marks = number_strings.number_marks(ink, name)
+    if marks.count > MAX_MARKS:  # before anything is read: noise must not cost minutes
+        raise ImageError(f"{name}: {marks.count} separate marks: too many for a number of at most {MAX_DIGITS} digits")
+    labels = marks.labels
+    framed = number_strings.strip(marks.ink, marks.height)
     if framed.pixels.shape[1] > MAX_STRIP_WIDTH:
         raise ImageError(f"{name}: the writing is too long for a number of at most {MAX_DIGITS} digits")
     decoding = number_strings.decode_lengths(reader.probabilities(framed.pixels[None, None])[0])
@@ -208,27 +196,6 @@ def digit_masks(
             mask[labels.shape[0] // 2, int(np.clip(low, 0, labels.shape[1] - 1)) : max(int(high), int(low) + 1)] = True
             alone[index] = False
     return masks, alone
-
-
-def number_height(boxes: np.ndarray) -> float:
-    """The height of a digit here: the median height of the components at least half as tall as the tallest."""
-    heights = boxes[:, 1] - boxes[:, 0]
-    return float(np.median(heights[heights >= heights.max() / 2]))
-
-
-def marks_not_specks(ink: np.ndarray, height: float) -> np.ndarray:
-    """Where the ink (down to FAINT_LEVEL) forms marks that are not specks: a digit written in a thinner or
-    fainter stroke than its neighbours breaks into speck-sized pieces at INK_LEVEL, but is one mark here.
-    A mark is judged by the extent of its ink at INK_LEVEL, so a faint smudge with none is no digit."""
-    labels, boxes = components(ink >= FAINT_LEVEL)
-    strong = np.where(ink >= INK_LEVEL, labels + 1, 0)
-    sides = np.array(
-        [
-            0 if found is None else max(s.stop - s.start for s in found)
-            for found in ndimage.find_objects(strong, len(boxes))
-        ]
-    )
-    return np.isin(labels, np.nonzero(sides >= SPECK_SIDE * height)[0])
 
 
 def digit_reading(
