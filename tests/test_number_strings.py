@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from digitrec import number_strings
-from digitrec.preprocess import components
+from digitrec.preprocess import components, dilate
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,18 @@ def test_a_photographed_number_is_a_jpeg_whose_ink_the_ink_finder_finds(validati
     ink, shrunk = number_strings.found_ink(photo)
     assert ink.shape[0] == number_strings.PHOTO_WORKING_HEIGHT and 0 < shrunk < 1
     assert ink_components(ink) >= 2  # the digits, not a blank page
+
+
+def test_a_training_photo_keeps_a_faint_digits_faint_ink_as_read_does(validation_digits):
+    images, _ = validation_digits
+    rng = np.random.default_rng(2)
+    digits = [images[i] for i in range(4)]
+    digits[2] = digits[2] * 0.4  # one digit in a lighter stroke than its neighbours
+    ink, _ = number_strings.found_ink(
+        number_strings.photograph(number_strings.compose(digits, "separate", rng), rng, 4.0)
+    )
+    beyond_edge = (ink > 0) & (ink < number_strings.INK_LEVEL) & ~(dilate(ink >= number_strings.INK_LEVEL, 1) > 0)
+    assert beyond_edge.sum() >= 20  # its fainter stretches, more than a pixel from the ink at INK_LEVEL
 
 
 def test_every_kind_of_writing_is_made_and_an_unknown_one_is_refused(validation_digits):
