@@ -316,6 +316,17 @@ def test_printed_lines_are_taken_away_but_a_tightly_cropped_stroke_is_kept():
     assert preprocess.ink_map(one)[:, 13:17].min() > 0.9
 
 
+def test_columns_a_shade_brighter_are_no_printed_line_but_a_faint_line_is():
+    page = np.full((128, 200), 0.1, np.float32)  # ink bright on dark paper, as without_printed_lines sees it
+    page[40:90, 60:80] = 0.9  # writing
+    shaded = page.copy()
+    shaded[:, 5:8] += 0.03  # three columns a shade off the rest of the page (a JPEG's blocks, the light)
+    assert preprocess.without_printed_lines(shaded) is shaded
+    lined = page.copy()
+    lined[:, 150] += 0.06  # a faint printed line
+    assert np.allclose(preprocess.without_printed_lines(lined)[:, 150], 0.1)
+
+
 def test_a_stroke_fading_out_of_a_dark_one_is_ink_but_paper_texture_as_faint_is_not():
     rng = np.random.default_rng(0)
     photo = (0.85 + rng.normal(0, 0.02, (200, 200))).astype(np.float32)  # noisy paper: floor 7 sigmas above it

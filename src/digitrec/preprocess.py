@@ -50,7 +50,9 @@ LIGHT_PERCENTILE = 97  # a cell's paper: its bright level (ink and printed lines
 UNEVEN_LIGHT = 0.06  # paper whose light varies by less than this share (10th to 90th percentile of the cells) is left
 INK_CELL = 0.5  # a cell darker than this share of the brightest cell near it is covered by ink, not in shadow
 LINE_SHARE = 0.9  # a row or column bright over at least this share of its length holds a printed line
-LINE_EXCESS = 0.02  # ...bright by at least this much above the paper (on 0..1)
+# ...bright by at least this much above the paper (on 0..1): in photos of plain paper a few columns stand 0.02-0.03
+# above the rest (JPEG, the light), the faintest lines person_style draws 0.06 (0.04 chosen on validation photos)
+LINE_EXCESS = 0.04
 LINE_THICKNESS = 0.04  # ...and no thicker than this share of its length
 SPECK_SHARE = 0.25  # a separate mark smaller both ways than this share of the largest one's longer side is a speck
 FAINT_SHARE = 0.35  # ink fainter than this (the brightest is 1) is no ink unless it edges a stroke...
