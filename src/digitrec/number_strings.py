@@ -1,6 +1,6 @@
 """Numbers written with MNIST digits, as the number reader sees them: made, framed and decoded.
 
-Owns three things about a written number as a row of digits:
+Owns four things about a written number as a row of digits:
 - making one from MNIST digits (`compose`): each digit cropped to its ink, scaled by up to ±10 %, slanted
   by up to ±8°, set on a baseline jittered by up to ±2 px (all at MNIST's 28-px scale), with one of five
   spacings; or as people write (`Hand`): heights within the number differing by up to ±20 %, the baseline
@@ -14,8 +14,9 @@ Owns three things about a written number as a row of digits:
   step; training frames its rows and `numbers` frames a person's ink with this same function;
 - decoding the reader's output (`decode`): per-column scores over blank + ten digits (CTC) -> digits, each
   with the columns it was read from.
-Only numpy, scipy and Pillow (and preprocess's ink finder): reading a number needs no torch. Not owned here: the reader model (models), its
-training loop (train), finding the number in a person's image (numbers).
+Only numpy, scipy and Pillow (and preprocess's ink finder): reading a number needs no torch. Not owned
+here: the reader model (models), its training loop (train), reading the number in a person's image and
+giving each digit its box (reading).
 """
 
 import io

@@ -5,11 +5,12 @@
     reading.text, reading.confidence, reading.unsure, reading.digits[0].box
 
 Owns finding the number in a person's image and turning the number reader's answer into digits with
-boxes: the ink map (preprocess) at a working resolution, its marks with specks dropped (number_strings.
-number_marks, as the reader's training photos are framed), framed as one strip (number_strings.strip) and read whole by the number reader, a CNN trained with
-CTC on strings of training digits (models.NumberReader), so touching and overlapping digits need no
-cutting; each digit it reads is then given the ink around its place in the strip (whole components
-where one lies mostly within it) as its box. A digit that is one or more whole components of its own is
+boxes: the ink map (preprocess) at a working resolution, its marks with specks dropped
+(number_strings.number_marks, as the reader's training photos are framed), framed as one strip
+(number_strings.strip) and read whole by the number reader, a CNN trained with CTC on strings of
+training digits (models.NumberReader), so touching and overlapping digits need no cutting; each digit
+it reads is then given the ink around its place in the strip (whole components where one lies mostly
+within it) as its box. A digit that is one or more whole components of its own is
 also read by the digit model, framed as `predict` frames a lone digit (preprocess.frame, one code
 path), and the two readings' probabilities are multiplied (chosen on strings of validation digits:
 see the README). The reader's answer is decoded by a prefix beam search that keeps the likeliest
