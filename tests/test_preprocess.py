@@ -304,6 +304,21 @@ def test_digits_on_ruled_and_squared_paper_are_read_right_through_predict(mnist,
     assert accuracy >= 0.98, accuracy
 
 
+def test_components_label_every_pixel_of_the_mask_and_box_each_one():
+    rng = np.random.default_rng(0)
+    blob = np.zeros((40, 60), bool)
+    blob[5:30, 10:12] = blob[28:30, 10:50] = True  # one 8-connected mark (the fast path)
+    masks = [np.zeros((40, 60), bool), blob] + [rng.random((40, 60)) < share for share in (0.002, 0.05, 0.5)]
+    for mask in masks:
+        labels, boxes = preprocess.components(mask)
+        assert labels.dtype == np.int32 and np.array_equal(labels >= 0, mask)
+        assert len(boxes) == len(np.unique(labels[mask])) and boxes.shape[1:] == (5,)
+        for index, box in enumerate(boxes):
+            rows, columns = np.nonzero(labels == index)
+            assert box.tolist() == [rows.min(), rows.max() + 1, columns.min(), columns.max() + 1, len(rows)]
+    assert len(preprocess.components(blob)[1]) == 1
+
+
 def test_printed_lines_are_taken_away_but_a_tightly_cropped_stroke_is_kept():
     lined = np.full((200, 200), 0.9, np.float32)
     lined[::40] = 0.6  # ruled lines every 40 px

@@ -330,9 +330,11 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """8-connected components of `mask`: a label image (-1 off the mask; components numbered in the order
     a row-major scan meets them) and each one's box as rows of (top, bottom, left, right, area), bottom
     and right exclusive."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if count == 0:
-        return np.full(mask.shape, -1, np.int32), np.zeros((0, 5), np.int64)
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool), output=np.int32)
+    if count <= 1:  # most images of one digit: its box from the mask, without scanning the labels again
+        rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        boxes = [[rows[0], rows[-1] + 1, columns[0], columns[-1] + 1, np.count_nonzero(mask)]] if count else []
+        return labels - 1, np.array(boxes, np.int64).reshape(-1, 5)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     boxes = np.array(
         [
@@ -341,7 +343,7 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ],
         np.int64,
     )
-    return (labels - 1).astype(np.int32), boxes
+    return labels - 1, boxes
 
 
 def stroke_width(ink: np.ndarray) -> float:
