@@ -304,6 +304,16 @@ def test_digits_on_ruled_and_squared_paper_are_read_right_through_predict(mnist,
     assert accuracy >= 0.98, accuracy
 
 
+def test_bright_levels_are_each_cells_percentile():
+    rng = np.random.default_rng(0)
+    for side in (8, 13, 18):
+        cells = rng.random((6, 7, side * side)).astype(np.float32)
+        cells[rng.random(cells.shape) < rng.random((6, 7, 1)) * 0.1] = 1.0  # paper at 1.0 in some cells
+        expected = np.percentile(cells, preprocess.LIGHT_PERCENTILE, axis=2).astype(np.float32)
+        assert np.array_equal(preprocess.bright_levels(cells), expected)
+        assert (expected == 1.0).any() and (expected < 1.0).any()  # both kinds of cell were there
+
+
 def test_components_label_every_pixel_of_the_mask_and_box_each_one():
     rng = np.random.default_rng(0)
     blob = np.zeros((40, 60), bool)
