@@ -352,6 +352,13 @@ def test_columns_a_shade_brighter_are_no_printed_line_but_a_faint_line_is():
     assert np.allclose(preprocess.without_printed_lines(lined)[:, 150], 0.1)
 
 
+def test_the_ink_map_of_float64_levels_is_that_of_float32_ones():
+    rng = np.random.default_rng(0)
+    photo = 0.85 + rng.normal(0, 0.02, (60, 60))  # noisy paper: the median-filtered path
+    photo[15:45, 25:32] = 0.1
+    assert np.array_equal(preprocess.ink_map(photo), preprocess.ink_map(photo.astype(np.float32)))
+
+
 def test_a_stroke_fading_out_of_a_dark_one_is_ink_but_paper_texture_as_faint_is_not():
     rng = np.random.default_rng(0)
     photo = (0.85 + rng.normal(0, 0.02, (200, 200))).astype(np.float32)  # noisy paper: floor 7 sigmas above it

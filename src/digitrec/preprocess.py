@@ -178,7 +178,8 @@ def ink_map(grey: np.ndarray) -> np.ndarray:
     """White ink on black, 0..1, with the paper at exactly 0: the one finder of ink, for `predict`, the pad,
     `explain` and `read` alike. Paper is everything that is not the writing: its tone and texture, uneven
     light and shadows (`even_light`), a notebook's printed lines (`without_printed_lines`), faint noise
-    (the floor below) and specks of dust (`without_specks`)."""
+    (the floor below) and specks of dust (`without_specks`). `grey`: (H, W) levels in 0..1, any float type."""
+    grey = np.asarray(grey, dtype=np.float32)  # Pillow's "F" images (the median filter) read float32 bytes
     border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
     light_evened = False
     paper = float(np.median(border))
