@@ -85,10 +85,29 @@ def test_fitting_recovers_the_temperature_that_made_the_scores():
     assert confidence.fit_temperature(true_logits * 2.5, labels) == pytest.approx(2.5, rel=0.05)
 
 
+def test_platt_scaling_recovers_the_temperature_and_shift_that_made_two_way_scores():
+    rng = np.random.default_rng(0)
+    log_odds = rng.normal(2.0, 2.5, 50_000)  # the uncalibrated confidences' log-odds
+    right = rng.random(len(log_odds)) < 1 / (1 + np.exp(-(log_odds / 1.7 + 0.5)))
+    temperature, bias = confidence.fit_platt(1 / (1 + np.exp(-log_odds)), right)
+    assert temperature == pytest.approx(1.7, rel=0.05) and bias == pytest.approx(0.5, abs=0.05)
+    calibrated = confidence.Calibration(temperature, bias=bias).probabilities(np.stack([log_odds, 0 * log_odds], 1))
+    assert confidence.expected_calibration_error(calibrated[:, 0], right) < 0.01
+    assert confidence.expected_calibration_error(1 / (1 + np.exp(-log_odds)), right) > 0.05
+
+
+def test_a_calibration_file_written_before_the_bias_reads_as_no_shift():
+    calibration = confidence.parse('{"version": 1, "temperature": 1.3, "unsure_below": 0.7}')
+    assert calibration.bias == 0.0 and calibration.calibrated
+    assert confidence.parse(confidence.Calibration(1.3, 0.7, True, {}, -0.25).as_json()).bias == -0.25
+
+
 @pytest.mark.parametrize(
     "content",
     [
         None,
+        '{"version": 1, "temperature": 1, "bias": NaN, "unsure_below": 0.9}',
+        '{"version": 1, "temperature": 1, "bias": "0.5", "unsure_below": 0.9}',
         "{not json",
         '{"version": 1, "temperature": -3, "unsure_below": 0.9}',
         '{"version": 1, "temperature": NaN, "unsure_below": 0.9}',

@@ -216,14 +216,17 @@ def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
 def test_the_bundled_readers_calibration_is_the_recorded_one():
     calibration = confidence.load(BUNDLED_READER)
     assert calibration.calibrated
-    assert (calibration.temperature, calibration.unsure_below) == (1.34201, 0.708153)
+    assert (calibration.temperature, calibration.bias, calibration.unsure_below) == (1.62385, 0.39626, 0.767787)
     measured = calibration.record["validation"]
-    assert measured["readings"] == 4200 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
+    assert measured["readings"] == 14_000 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
+    assert measured["ece"] < 0.01 < measured["ece_uncalibrated"]
 
 
-@pytest.mark.parametrize("temperature, unsure_below", [(1.0, 0.8), (1.34201, 0.708153), (0.4, 0.99), (3.0, 0.2)])
-def test_a_digit_is_marked_when_alone_it_would_make_the_number_unsure(temperature, unsure_below):
-    calibration = confidence.Calibration(temperature, unsure_below, calibrated=True)
+@pytest.mark.parametrize(
+    "temperature, unsure_below, bias", [(1.0, 0.8, 0.0), (1.7, 0.7, 0.49), (0.4, 0.99, -2.0), (3.0, 0.2, 1.0)]
+)
+def test_a_digit_is_marked_when_alone_it_would_make_the_number_unsure(temperature, unsure_below, bias):
+    calibration = confidence.Calibration(temperature, unsure_below, calibrated=True, bias=bias)
     level = uncalibrated_unsure_below(calibration)
     calibrated = calibration.probabilities(sure_and_not(level))[0, 0]
     assert calibrated == pytest.approx(unsure_below, abs=1e-9)  # the threshold, on the uncalibrated scale
@@ -235,5 +238,7 @@ def test_a_digit_is_marked_when_alone_it_would_make_the_number_unsure(temperatur
 def test_the_threshold_inverted_at_its_extremes_is_no_overflow():
     for temperature in (0.05, 1.0, 20.0, 1e6):
         for threshold, expected in ((0.0, 0.0), (1.0, 1.0), (1e-300, None), (1 - 1e-16, None)):
-            level = uncalibrated_unsure_below(confidence.Calibration(temperature, threshold, calibrated=True))
-            assert 0 <= level <= 1 and (expected is None or level == expected)
+            for bias in (-confidence.MAX_BIAS, 0.0, confidence.MAX_BIAS):
+                calibration = confidence.Calibration(temperature, threshold, calibrated=True, bias=bias)
+                level = uncalibrated_unsure_below(calibration)
+                assert 0 <= level <= 1 and (expected is None or level == expected)

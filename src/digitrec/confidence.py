@@ -5,6 +5,8 @@ A model's raw softmax is over-confident on writing unlike its training data and 
 easy digits once trained with label smoothing. Temperature scaling (Guo et al. 2017) divides the logits
 by one number T, fitted on validation data to minimise the negative log-likelihood; it keeps every
 argmax and ranking and makes the top probability mean what it says (expected calibration error, ECE).
+A two-way score (a number reading: right or wrong) may also need a shift of its log-odds, which one T
+cannot give: Platt scaling (Platt 1999) fits T and that `bias` together (`fit_platt`).
 The `unsure` threshold is then chosen on the same validation readings as the highest confidence that
 still flags at most `FLAG_RIGHT_CHOSEN` of the right ones, and its catch of wrong ones is recorded (the issue's targets: >= 90 % of wrong readings flagged, <= 5 % of right ones).
 
@@ -40,6 +42,7 @@ FLAG_RIGHT_CHOSEN = 0.045
 ECE_BINS = 15  # equal-width confidence bins for the expected calibration error (Guo et al.'s choice)
 COVERAGES = (1.00, 0.99, 0.97, 0.95)  # shares of readings accepted in the coverage-against-error table
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0  # the search range for T (a file outside it is damaged)
+MAX_BIAS = 20.0  # a log-odds shift beyond this either way says a file is damaged
 
 
 class CalibrationWarning(UserWarning):
@@ -52,10 +55,13 @@ class Calibration:
     unsure_below: float = UNCALIBRATED_UNSURE_BELOW  # a calibrated confidence below this is flagged unsure
     calibrated: bool = False  # False: the fallback, no file was read
     record: dict = field(default_factory=dict)  # how it was fitted and what it measured (validation figures)
+    bias: float = 0.0  # added to the first logit after dividing by T: a two-way (right, wrong) score's log-odds shift
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(N, C) logits -> (N, C) calibrated probabilities, float64."""
         scaled = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.bias:
+            scaled[:, 0] += self.bias
         shifted = np.exp(scaled - scaled.max(1, keepdims=True))
         return shifted / shifted.sum(1, keepdims=True)
 
@@ -68,6 +74,7 @@ class Calibration:
         content = {
             "version": VERSION,
             "temperature": self.temperature,
+            "bias": self.bias,
             "unsure_below": self.unsure_below,
             "record": self.record,
         }
@@ -115,8 +122,13 @@ def parse(text: str) -> Calibration:
         raise ValueError(f"temperature {temperature!r} is not a number in {MIN_TEMPERATURE}..{MAX_TEMPERATURE}")
     if not isinstance(unsure_below, (int, float)) or not 0 <= unsure_below <= 1:
         raise ValueError(f"unsure_below {unsure_below!r} is not a number in 0..1")
+    bias = content.get("bias", 0.0)  # files written before Platt scaling have none
+    if not isinstance(bias, (int, float)) or not -MAX_BIAS <= bias <= MAX_BIAS:
+        raise ValueError(f"bias {bias!r} is not a number in {-MAX_BIAS}..{MAX_BIAS}")
     record = content.get("record", {})
-    return Calibration(float(temperature), float(unsure_below), True, record if isinstance(record, dict) else {})
+    return Calibration(
+        float(temperature), float(unsure_below), True, record if isinstance(record, dict) else {}, float(bias)
+    )
 
 
 def save(calibration: Calibration, model_path: str | Path) -> Path:
@@ -151,6 +163,33 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             b = low + ratio * (high - low)
             f_b = nll(b)
     return round(math.exp((low + high) / 2), 5)
+
+
+def fit_platt(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
+    """(T, bias) such that sigmoid(logit(confidence) / T + bias) best predicts `correct` (the mean negative
+    log-likelihood, convex in (1/T, bias): Newton's method, each step halved until the likelihood improves),
+    T kept within MIN_TEMPERATURE..MAX_TEMPERATURE."""
+    q = np.clip(np.asarray(confidences, dtype=np.float64), 1e-12, 1 - 1e-12)
+    z, y = np.log(q) - np.log1p(-q), np.asarray(correct, dtype=np.float64)
+    features = np.stack([z, np.ones_like(z)], 1)
+
+    def nll(weights: np.ndarray) -> float:
+        margin = features @ weights
+        return float(np.mean(np.logaddexp(0, margin) - y * margin))
+
+    weights, loss = np.array([1.0, 0.0]), nll(np.array([1.0, 0.0]))
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(features @ weights)))
+        gradient = features.T @ (p - y) / len(y)
+        hessian = (features * (p * (1 - p))[:, None]).T @ features / len(y) + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        while (new_loss := nll(weights - step)) > loss and np.abs(step).max() > 1e-12:
+            step /= 2
+        if loss - new_loss < 1e-12:
+            break
+        weights, loss = weights - step, new_loss
+    scale = min(max(weights[0], 1 / MAX_TEMPERATURE), 1 / MIN_TEMPERATURE)
+    return round(1 / scale, 5), round(float(weights[1]), 5)
 
 
 def choose_unsure_below(

@@ -138,8 +138,8 @@ def uncalibrated_confidence(decoding: number_strings.Decoding, confidences: list
 
 
 def sure_and_not(confidence: float) -> np.ndarray:
-    """A confidence as the two logits (right, wrong) that temperature scaling (confidence.Calibration)
-    divides by T: softmax of them over T is confidence^(1/T) / (confidence^(1/T) + (1 - confidence)^(1/T))."""
+    """A confidence as the two logits (right, wrong) that confidence.Calibration divides by T and shifts by
+    its bias: the calibrated confidence is sigmoid(logit(confidence) / T + bias), Platt scaling."""
     confidence = min(max(confidence, 1e-12), 1 - 1e-12)
     return np.array([[math.log(confidence), math.log(1 - confidence)]])
 
@@ -154,12 +154,14 @@ def doubted_digits(confidences: list[float], calibration: Calibration) -> set[in
 
 
 def uncalibrated_unsure_below(calibration: Calibration) -> float:
-    """The uncalibrated confidence that `calibration` turns into its threshold: calibrating divides the two
-    logits of `sure_and_not` by T before the softmax, so the threshold's logits times T undo it."""
+    """The uncalibrated confidence that `calibration` turns into its threshold: calibrating divides the
+    log-odds of `sure_and_not` by T and adds the bias, so the threshold's log-odds less the bias, times T,
+    undo it."""
     threshold = calibration.unsure_below
     if threshold <= 0 or threshold >= 1:
         return float(threshold >= 1)
-    return float(UNCALIBRATED.probabilities(sure_and_not(threshold) * calibration.temperature)[0, 0])
+    log_odds = (math.log(threshold) - math.log1p(-threshold) - calibration.bias) * calibration.temperature
+    return float(UNCALIBRATED.probabilities(np.array([[log_odds, 0.0]]))[0, 0])
 
 
 def working_ink(image: Image.Image, name: str) -> np.ndarray:
