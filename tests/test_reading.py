@@ -13,6 +13,7 @@ from digitrec.errors import ImageError
 from digitrec.files import BUNDLED_READER
 from digitrec.number_strings import compose, photograph
 from digitrec.person_style import encode, number_image
+from digitrec.preprocess import components
 from digitrec.reading import (
     MAX_DIGITS,
     Reading,
@@ -111,6 +112,21 @@ def test_a_speck_or_decimal_point_is_ignored(read_number, test_digits):
     dotted[29:32, gap : gap + 3] = 1.0  # a full stop on the baseline
     dotted[2:4, -6:-4] = 1.0  # and a fleck of dust
     assert clean == "3141" and read_number(paper(dotted)).text == "3141"
+
+
+def test_a_digit_standing_apart_from_a_long_run_of_touching_ones_is_read_not_dropped_as_a_speck(
+    read_number, test_digits
+):
+    """A speck is small against a digit's height. Judged against the longest side of the largest mark,
+    a run of six touching digits (99 px long) made the 0 after it (20 px) a speck: "662928", 98.6 % sure."""
+    run = compose(first_of("662928", *test_digits), "touching", np.random.default_rng(0))
+    zero = first_of("0", *test_digits)[0]
+    zero = zero[:, zero.any(0)]
+    top = (run.shape[0] - zero.shape[0]) // 2
+    row = np.concatenate([run, np.zeros((run.shape[0], 10)), np.pad(zero, ((top, run.shape[0] - 28 - top), (0, 4)))], 1)
+    _, boxes = components(row > 0.25)
+    assert len(boxes) == 2 and boxes[0, 3] - boxes[0, 2] > 4 * (boxes[1, 1] - boxes[1, 0])  # one run, one apart
+    assert read_number(paper(row)).text == "6629280"
 
 
 def test_a_blank_image_is_no_digits_not_a_guess(read_number):
@@ -216,10 +232,10 @@ def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
 def test_the_bundled_readers_calibration_is_the_recorded_one():
     calibration = confidence.load(BUNDLED_READER)
     assert calibration.calibrated
-    assert (calibration.temperature, calibration.bias, calibration.unsure_below) == (1.62385, 0.39626, 0.767787)
+    assert (calibration.temperature, calibration.bias, calibration.unsure_below) == (1.28661, 0.30155, 0.786764)
     measured = calibration.record["validation"]
     assert measured["readings"] == 14_000 and measured["right_flagged"] <= confidence.FLAG_RIGHT_AT_MOST
-    assert measured["ece"] < 0.01 < measured["ece_uncalibrated"]
+    assert measured["ece"] < min(0.01, measured["ece_uncalibrated"])
 
 
 @pytest.mark.parametrize(

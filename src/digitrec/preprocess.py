@@ -55,7 +55,7 @@ LINE_SHARE = 0.9  # a row or column bright over at least this share of its lengt
 # above the rest (JPEG, the light), the faintest lines person_style draws 0.06 (0.04 chosen on validation photos)
 LINE_EXCESS = 0.04
 LINE_THICKNESS = 0.04  # ...and no thicker than this share of its length
-SPECK_SHARE = 0.25  # a separate mark smaller both ways than this share of the largest one's longer side is a speck
+SPECK_SHARE = 0.25  # a separate mark smaller both ways than this share of the tallest one's height is a speck
 FAINT_SHARE = 0.35  # ink fainter than this (the brightest is 1) is no ink unless it edges a stroke...
 STRONG_INK, NEAR_STROKE = 0.5, 0.01  # ...within this share of the longer side (at least 2 px) of ink this bright
 
@@ -317,8 +317,9 @@ def without_specks(ink: np.ndarray, corrected: bool) -> np.ndarray:
     than NEAR_STROKE from ink at STRONG_INK: a smear along a shadow's edge or a line) and separate marks
     whose brightest pixel is below FAINT_SHARE. (Faint ink elsewhere is writing: a small digit enlarged
     is faint over whole strokes.) Specks are marks smaller, both ways, than SPECK_SHARE
-    of the largest mark's longer side (dust, a dot of the pen) unless they lie within the writing's own box
-    (a digit's detached piece, the dot of a broken stroke)."""
+    of the tallest mark's height (dust, a dot of the pen) unless they lie within the writing's own box
+    (a digit's detached piece, the dot of a broken stroke). The height, not the longer side: a number's
+    digits joined into one long mark are no taller than the digit written apart beside them."""
     if corrected:
         strong = ink >= STRONG_INK
         near_strong = dilate(strong.astype(np.float32), max(2, round(NEAR_STROKE * max(ink.shape)))) > 0
@@ -329,8 +330,9 @@ def without_specks(ink: np.ndarray, corrected: bool) -> np.ndarray:
     peaks = np.zeros(len(boxes), np.float32)
     np.maximum.at(peaks, labels[labels >= 0], ink[labels >= 0])
     faint = peaks < FAINT_SHARE * peaks.max() if corrected else np.zeros(len(boxes), bool)
-    sides = np.where(faint, 0, np.maximum(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]))
-    large = sides >= SPECK_SHARE * sides.max()
+    heights = np.where(faint, 0, boxes[:, 1] - boxes[:, 0])
+    sides = np.where(faint, 0, np.maximum(heights, boxes[:, 3] - boxes[:, 2]))
+    large = sides >= SPECK_SHARE * heights.max()
     top, bottom = boxes[large, 0].min(), boxes[large, 1].max()
     left, right = boxes[large, 2].min(), boxes[large, 3].max()
     inside = (boxes[:, 0] >= top) & (boxes[:, 1] <= bottom) & (boxes[:, 2] >= left) & (boxes[:, 3] <= right)
