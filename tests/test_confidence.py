@@ -96,6 +96,15 @@ def test_platt_scaling_recovers_the_temperature_and_shift_that_made_two_way_scor
     assert confidence.expected_calibration_error(1 / (1 + np.exp(-log_odds)), right) > 0.05
 
 
+@pytest.mark.parametrize("right", [True, False])
+def test_platt_scaling_of_readings_all_right_or_all_wrong_stays_a_calibration_that_loads(right):
+    confidences = np.random.default_rng(1).random(500)
+    temperature, bias = confidence.fit_platt(confidences, np.full(500, right))
+    assert isinstance(temperature, float) and isinstance(bias, float) and abs(bias) == confidence.MAX_BIAS
+    saved = confidence.Calibration(temperature, 0.5, True, {}, bias)
+    assert confidence.parse(saved.as_json()) == saved
+
+
 def test_a_calibration_file_written_before_the_bias_reads_as_no_shift():
     calibration = confidence.parse('{"version": 1, "temperature": 1.3, "unsure_below": 0.7}')
     assert calibration.bias == 0.0 and calibration.calibrated

@@ -168,7 +168,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def fit_platt(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
     """(T, bias) such that sigmoid(logit(confidence) / T + bias) best predicts `correct` (the mean negative
     log-likelihood, convex in (1/T, bias): Newton's method, each step halved until the likelihood improves),
-    T kept within MIN_TEMPERATURE..MAX_TEMPERATURE."""
+    T kept within MIN_TEMPERATURE..MAX_TEMPERATURE and the bias within ±MAX_BIAS (readings all right, or all
+    wrong, would send it to infinity)."""
     q = np.clip(np.asarray(confidences, dtype=np.float64), 1e-12, 1 - 1e-12)
     z, y = np.log(q) - np.log1p(-q), np.asarray(correct, dtype=np.float64)
     features = np.stack([z, np.ones_like(z)], 1)
@@ -189,7 +190,7 @@ def fit_platt(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, floa
             break
         weights, loss = weights - step, new_loss
     scale = min(max(weights[0], 1 / MAX_TEMPERATURE), 1 / MIN_TEMPERATURE)
-    return round(1 / scale, 5), round(float(weights[1]), 5)
+    return round(float(1 / scale), 5), round(min(max(float(weights[1]), -MAX_BIAS), MAX_BIAS), 5)
 
 
 def choose_unsure_below(
