@@ -105,6 +105,18 @@ def test_platt_scaling_of_readings_all_right_or_all_wrong_stays_a_calibration_th
     assert confidence.parse(saved.as_json()) == saved
 
 
+def test_platt_scaling_refuses_no_readings_or_a_non_finite_confidence():
+    for confidences in ([], [0.5, float("nan")]):
+        with pytest.raises(ValueError, match="Platt"):
+            confidence.fit_platt(np.array(confidences), np.ones(len(confidences), bool))
+
+
+def test_the_bias_shifts_only_two_way_scores():
+    shifted = confidence.Calibration(2.0, bias=1.0)
+    assert shifted.probabilities(np.zeros((1, 2)))[0, 0] == pytest.approx(1 / (1 + np.exp(-1.0)))
+    assert np.allclose(shifted.probabilities(np.zeros((1, 10))), 0.1)  # a digit model's ten logits: untouched
+
+
 def test_a_calibration_file_written_before_the_bias_reads_as_no_shift():
     calibration = confidence.parse('{"version": 1, "temperature": 1.3, "unsure_below": 0.7}')
     assert calibration.bias == 0.0 and calibration.calibrated
@@ -117,6 +129,8 @@ def test_a_calibration_file_written_before_the_bias_reads_as_no_shift():
         None,
         '{"version": 1, "temperature": 1, "bias": NaN, "unsure_below": 0.9}',
         '{"version": 1, "temperature": 1, "bias": "0.5", "unsure_below": 0.9}',
+        '{"version": 1, "temperature": 1, "bias": 21, "unsure_below": 0.9}',
+        '{"version": 1, "temperature": true, "unsure_below": 0.9}',
         "{not json",
         '{"version": 1, "temperature": -3, "unsure_below": 0.9}',
         '{"version": 1, "temperature": NaN, "unsure_below": 0.9}',

@@ -10,12 +10,12 @@ cannot give: Platt scaling (Platt 1999) fits T and that `bias` together (`fit_pl
 The `unsure` threshold is then chosen on the same validation readings as the highest confidence that
 still flags at most `FLAG_RIGHT_CHOSEN` of the right ones, and its catch of wrong ones is recorded (the issue's targets: >= 90 % of wrong readings flagged, <= 5 % of right ones).
 
-Both numbers live in a small JSON file beside the model (`calibration.json` in its run folder or next
+T, the bias (two-way scores only; 0 for the digit models) and the threshold live in a small JSON file beside the model (`calibration.json` in its run folder or next
 to its .safetensors/.onnx file; the bundled default has one). A missing or damaged file means the
 uncalibrated scores (T = 1) and the old threshold `UNCALIBRATED_UNSURE_BELOW`, with one warning
 (`CalibrationWarning`) per file, never an error.
 
-Owns: the calibration's file, fitting T, choosing the threshold, ECE and the reliability and
+Owns: the calibration's file, fitting T (and Platt's bias), choosing the threshold, ECE and the reliability and
 coverage-against-error tables. Not owned here: which readings it is fitted on (`digitrec calibrate`,
 see calibrate.py), nor the models (recognizer.py). Imports only numpy, so the torch-free path shares it.
 A number's confidence (reading.py) builds on the same `Calibration`, in the number reader's own file.
@@ -55,12 +55,12 @@ class Calibration:
     unsure_below: float = UNCALIBRATED_UNSURE_BELOW  # a calibrated confidence below this is flagged unsure
     calibrated: bool = False  # False: the fallback, no file was read
     record: dict = field(default_factory=dict)  # how it was fitted and what it measured (validation figures)
-    bias: float = 0.0  # added to the first logit after dividing by T: a two-way (right, wrong) score's log-odds shift
+    bias: float = 0.0  # added to the first of two logits (right, wrong) after dividing by T: their log-odds shift
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(N, C) logits -> (N, C) calibrated probabilities, float64."""
         scaled = np.asarray(logits, dtype=np.float64) / self.temperature
-        if self.bias:
+        if self.bias and scaled.shape[1] == 2:  # Platt's shift is for two-way scores only
             scaled[:, 0] += self.bias
         shifted = np.exp(scaled - scaled.max(1, keepdims=True))
         return shifted / shifted.sum(1, keepdims=True)
@@ -118,17 +118,22 @@ def parse(text: str) -> Calibration:
     if content.get("version") != VERSION:
         raise ValueError(f"version {content.get('version')!r}, expected {VERSION}")
     temperature, unsure_below = content.get("temperature"), content.get("unsure_below")
-    if not isinstance(temperature, (int, float)) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+    if not is_number(temperature) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
         raise ValueError(f"temperature {temperature!r} is not a number in {MIN_TEMPERATURE}..{MAX_TEMPERATURE}")
-    if not isinstance(unsure_below, (int, float)) or not 0 <= unsure_below <= 1:
+    if not is_number(unsure_below) or not 0 <= unsure_below <= 1:
         raise ValueError(f"unsure_below {unsure_below!r} is not a number in 0..1")
     bias = content.get("bias", 0.0)  # files written before Platt scaling have none
-    if not isinstance(bias, (int, float)) or not -MAX_BIAS <= bias <= MAX_BIAS:
+    if not is_number(bias) or not -MAX_BIAS <= bias <= MAX_BIAS:
         raise ValueError(f"bias {bias!r} is not a number in {-MAX_BIAS}..{MAX_BIAS}")
     record = content.get("record", {})
     return Calibration(
         float(temperature), float(unsure_below), True, record if isinstance(record, dict) else {}, float(bias)
     )
+
+
+def is_number(value) -> bool:
+    """A JSON number (true and false are ints to Python, not numbers to a calibration)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def save(calibration: Calibration, model_path: str | Path) -> Path:
@@ -170,7 +175,10 @@ def fit_platt(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, floa
     log-likelihood, convex in (1/T, bias): Newton's method, each step halved until the likelihood improves),
     T kept within MIN_TEMPERATURE..MAX_TEMPERATURE and the bias within ±MAX_BIAS (readings all right, or all
     wrong, would send it to infinity)."""
-    q = np.clip(np.asarray(confidences, dtype=np.float64), 1e-12, 1 - 1e-12)
+    q = np.asarray(confidences, dtype=np.float64)
+    if not len(q) or not np.isfinite(q).all():
+        raise ValueError("Platt scaling needs at least one reading, and finite confidences")
+    q = np.clip(q, 1e-12, 1 - 1e-12)
     z, y = np.log(q) - np.log1p(-q), np.asarray(correct, dtype=np.float64)
     features = np.stack([z, np.ones_like(z)], 1)
 
@@ -180,7 +188,7 @@ def fit_platt(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, floa
 
     weights, loss = np.array([1.0, 0.0]), nll(np.array([1.0, 0.0]))
     for _ in range(100):
-        p = 1 / (1 + np.exp(-(features @ weights)))
+        p = 0.5 * (1 + np.tanh(features @ weights / 2))  # the sigmoid, without overflow
         gradient = features.T @ (p - y) / len(y)
         hessian = (features * (p * (1 - p))[:, None]).T @ features / len(y) + 1e-12 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
