@@ -10,13 +10,14 @@ cannot give: Platt scaling (Platt 1999) fits T and that `bias` together (`fit_pl
 The `unsure` threshold is then chosen on the same validation readings as the highest confidence that
 still flags at most `FLAG_RIGHT_CHOSEN` of the right ones, and its catch of wrong ones is recorded (the issue's targets: >= 90 % of wrong readings flagged, <= 5 % of right ones).
 
-T, the bias (two-way scores only; 0 for the digit models) and the threshold live in a small JSON file beside the model (`calibration.json` in its run folder or next
-to its .safetensors/.onnx file; the bundled default has one). A missing or damaged file means the
+T, the bias (two-way scores only; 0 for the digit models) and the threshold live in a small JSON file
+beside the model (`calibration.json` in its run folder or next to its .safetensors/.onnx file; the
+bundled default has one). A missing or damaged file means the
 uncalibrated scores (T = 1) and the old threshold `UNCALIBRATED_UNSURE_BELOW`, with one warning
 (`CalibrationWarning`) per file, never an error.
 
-Owns: the calibration's file, fitting T (and Platt's bias), choosing the threshold, ECE and the reliability and
-coverage-against-error tables. Not owned here: which readings it is fitted on (`digitrec calibrate`,
+Owns: the calibration's file, fitting T (and Platt's bias), choosing the threshold, ECE and the
+reliability and coverage-against-error tables. Not owned here: which readings it is fitted on (`digitrec calibrate`,
 see calibrate.py), nor the models (recognizer.py). Imports only numpy, so the torch-free path shares it.
 A number's confidence (reading.py) builds on the same `Calibration`, in the number reader's own file.
 """
