@@ -187,7 +187,8 @@ def fit_platt(confidences: np.ndarray, correct: np.ndarray) -> tuple[float, floa
         margin = features @ weights
         return float(np.mean(np.logaddexp(0, margin) - y * margin))
 
-    weights, loss = np.array([1.0, 0.0]), nll(np.array([1.0, 0.0]))
+    weights = np.array([1.0, 0.0])  # T = 1, no shift: the raw confidences
+    loss = nll(weights)
     for _ in range(100):
         p = 0.5 * (1 + np.tanh(features @ weights / 2))  # the sigmoid, without overflow
         gradient = features.T @ (p - y) / len(y)
