@@ -29,7 +29,7 @@ from digitrec.errors import ImageError
 from digitrec.files import BUNDLED_READER
 from digitrec.number_strings import CLASSES
 from digitrec.person_style import number_image
-from digitrec.reading import read, sure_and_not
+from digitrec.reading import calibrated_confidence, read
 from digitrec.recognizer import Recognizer
 from digitrec.runtime import Runtime
 from digitrec.tasks import NUMBERS
@@ -57,7 +57,7 @@ def readings(
 
 def report(calibration: confidence.Calibration, made: list[dict]) -> None:
     raw = np.array([one["confidence"] for one in made])
-    calibrated = np.array([calibration.probabilities(sure_and_not(q))[0, 0] for q in raw])
+    calibrated = np.array([calibrated_confidence(calibration, q) for q in raw])
     right = np.array([one["text"] == one["truth"] for one in made])
     kinds = np.array([one["kind"] for one in made])
     print(f"T = {calibration.temperature:g}, bias {calibration.bias:g}, unsure below {calibration.unsure_below:g}")
@@ -114,7 +114,7 @@ def main():
     right = np.array([one["text"] == one["truth"] for one in made])
     temperature, bias = confidence.fit_platt(raw, right)
     fitted = confidence.Calibration(temperature, bias=bias)
-    calibrated = fitted.probabilities(np.concatenate([sure_and_not(q) for q in raw]))[:, 0]
+    calibrated = np.array([calibrated_confidence(fitted, q) for q in raw])
     unsure_below = round(confidence.choose_unsure_below(calibrated, right), 6)
     record = {
         "fitted_on": f"{len(made)} validation strings: {args.count} of each kind ({', '.join(CLASSES)}), "

@@ -17,10 +17,10 @@ from digitrec.preprocess import components
 from digitrec.reading import (
     MAX_DIGITS,
     Reading,
+    calibrated_confidence,
     doubted_digits,
     draw_segments,
     read,
-    sure_and_not,
     uncalibrated_confidence,
     uncalibrated_unsure_below,
 )
@@ -225,7 +225,7 @@ def test_a_confident_reading_that_may_have_dropped_a_digit_is_unsure():
     confidences = [one.confidence for one in decoding.reads]
     assert decoding.text == "3" and min(confidences) >= UNSURE_BELOW  # each digit sure: the old rule said sure
     calibration = runtime.load(None, NUMBERS).calibration  # the bundled reader's
-    number = calibration.probabilities(sure_and_not(uncalibrated_confidence(decoding, confidences)))[0, 0]
+    number = calibrated_confidence(calibration, uncalibrated_confidence(decoding, confidences))
     assert calibration.unsure(number)
 
 
@@ -244,9 +244,9 @@ def test_the_bundled_readers_calibration_is_the_recorded_one():
 def test_a_digit_is_marked_when_alone_it_would_make_the_number_unsure(temperature, unsure_below, bias):
     calibration = confidence.Calibration(temperature, unsure_below, calibrated=True, bias=bias)
     level = uncalibrated_unsure_below(calibration)
-    calibrated = calibration.probabilities(sure_and_not(level))[0, 0]
+    calibrated = calibrated_confidence(calibration, level)
     assert calibrated == pytest.approx(unsure_below, abs=1e-9)  # the threshold, on the uncalibrated scale
-    assert calibration.unsure(calibration.probabilities(sure_and_not(level * 0.999))[0, 0])
+    assert calibration.unsure(calibrated_confidence(calibration, level * 0.999))
     assert doubted_digits([0.999, level * 0.99, 0.999], calibration) == {1}
     assert doubted_digits([0.999, min(1.0, level * 1.001), 0.9995], calibration) == {1}  # none alone: the least sure
 

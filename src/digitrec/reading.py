@@ -116,9 +116,7 @@ def read(reader: Runtime, recognizer: Recognizer, source: Source, name: str = "i
             confidences[index] = float(probabilities[index].max())
     to_original = (image.width / ink.shape[1], image.height / ink.shape[0])
     calibration = reader.calibration
-    number_confidence = float(
-        calibration.probabilities(sure_and_not(uncalibrated_confidence(decoding, confidences)))[0, 0]
-    )
+    number_confidence = calibrated_confidence(calibration, uncalibrated_confidence(decoding, confidences))
     unsure = calibration.unsure(number_confidence)
     doubted = doubted_digits(confidences, calibration) if unsure else set()
     digits = [
@@ -135,6 +133,11 @@ def uncalibrated_confidence(decoding: number_strings.Decoding, confidences: list
     digits (the likeliest reading's share of the likeliest readings of every length: a digit missed, or
     two read as one, shows as a close reading of another length) times the chance that each digit is right."""
     return decoding.length_share * math.prod(confidences)
+
+
+def calibrated_confidence(calibration: Calibration, confidence: float) -> float:
+    """An uncalibrated number confidence as `calibration` makes it mean what it says."""
+    return float(calibration.probabilities(sure_and_not(confidence))[0, 0])
 
 
 def sure_and_not(confidence: float) -> np.ndarray:
