@@ -247,6 +247,41 @@ def test_random_stroke_thickens_or_thins_within_dilation_and_erosion(mnist):
     assert torch.equal(data.random_stroke(images, torch.Generator(), 0.0), images)
 
 
+ELASTIC_COLUMNS = 2 * data.ELASTIC_GRID**2
+
+
+def test_an_elastic_field_moves_no_pixel_farther_than_asked_and_the_corners_as_their_control_points():
+    draws = data.uniform_draws(torch.Generator().manual_seed(0), 16, ELASTIC_COLUMNS)
+    field = data.elastic_field(draws, 2.5, (16, 1, 28, 28))
+    in_pixels = field * 14  # grid_sample's units: the 28 px image spans 2
+    assert field.shape == (16, 28, 28, 2) and in_pixels.abs().max() <= 2.5 + 1e-5
+    points = draws.reshape(16, 2, data.ELASTIC_GRID, data.ELASTIC_GRID) * 2.5
+    for row, column, point_row, point_column in ((0, 0, 0, 0), (27, 27, -1, -1), (0, 27, 0, -1)):
+        assert torch.allclose(in_pixels[:, row, column], points[:, :, point_row, point_column], atol=1e-5)
+    # smooth: neighbouring pixels move together, by at most the moves' difference over the points' spacing
+    step = in_pixels.diff(dim=2).abs().max()
+    assert step <= 2 * 2.5 / (27 / (data.ELASTIC_GRID - 1)) + 1e-5
+
+
+def test_elastic_distortion_with_every_move_zero_is_the_affine_map_alone_and_one_pixel_moves_are_shifts(mnist):
+    images = mnist.test.images[:32]
+    affine_draws = data.uniform_draws(torch.Generator().manual_seed(4), 32, 5)
+    still = torch.cat([affine_draws, torch.zeros(32, ELASTIC_COLUMNS)], 1)
+    assert data.augmentation_columns(1.0, 10, 0.1, 0.1, 2.0) == 5 + ELASTIC_COLUMNS
+    assert torch.equal(
+        data.augment(images, still, 1.0, 10, 0.1, 0.1, 2.0), data.augment(images, affine_draws, 1.0, 10, 0.1, 0.1)
+    )
+    # every control point moved one pixel right: each output pixel samples the one to its right
+    right = torch.cat([torch.ones(32, ELASTIC_COLUMNS // 2), torch.zeros(32, ELASTIC_COLUMNS // 2)], 1)
+    shifted = data.augment(images, right, 0, 0, 0, 0, 1.0)
+    assert torch.allclose(shifted[..., :-1], images[..., 1:], atol=1e-5)
+    wobbled = data.augment(
+        images, data.uniform_draws(torch.Generator().manual_seed(5), 32, ELASTIC_COLUMNS), 0, 0, 0, 0, 2.0
+    )
+    assert (wobbled - images).abs().mean() > 0.02  # a real change...
+    assert (wobbled.sum((1, 2, 3)) / images.sum((1, 2, 3)) - 1).abs().max() < 0.25  # ...that keeps the ink
+
+
 def test_batches_started_at_n_continue_the_stream_across_epochs(mnist):
     split = mnist.validation  # 5,000 images over 3 ranks: 16 batches of 100 per rank and epoch
     stream = data.batches(split, 100, seed=5, rank=1, world_size=3)

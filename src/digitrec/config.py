@@ -71,6 +71,13 @@ class TrainConfig:
     augment_stroke: float = setting(
         0.0, "Random stroke thickening/thinning, up to this share of a 3x3 dilation/erosion.", low=0, high=1
     )
+    augment_elastic: float = setting(
+        0.0,
+        "Random elastic distortion: a smooth field moving each pixel by at most this many pixels (a hand's "
+        "wobble: strokes bend, never break); 0: none.",
+        low=0,
+        high=8,
+    )
     # person-style variation (augment.py): each the share of a batch's images given it; pen width is augment_stroke
     augment_low_resolution: float = setting(
         0.0, "Share of images written small: the digit box 8-16 px, enlarged back to 20.", low=0, high=1

@@ -38,6 +38,7 @@ CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"  # present
 CACHE_DIR = Path(platformdirs.user_cache_dir("digitrec")) / "mnist"  # ~/.cache/digitrec/mnist on Linux
 VALIDATION_SIZE = 5000  # the tutorial's validation split: the first 5,000 training images
 DOWNLOAD_TIMEOUT_SECONDS = 30
+ELASTIC_GRID = 4  # control points per side of an elastic distortion's field (about 9 px apart in 28)
 
 
 def missing_files(directory: Path) -> list[str]:
@@ -276,23 +277,38 @@ def uniform_draws(generator: torch.Generator, count: int, columns: int) -> torch
     return torch.stack([torch.rand(count, generator=generator) * 2 - 1 for _ in range(columns)], 1)
 
 
-def augmentation_columns(stroke: float, degrees: float, shift: float, scale: float) -> int:
-    """How many random numbers per image `augment` takes: one for the stroke (if any), four for the affine map (if any)."""
-    return int(stroke > 0) + 4 * int(degrees > 0 or shift > 0 or scale > 0)
+def augmentation_columns(stroke: float, degrees: float, shift: float, scale: float, elastic: float = 0.0) -> int:
+    """How many random numbers per image `augment` takes: one for the stroke (if any), four for the affine map (if
+    any), 2 x ELASTIC_GRID^2 for the elastic distortion (if any)."""
+    return int(stroke > 0) + 4 * int(degrees > 0 or shift > 0 or scale > 0) + 2 * ELASTIC_GRID**2 * int(elastic > 0)
 
 
 def augment(
-    images: torch.Tensor, draws: torch.Tensor, stroke: float, degrees: float, shift: float, scale: float
+    images: torch.Tensor,
+    draws: torch.Tensor,
+    stroke: float,
+    degrees: float,
+    shift: float,
+    scale: float,
+    elastic: float = 0.0,
 ) -> torch.Tensor:
-    """`images` with their strokes varied (`stroke_varied`), then rotated, scaled and shifted (`affine`), each image
-    by its row of `draws` (`uniform_draws` with `augmentation_columns` columns, on the images' device). The
-    random numbers come in as a tensor so that the same arithmetic runs eagerly or inside a CUDA graph."""
+    """`images` with their strokes varied (`stroke_varied`), then rotated, scaled and shifted (`affine_grid`) and
+    distorted elastically (`elastic_field`) in one resampling, each image by its row of `draws` (`uniform_draws`
+    with `augmentation_columns` columns, on the images' device). The random numbers come in as a tensor so that
+    the same arithmetic runs eagerly or inside a CUDA graph."""
     if stroke > 0:
         images = stroke_varied(images, draws[:, 0] * stroke)
         draws = draws[:, 1:]
     if degrees > 0 or shift > 0 or scale > 0:
-        images = affine(images, draws, degrees, shift, scale)
-    return images
+        grid = affine_grid(draws, degrees, shift, scale, images)
+        draws = draws[:, 4:]
+    elif elastic > 0:
+        grid = affine_grid(torch.zeros_like(draws[:, :4]), 0.0, 0.0, 0.0, images)  # the identity map
+    else:
+        return images
+    if elastic > 0:
+        grid = grid + elastic_field(draws, elastic, images.shape).to(grid.dtype)
+    return resampled(images, grid)
 
 
 def random_affine(
@@ -307,6 +323,12 @@ def random_affine(
 
 def affine(images: torch.Tensor, draws: torch.Tensor, degrees: float, shift: float, scale: float) -> torch.Tensor:
     """One batched `grid_sample`, no per-image Python; `draws` (B, 4) in [-1, 1): angle, zoom, shift x, shift y."""
+    return resampled(images, affine_grid(draws, degrees, shift, scale, images))
+
+
+def affine_grid(draws: torch.Tensor, degrees: float, shift: float, scale: float, images: torch.Tensor) -> torch.Tensor:
+    """Where each output pixel of `images` samples its input, in `grid_sample`'s coordinates: (B, H, W, 2), for
+    the rotation, zoom and shift that the first four columns of `draws` pick."""
     angle = torch.deg2rad(draws[:, 0] * degrees)
     zoom = 1 + draws[:, 1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
@@ -315,7 +337,27 @@ def affine(images: torch.Tensor, draws: torch.Tensor, degrees: float, shift: flo
         [torch.stack([cos, -sin, 2 * (draws[:, 2] * shift)], 1), torch.stack([sin, cos, 2 * (draws[:, 3] * shift)], 1)],
         1,
     )  # (B, 2, 3)
-    grid = torch.nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return torch.nn.functional.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+
+
+def elastic_field(draws: torch.Tensor, elastic: float, shape: torch.Size) -> torch.Tensor:
+    """A smooth elastic distortion, as added to a sampling grid: (B, H, W, 2) in `grid_sample`'s coordinates.
+
+    Each of ELASTIC_GRID x ELASTIC_GRID control points spread over the image moves by up to `elastic` px each way
+    (the first 2 x ELASTIC_GRID^2 columns of `draws`: x moves, then y moves); the pixels between them move by
+    the bilinear blend of their neighbours' moves, so none moves farther and neighbouring pixels move together:
+    a hand's wobble, which bends a stroke without breaking it, where the affine map only turns or stretches
+    the whole digit."""
+    batch, _, height, width = shape
+    points = ELASTIC_GRID * ELASTIC_GRID
+    coarse = draws[:, : 2 * points].reshape(batch, 2, ELASTIC_GRID, ELASTIC_GRID) * elastic
+    moves = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True)
+    # px -> grid_sample's units (the image spans [-1, 1]), one Python scalar per axis: no tensor made here, so
+    # the same steps can be captured in a CUDA graph
+    return torch.stack([moves[:, 0] * (2 / width), moves[:, 1] * (2 / height)], dim=3)
+
+
+def resampled(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 

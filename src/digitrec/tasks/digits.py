@@ -63,25 +63,21 @@ class DigitTask(Task):
         return split.images[indices], split.labels[indices]
 
     def augmentation_draws(self, generator, count, config):
-        """One column for the stroke (if varied), four for the rotation, zoom and shift (if any): see `data.augment`;
-        then those of the person-style variation (augment.columns)."""
+        """One column for the stroke (if varied), four for the rotation, zoom and shift (if any), those of the
+        elastic distortion (if any): see `data.augment`; then those of the person-style variation (augment.columns)."""
         from digitrec import augment, data
 
-        columns = data.augmentation_columns(
-            config.augment_stroke, config.augment_degrees, config.augment_shift, config.augment_scale
-        ) + augment.columns(config)
+        columns = geometric_columns(config) + augment.columns(config)
         return data.uniform_draws(generator, count, columns) if columns else None
 
     def augment(self, images, draws, config):
-        """`data.augment` (stroke, affine) with its columns of `draws`, then the person-style variation
+        """`data.augment` (stroke, affine, elastic) with its columns of `draws`, then the person-style variation
         (augment.py) with the rest."""
         from digitrec import augment, data
 
         if draws is None:
             return images
-        geometric = data.augmentation_columns(
-            config.augment_stroke, config.augment_degrees, config.augment_shift, config.augment_scale
-        )
+        geometric = geometric_columns(config)
         images = data.augment(
             images,
             draws[:, :geometric],
@@ -89,6 +85,7 @@ class DigitTask(Task):
             config.augment_degrees,
             config.augment_shift,
             config.augment_scale,
+            config.augment_elastic,
         )
         return augment.person_style(images, draws[:, geometric:], config) if config.uses_person_style else images
 
@@ -144,3 +141,16 @@ DIGITS = DigitTask(
     bundled_onnx=BUNDLED_ONNX,
     load_hint="give it as --model",
 )
+
+
+def geometric_columns(config) -> int:
+    """The draws per image that `data.augment` takes for `config`'s stroke, affine and elastic variation."""
+    from digitrec import data
+
+    return data.augmentation_columns(
+        config.augment_stroke,
+        config.augment_degrees,
+        config.augment_shift,
+        config.augment_scale,
+        config.augment_elastic,
+    )

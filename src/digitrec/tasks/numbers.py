@@ -24,6 +24,7 @@ DIGIT_ONLY = (
     "augment_shift",
     "augment_scale",
     "augment_stroke",
+    "augment_elastic",
     "augment_low_resolution",
     "augment_blur",
     "augment_lighting",
