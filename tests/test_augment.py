@@ -66,11 +66,11 @@ def test_a_low_resolution_digit_is_softer_than_the_original(images):
     assert edges(varied(images, only("augment_low_resolution"), 0)) < 0.8 * edges(images)
 
 
-def test_the_person_recipe_is_full_with_the_four_variations():
+def test_the_person_recipe_is_full_at_width_48_with_the_four_variations():
     recipes = models.spec("fast").recipes
     person, full = recipes["person"], recipes["full"]
     assert {key: value for key, value in person.items() if key not in full} == PERSON
-    assert all(person[key] == value for key, value in full.items())
+    assert person["width"] == 48 and all(person[key] == value for key, value in full.items() if key != "width")
 
 
 def test_a_number_reader_refuses_the_digit_variations():
