@@ -73,6 +73,19 @@ def test_the_person_recipe_is_full_at_width_48_with_the_four_variations():
     assert person["width"] == 48 and all(person[key] == value for key, value in full.items() if key != "width")
 
 
+def test_the_elastic_draws_come_after_the_affine_ones_and_before_the_person_style_ones(images):
+    config = TrainConfig(
+        model="fast", augment_stroke=1.0, augment_degrees=10, augment_elastic=2.0, augment_lighting=1.0
+    )
+    draws = DIGITS.augmentation_draws(torch.Generator().manual_seed(3), len(images), config)
+    geometric = 1 + 4 + 2 * data.ELASTIC_GRID**2
+    assert draws.shape == (len(images), geometric + augment.COLUMNS["augment_lighting"])
+    shaped = data.augment(images, draws[:, :geometric], 1.0, 10, 0.0, 0.0, 2.0)
+    assert torch.equal(
+        DIGITS.augment(images, draws, config), augment.person_style(shaped, draws[:, geometric:], config)
+    )
+
+
 def test_a_number_reader_refuses_the_digit_variations():
     with pytest.raises(ConfigError, match="--augment-blur apply to digit models only"):
         train.resolve_config("reader", augment_blur=0.5)
